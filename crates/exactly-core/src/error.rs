@@ -1,0 +1,92 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Errors from the store, the processor and configuration.
+///
+/// Each variant names the operation that failed. Handler failures are not errors of this
+/// type: they are [`HandlerError`](crate::HandlerError)s that the processor turns into
+/// retries or dead-letters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be opened.
+    #[error("cannot open the store at {path}: {reason}")]
+    StoreOpen {
+        /// The path given.
+        path: PathBuf,
+        /// What went wrong, and what to do about it.
+        reason: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The store on disk was written by a newer version of `exactly`.
+    #[error(
+        "the store at {path} has format version {found}, this build reads up to {supported}; \
+         upgrade exactly or point it at another store"
+    )]
+    StoreFormat {
+        /// The path given.
+        path: PathBuf,
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+    /// A read or write of the store failed.
+    #[error("store {operation} failed: {source}")]
+    StoreIo {
+        /// The operation: `read`, `write`, `flush`, `fsync`, ...
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record in the store could not be decoded.
+    #[error("store record for key {key:?} is corrupt: {reason}")]
+    StoreCorrupt {
+        /// The key whose record is unreadable.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An earlier write or fsync failed, so the store's durable state is unknown. Nothing
+    /// more is acknowledged; restart the process to recover from what is on disk.
+    #[error(
+        "the store stopped accepting writes after an earlier failure ({cause}); \
+         restart the consumer to recover from what is on disk"
+    )]
+    StorePoisoned {
+        /// The failure that poisoned the store.
+        cause: String,
+    },
+    /// The store was closed.
+    #[error("the store is closed")]
+    StoreClosed,
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The field, as the user spells it.
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// A fault injected by a test (see the `testing` feature) stopped processing, as a
+    /// crash would.
+    #[error("injected crash at {0:?}")]
+    InjectedCrash(crate::CrashPoint),
+}
+
+impl Error {
+    pub(crate) fn io(operation: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::StoreIo { operation, source: Box::new(source) }
+    }
+
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,153 @@
+//! What the processor tells the adapter to do with a delivery.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::store::FencingToken;
+use crate::{Coordinates, Fingerprint, OutboundRecord, StoreKey};
+
+/// Dead-letter reasons the processor itself gives. Handlers add their own through
+/// [`HandlerError::permanent`](crate::HandlerError::permanent).
+pub mod reasons {
+    /// No key source found a key and the policy is to dead-letter.
+    pub const MISSING_KEY: &str = "missing-key";
+    /// A key was found but cannot be used (too long, not UTF-8, wrong header type).
+    pub const INVALID_KEY: &str = "invalid-key";
+    /// The key is done for a different payload.
+    pub const KEY_CONFLICT: &str = "key-conflict";
+    /// A previous holder crashed mid-run and the handler must not run twice.
+    pub const UNKNOWN_OUTCOME: &str = "unknown-outcome";
+    /// A transient failure persisted through every attempt.
+    pub const RETRIES_EXHAUSTED: &str = "retries-exhausted";
+    /// The payload did not decode.
+    pub const DECODE: &str = "decode";
+}
+
+/// The broker operation an adapter performs for a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Acknowledge (AMQP `basic.ack`; Kafka: mark the offset finished). Publish
+    /// [`Processed::output`] to the reply destination and [`Processed::emitted`] first.
+    Ack,
+    /// Not now: deliver this message again after `after` (a delayed requeue; never a hot
+    /// loop of immediate requeues).
+    Retry {
+        /// The delay.
+        after: Duration,
+    },
+    /// Publish to the dead-letter destination with these details, wait for the broker's
+    /// confirmation, call [`Processor::confirm_dead_letter`](crate::Processor::confirm_dead_letter),
+    /// then acknowledge.
+    DeadLetter(DeadLetter),
+    /// The circuit breaker is open: keep this message unacknowledged, stop taking new
+    /// messages (pause partitions, stop prefetching) for `after`, then process it again.
+    Pause {
+        /// How long to pause.
+        after: Duration,
+    },
+}
+
+/// Why and how a message is dead-lettered; adapters turn it into headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The reason, a kebab-case word (see [`reasons`]).
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The first error seen.
+    pub first_error: Option<String>,
+    /// The last error seen.
+    pub last_error: Option<String>,
+    /// The idempotency key, when there was one.
+    pub key: Option<String>,
+    /// Where the message came from.
+    pub coordinates: Coordinates,
+}
+
+/// What happened to a delivery, for metrics and logs: did the handler run, or was a
+/// cached result used?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The handler ran and its result is durable.
+    Handled,
+    /// A duplicate: the cached result was used, the handler did not run.
+    Duplicate,
+    /// The key was dead-lettered before; acknowledged without a run.
+    AlreadyDeadLettered,
+    /// A transient failure; retried later.
+    Retry,
+    /// Sent to the dead-letter destination.
+    DeadLettered,
+    /// Another delivery of the same key holds it; retried later.
+    Busy,
+    /// The circuit breaker is open.
+    Paused,
+}
+
+impl Outcome {
+    /// The label value used in metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::AlreadyDeadLettered => "already_dead_lettered",
+            Outcome::Retry => "retry",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Busy => "busy",
+            Outcome::Paused => "paused",
+        }
+    }
+
+    /// Whether the handler's result was served from the store.
+    pub fn is_cached(&self) -> bool {
+        matches!(self, Outcome::Duplicate | Outcome::AlreadyDeadLettered)
+    }
+}
+
+/// The processor's answer for one delivery.
+#[derive(Debug)]
+#[must_use = "an adapter must carry out the disposition"]
+pub struct Processed {
+    /// What to do with the delivery.
+    pub disposition: Disposition,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The idempotency key, when there was one.
+    pub key: Option<String>,
+    /// The handler's output (fresh or cached): the reply to send.
+    pub output: Option<Bytes>,
+    /// Records to publish before acknowledging (fresh or cached).
+    pub emitted: Vec<OutboundRecord>,
+    /// Failed attempts so far, for a retry or a dead-letter (an adapter that requeues the
+    /// message elsewhere carries it along, see [`Message::delivery_count`](crate::Message::delivery_count)).
+    pub attempts: u32,
+    pub(crate) hold: Option<Hold>,
+    /// The done-record on its way to disk (see [`Staged`](crate::Staged)).
+    pub(crate) durable: Option<crate::store::Durable>,
+}
+
+/// A claim still held after `process` returned: a dead-letter waiting for its
+/// confirmation.
+#[derive(Debug, Clone)]
+pub(crate) struct Hold {
+    pub(crate) key: StoreKey,
+    pub(crate) token: FencingToken,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) attempts: u32,
+    pub(crate) reason: String,
+}
+
+impl Processed {
+    pub(crate) fn new(disposition: Disposition, outcome: Outcome, key: Option<String>) -> Self {
+        Self { disposition, outcome, key, output: None, emitted: Vec::new(), attempts: 0, hold: None, durable: None }
+    }
+
+    /// The dead-letter details, when the disposition is a dead-letter.
+    pub fn dead_letter(&self) -> Option<&DeadLetter> {
+        match &self.disposition {
+            Disposition::DeadLetter(d) => Some(d),
+            _ => None,
+        }
+    }
+}

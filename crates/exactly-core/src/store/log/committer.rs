@@ -1,0 +1,390 @@
+//! The commit thread and the sync thread.
+//!
+//! The commit thread builds a group from every waiting request, writes it to the log and
+//! applies it to the engine, and hands its replies to the sync thread. The sync thread
+//! fsyncs the log and answers them. While one group syncs, the next is being written,
+//! and one fsync covers every group written before it started. At most two groups are
+//! written and not yet synced: beyond that the commit thread waits, so requests gather
+//! into larger groups instead of many small ones (each costs the engine a batch).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::wal::{self, Wal};
+use super::{Engine, FsyncObserver, LogOptions, Op};
+use crate::store::local::{WriteBatch, expiry_index_ops};
+use crate::{Error, Result, metrics};
+
+use crate::store::local::OnDurable;
+
+pub(super) enum Request {
+    /// A write: `applied` is answered once it is applied (or refused), `durable` and
+    /// `on_durable` once it is on disk.
+    Commit {
+        batch: WriteBatch,
+        applied: oneshot::Sender<Result<bool>>,
+        durable: oneshot::Sender<Result<()>>,
+        on_durable: Option<OnDurable>,
+    },
+    /// Answered once everything before it is durable and the engine is checkpointed.
+    Flush {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Stop,
+}
+
+/// What the sync thread owes an applied write once its group is durable.
+struct Owed {
+    durable: oneshot::Sender<Result<()>>,
+    on_durable: Option<OnDurable>,
+}
+
+impl Owed {
+    fn settle(self, failure: Option<&str>) {
+        if let Some(f) = self.on_durable {
+            f(failure.is_none());
+        }
+        let answer = match failure {
+            None => Ok(()),
+            Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
+        };
+        let _ = self.durable.send(answer);
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    pub(super) commits: AtomicU64,
+    pub(super) fsyncs: AtomicU64,
+    /// Set when a write or fsync failed: the durable state is unknown, nothing more is
+    /// acknowledged.
+    poisoned: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn poison(&self, cause: String) {
+        tracing::error!(error = %cause, "store write failed; refusing further writes until restart");
+        self.poisoned.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(cause);
+    }
+}
+
+/// A written group waiting for its fsync.
+struct Written {
+    file: Option<(Arc<File>, PathBuf)>,
+    owed: Vec<Owed>,
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    started: Instant,
+}
+
+enum ToSync {
+    Group(Written),
+    Barrier(mpsc::Sender<()>),
+}
+
+pub(super) fn start<E: Engine>(
+    engine: Arc<E>,
+    wal: Wal,
+    options: LogOptions,
+    shared: Arc<Shared>,
+    epoch: u64,
+) -> std::io::Result<(Sender<Request>, Vec<JoinHandle<()>>)> {
+    let (req_tx, req_rx) = mpsc::channel();
+    let (sync_tx, sync_rx) = mpsc::channel();
+    let (synced_tx, synced_rx) = mpsc::channel();
+    let syncer =
+        Syncer { requests: sync_rx, synced: synced_tx, shared: shared.clone(), observer: options.observer.clone() };
+    let sync_thread = std::thread::Builder::new().name("exactly-log-sync".into()).spawn(move || syncer.run())?;
+    let committer = Committer {
+        engine,
+        wal,
+        requests: req_rx,
+        to_sync: sync_tx,
+        synced: synced_rx,
+        in_flight: 0,
+        shared,
+        max_batch: options.max_batch,
+        epoch,
+    };
+    let commit_thread = std::thread::Builder::new().name("exactly-log-commit".into()).spawn(move || committer.run())?;
+    Ok((req_tx, vec![commit_thread, sync_thread]))
+}
+
+struct Committer<E> {
+    engine: Arc<E>,
+    wal: Wal,
+    requests: Receiver<Request>,
+    to_sync: Sender<ToSync>,
+    /// One message per group the sync thread has answered.
+    synced: Receiver<()>,
+    /// Groups handed to the sync thread and not yet answered.
+    in_flight: usize,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    epoch: u64,
+}
+
+/// Groups written but not yet synced before the commit thread waits.
+const MAX_IN_FLIGHT: usize = 2;
+
+impl<E: Engine> Committer<E> {
+    /// Waits until fewer than `limit` groups are waiting for their fsync.
+    fn wait_in_flight(&mut self, limit: usize) {
+        while let Ok(()) = self.synced.try_recv() {
+            self.in_flight -= 1;
+        }
+        while self.in_flight >= limit.max(1) {
+            match self.synced.recv() {
+                Ok(()) => self.in_flight -= 1,
+                Err(_) => {
+                    self.in_flight = 0;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn run(mut self) {
+        let mut pending: Vec<Request> = Vec::with_capacity(self.max_batch);
+        loop {
+            match self.requests.recv() {
+                Ok(Request::Stop) | Err(_) => break,
+                Ok(first) => pending.push(first),
+            }
+            // Let requests gather while the sync thread is busy.
+            self.wait_in_flight(MAX_IN_FLIGHT);
+            let mut stop = false;
+            while pending.len() < self.max_batch {
+                match self.requests.try_recv() {
+                    Ok(Request::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Ok(r) => pending.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.group(&mut pending);
+            if stop {
+                break;
+            }
+        }
+        // Requests that arrive after Stop are dropped; their senders see StoreClosed.
+        if self.shared.poisoned().is_none() {
+            if let Err(e) = self.checkpoint(true) {
+                tracing::warn!(error = %e, "checkpoint at close failed; the log will be replayed at the next open");
+            }
+        }
+        // Dropping `to_sync` ends the sync thread once it has answered everything.
+    }
+
+    fn group(&mut self, pending: &mut Vec<Request>) {
+        if let Some(cause) = self.shared.poisoned() {
+            for r in pending.drain(..) {
+                match r {
+                    Request::Commit { applied, .. } => {
+                        let _ = applied.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                    }
+                    Request::Flush { reply } => {
+                        let _ = reply.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                    }
+                    Request::Stop => {}
+                }
+            }
+            return;
+        }
+        let started = Instant::now();
+        // The group's writes, the last one of each key winning: the group is atomic, so
+        // only the final value of a key matters (a partition watermark written by every
+        // record of the group is written once).
+        let mut overlay: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
+        let mut expiring = Vec::new();
+        let mut admitted = Vec::with_capacity(pending.len());
+        let mut flushes = Vec::new();
+        for r in pending.drain(..) {
+            match r {
+                Request::Commit { batch, applied, durable, on_durable } => match self.admit(&batch, &overlay) {
+                    Ok(true) => {
+                        for (k, v) in batch.ops {
+                            overlay.insert(k, v);
+                        }
+                        expiring.extend(batch.expiring);
+                        admitted.push((applied, Owed { durable, on_durable }));
+                    }
+                    Ok(false) => {
+                        let _ = applied.send(Ok(false));
+                    }
+                    Err(e) => {
+                        let _ = applied.send(Err(e));
+                    }
+                },
+                Request::Flush { reply } => flushes.push(reply),
+                Request::Stop => {}
+            }
+        }
+        let mut ops: Vec<Op> = overlay.into_iter().collect();
+        if !expiring.is_empty() {
+            let n = self.shared.commits.load(Ordering::Relaxed) + 1;
+            ops.extend(expiry_index_ops((self.epoch << 40) | (n & ((1 << 40) - 1)), &expiring));
+        }
+        match self.write(&ops, !flushes.is_empty()) {
+            Ok(file) => {
+                let mut owed = Vec::with_capacity(admitted.len());
+                for (applied, o) in admitted {
+                    let _ = applied.send(Ok(true));
+                    owed.push(o);
+                }
+                if self.to_sync.send(ToSync::Group(Written { file, owed, flushes, started })).is_ok() {
+                    self.in_flight += 1;
+                }
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                self.shared.poison(cause.clone());
+                for (applied, _) in admitted {
+                    let _ = applied.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                }
+            }
+        }
+    }
+
+    /// Whether every expectation of `b` holds, looking through writes admitted earlier in
+    /// this group.
+    fn admit(&self, b: &WriteBatch, overlay: &HashMap<Vec<u8>, Option<Bytes>>) -> Result<bool> {
+        for (k, expected) in &b.expect {
+            let current = match overlay.get(k) {
+                Some(v) => v.clone(),
+                None => self.engine.get(k)?,
+            };
+            if current != *expected {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Logs and applies a group; returns the log file the sync thread must fsync.
+    fn write(&mut self, ops: &[Op], flush: bool) -> Result<Option<(Arc<File>, PathBuf)>> {
+        let mut file = None;
+        if !ops.is_empty() {
+            let written = self.wal.write(&wal::encode(ops)).map_err(|e| Error::io("log write", e))?;
+            self.engine.apply(ops)?;
+            self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            if written.rotated {
+                self.checkpoint(false)?;
+            }
+            file = Some((written.file, written.path));
+        }
+        if flush {
+            self.checkpoint(true)?;
+        }
+        Ok(file)
+    }
+
+    /// Waits until every group handed to the sync thread is synced, then flushes the
+    /// engine and recycles the log segments it now covers. With `rotate`, the current
+    /// segment is closed first, so it is covered too.
+    fn checkpoint(&mut self, rotate: bool) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        if self.to_sync.send(ToSync::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        self.wait_in_flight(1);
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::StorePoisoned { cause });
+        }
+        if rotate {
+            self.wal.rotate_for_checkpoint().map_err(|e| Error::io("rotate log", e))?;
+        }
+        let n = self.engine.checkpoint()?;
+        self.shared.fsyncs.fetch_add(n, Ordering::Relaxed);
+        self.wal.checkpointed().map_err(|e| Error::io("checkpoint", e))
+    }
+}
+
+struct Syncer {
+    requests: Receiver<ToSync>,
+    synced: Sender<()>,
+    shared: Arc<Shared>,
+    observer: Option<Arc<dyn FsyncObserver>>,
+}
+
+impl Syncer {
+    fn run(self) {
+        let mut batch = Vec::new();
+        while let Ok(first) = self.requests.recv() {
+            batch.push(first);
+            while let Ok(more) = self.requests.try_recv() {
+                batch.push(more);
+            }
+            self.sync(&mut batch);
+        }
+    }
+
+    fn sync(&self, batch: &mut Vec<ToSync>) {
+        // One fsync per distinct file, in order; a group is durable once its file is.
+        let mut files: Vec<(Arc<File>, PathBuf)> = Vec::new();
+        for item in batch.iter() {
+            if let ToSync::Group(Written { file: Some((f, p)), .. }) = item {
+                if !files.iter().any(|(g, _)| Arc::ptr_eq(f, g)) {
+                    files.push((f.clone(), p.clone()));
+                }
+            }
+        }
+        let mut failure = self.shared.poisoned();
+        if failure.is_none() {
+            for (f, path) in &files {
+                match f.sync_data() {
+                    Ok(()) => {
+                        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                        if let Some(o) = &self.observer {
+                            o.synced(path);
+                        }
+                    }
+                    Err(e) => {
+                        let cause = format!("store fsync failed: {e}");
+                        self.shared.poison(cause.clone());
+                        failure = Some(cause);
+                        break;
+                    }
+                }
+            }
+        }
+        for item in batch.drain(..) {
+            match item {
+                ToSync::Group(w) => {
+                    let _ = self.synced.send(());
+                    metrics::store_flushed(w.started.elapsed(), w.owed.len());
+                    for o in w.owed {
+                        o.settle(failure.as_deref());
+                    }
+                    for reply in w.flushes {
+                        let answer = match &failure {
+                            None => Ok(()),
+                            Some(cause) => Err(Error::StorePoisoned { cause: cause.clone() }),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                ToSync::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}

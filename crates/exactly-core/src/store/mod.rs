@@ -1,0 +1,289 @@
+//! Dedup stores: where claims, done-records and transactional state live.
+//!
+//! [`DedupStore`] is the protocol a store offers the [`Processor`](crate::Processor):
+//! claim a key, renew the lease, complete (durably, with the handler's state writes),
+//! release after a failure. Three stores ship: [`SledStore`] on disk (the default),
+//! [`RedbStore`] on disk (feature `redb`) and [`MemoryStore`]. Each is a [`LocalStore`]
+//! over a key-value backend: in-flight claims live in memory (one process owns a store),
+//! done-records and state on the backend. The on-disk ones put a write-ahead log with
+//! group commit ([`log`]) in front of their engine.
+
+mod layout;
+mod leases;
+mod local;
+pub mod log;
+mod memory;
+mod record;
+#[cfg(feature = "redb")]
+mod redb;
+#[cfg(feature = "sled")]
+mod sled;
+mod sweeper;
+
+pub use layout::StoreKey;
+pub use local::{
+    BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch,
+    expiry_index_ops,
+};
+pub use log::{Engine, FsyncObserver, LogBackend, LogOptions};
+pub use memory::{MemoryBackend, MemoryStore};
+pub use record::{FORMAT_VERSION, RecordState, RecordView};
+#[cfg(feature = "redb")]
+pub use redb::{RedbEngine, RedbStore, RedbStoreBuilder};
+#[cfg(feature = "sled")]
+pub use sled::{SledEngine, SledStore, SledStoreBuilder};
+pub use sweeper::Sweeper;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::clock::Millis;
+use crate::{Fingerprint, OutboundRecord, Result};
+
+use self::local::Durable as DurableHandle;
+
+/// A fencing token: grows with every claim of the store, so with every claim of a key.
+/// A downstream system that remembers the highest token it saw for a key can refuse a
+/// write from a holder whose lease was taken over.
+pub type FencingToken = u64;
+
+/// A request to claim a key before running its handler.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The namespaced key.
+    pub key: &'a StoreKey,
+    /// The payload's fingerprint, to tell a duplicate from a key conflict.
+    pub fingerprint: Fingerprint,
+    /// The current time.
+    pub now: Millis,
+    /// When the lease ends unless renewed.
+    pub lease_until: Millis,
+    /// Whether the claim must be on disk before the handler runs, so that a crash while it
+    /// runs is noticed after a restart (needed by [`OrphanPolicy::Quarantine`](crate::OrphanPolicy)).
+    pub durable: bool,
+    /// The message is re-driven from the dead-letter destination: a dead-letter mark on
+    /// the key is cleared instead of answered.
+    pub redrive: bool,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The caller holds the key until it completes, releases, or its lease runs out.
+    Acquired(Lease),
+    /// The key is done: a duplicate. Carries the cached output.
+    Done {
+        /// The cached output.
+        output: Option<Bytes>,
+        /// The records the handler emitted, to publish again.
+        emitted: Vec<OutboundRecord>,
+        /// Where the message that made it done came from, when known.
+        origin: Option<String>,
+    },
+    /// The key is done for a different payload.
+    Conflict {
+        /// The fingerprint of the payload that is done.
+        stored: Fingerprint,
+    },
+    /// The key was dead-lettered before.
+    DeadLettered {
+        /// The reason it was dead-lettered.
+        reason: String,
+    },
+    /// A live holder has the key (or is committing it).
+    Busy {
+        /// When its lease ends, unless renewed.
+        lease_until: Millis,
+    },
+}
+
+/// A held claim.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The fencing token of this claim.
+    pub token: FencingToken,
+    /// Failed attempts before this one.
+    pub attempts: u32,
+    /// The first error of earlier attempts.
+    pub first_error: Option<String>,
+    /// The last error of earlier attempts.
+    pub last_error: Option<String>,
+    /// A previous holder's lease ran out, or it crashed while holding the key: its effects
+    /// may or may not have happened.
+    pub orphaned: bool,
+}
+
+/// How a claim ends.
+#[derive(Debug, Clone)]
+pub enum Final {
+    /// The handler succeeded.
+    Done {
+        /// Its output, cached for duplicates.
+        output: Option<Bytes>,
+        /// Records it emitted, kept to publish again for a duplicate.
+        emitted: Vec<OutboundRecord>,
+    },
+    /// The message went to the dead-letter destination.
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The handler's state reads and writes, committed atomically with the done-record if
+/// every value read is still what it was (optimistic concurrency).
+#[derive(Debug, Clone, Default)]
+pub struct StateChanges {
+    /// Each state key read, as a namespaced store key, with the value seen.
+    pub reads: Vec<(Vec<u8>, Option<Bytes>)>,
+    /// Each state key written (`None` deletes).
+    pub writes: Vec<(Vec<u8>, Option<Bytes>)>,
+}
+
+impl StateChanges {
+    /// No reads, no writes.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty()
+    }
+}
+
+/// A request to end a claim for good.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The namespaced key.
+    pub key: StoreKey,
+    /// The token of the claim being completed.
+    pub token: FencingToken,
+    /// The payload's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    /// The current time.
+    pub now: Millis,
+    /// Where the message came from (`topic/partition/offset`), when its broker has positions.
+    pub origin: Option<String>,
+    /// Done or dead-lettered.
+    pub outcome: Final,
+    /// When the record may be purged.
+    pub expires_at: Millis,
+    /// State writes to commit with it.
+    pub state: StateChanges,
+}
+
+/// A completion applied and on its way to disk.
+#[derive(Debug)]
+pub struct StagedCompletion {
+    /// Whether it took effect. Only [`Committed::Ok`] has anything to wait for.
+    pub committed: Committed,
+    /// Resolves once the record and state writes are durable. Until then the key answers
+    /// claims with [`Claim::Busy`].
+    pub durable: Durable,
+}
+
+/// Whether a completion took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Durable.
+    Ok,
+    /// A state value the handler read changed before the commit: nothing was written; run
+    /// the handler again.
+    Conflict,
+    /// The claim was taken over by another holder: nothing was written.
+    Fenced,
+}
+
+/// What one purge pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Expiry-index entries visited.
+    pub index_entries: u64,
+    /// Records removed.
+    pub records_removed: u64,
+    /// More expired entries remain (the budget ran out).
+    pub more: bool,
+}
+
+/// Counts of what a store holds, as far as it knows without a scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Claims held in memory now.
+    pub in_flight: u64,
+    /// Keys waiting to be retried after a failure.
+    pub waiting_retry: u64,
+    /// Group commits made since open.
+    pub commits: u64,
+    /// Fsyncs made since open.
+    pub fsyncs: u64,
+    /// Bytes on disk, for on-disk stores.
+    pub disk_bytes: Option<u64>,
+}
+
+/// A store of idempotency records.
+///
+/// The contract every implementation keeps:
+/// - a key is held by at most one live claim at a time; a claim whose lease ran out may be
+///   taken over, and the old holder is then fenced: its `complete` returns
+///   [`Committed::Fenced`];
+/// - [`complete`](Self::complete) returns only when the record and the state writes are
+///   durable, all or nothing;
+/// - a key that is done stays done until its record expires and is purged.
+#[async_trait]
+pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Claims a key for a handler run.
+    async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim>;
+
+    /// Extends a held lease; `false` if the claim was lost (taken over or completed).
+    fn renew(&self, key: &StoreKey, token: FencingToken, lease_until: Millis) -> bool;
+
+    /// Ends a claim after a failure that will be retried; the key keeps its attempt count
+    /// and errors for the next claim.
+    async fn release(&self, key: &StoreKey, token: FencingToken, attempts: u32, error: Option<String>) -> Result<()>;
+
+    /// Ends a claim for good (done or dead-lettered) with the state writes, returning as
+    /// soon as the outcome is decided and visible; [`StagedCompletion::durable`] resolves
+    /// when it is on disk. Completions become durable in the order they were applied.
+    async fn complete_staged(&self, completion: Completion) -> Result<StagedCompletion>;
+
+    /// Ends a claim for good and waits until it is durable.
+    async fn complete(&self, completion: Completion) -> Result<Committed> {
+        let staged = self.complete_staged(completion).await?;
+        staged.durable.wait().await?;
+        Ok(staged.committed)
+    }
+
+    /// Commits state writes of a message processed without a key.
+    async fn commit_state(&self, state: StateChanges) -> Result<Committed>;
+
+    /// Applies state writes and meta values (an adapter's position watermark) atomically,
+    /// returning once applied; the result's `durable` resolves when they are on disk.
+    async fn stage_state(&self, state: StateChanges, meta: Vec<(String, Bytes)>) -> Result<StagedCompletion> {
+        let committed = self.commit_state(state).await?;
+        if committed == Committed::Ok {
+            for (name, value) in meta {
+                self.meta_put(&name, value).await?;
+            }
+        }
+        Ok(StagedCompletion { committed, durable: DurableHandle::ready() })
+    }
+
+    /// Reads a state value (a namespaced state key, see [`StoreKey::state`]).
+    fn state_get(&self, state_key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// Reads a value adapters keep beside the records (Kafka offset watermarks).
+    fn meta_get(&self, name: &str) -> Result<Option<Bytes>>;
+
+    /// Writes such a value durably, in the next group commit.
+    async fn meta_put(&self, name: &str, value: Bytes) -> Result<()>;
+
+    /// Removes expired records, visiting at most `budget` expiry-index entries.
+    async fn purge_expired(&self, now: Millis, budget: usize) -> Result<PurgeReport>;
+
+    /// The record of a key, for inspection.
+    fn inspect(&self, key: &StoreKey) -> Result<Option<RecordView>>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<()>;
+
+    /// What the store holds.
+    fn stats(&self) -> StoreStats;
+}

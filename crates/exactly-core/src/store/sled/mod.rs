@@ -1,0 +1,176 @@
+//! The default on-disk store: sled under the write-ahead log.
+
+mod files;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use self::files::SledFiles;
+use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
+use super::log::{Engine, FsyncObserver, LogBackend, LogOptions, Op};
+use crate::clock::Millis;
+use crate::{Error, Result};
+
+/// sled as an [`Engine`]: writes are applied in memory; a checkpoint flushes sled and
+/// fsyncs its log file and any new blob files (sled's own flush does neither).
+pub struct SledEngine {
+    db: sled::Db,
+    files: Mutex<SledFiles>,
+}
+
+impl fmt::Debug for SledEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledEngine").finish_non_exhaustive()
+    }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.db.get(key).map(|v| v.map(|v| Bytes::copy_from_slice(&v))).map_err(|e| Error::io("read", e))
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.db
+            .range(from..to)
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), Bytes::copy_from_slice(&v))).map_err(|e| Error::io("read", e)))
+            .collect()
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_ref()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| Error::io("write", e))
+    }
+
+    fn checkpoint(&self) -> Result<u64> {
+        self.db.flush().map_err(|e| Error::io("flush", e))?;
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).sync().map_err(|e| Error::io("fsync", e))
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
+}
+
+/// The default store: sled on disk behind a write-ahead log with group commit.
+///
+/// One process opens a store at a time (sled locks its directory); a second open fails
+/// with a message saying so.
+///
+/// ```
+/// # fn main() -> Result<(), exactly_core::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = exactly_core::SledStore::open(dir.path().join("dedup"))?;
+/// assert!(exactly_core::SledStore::open(dir.path().join("dedup")).is_err());
+/// # drop(store); Ok(()) }
+/// ```
+pub type SledStore = LocalStore<LogBackend<SledEngine>>;
+
+impl LocalStore<LogBackend<SledEngine>> {
+    /// Opens (or creates) a store at `path` with default settings.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open()
+    }
+
+    /// Starts configuring a store at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SledStoreBuilder {
+        SledStoreBuilder {
+            path: path.as_ref().to_owned(),
+            bucket_width: DEFAULT_BUCKET_WIDTH_MS,
+            cache_capacity: 256 * 1024 * 1024,
+            log: LogOptions::default(),
+        }
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        self.backend.path()
+    }
+}
+
+/// Settings of a [`SledStore`].
+#[must_use]
+#[derive(Debug)]
+pub struct SledStoreBuilder {
+    path: PathBuf,
+    bucket_width: Millis,
+    cache_capacity: u64,
+    log: LogOptions,
+}
+
+impl SledStoreBuilder {
+    /// Width of an expiry bucket (default one hour). A record is purged at most this
+    /// long after it expires; the purge removes whole buckets.
+    pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
+        self.bucket_width = crate::clock::duration_millis(width).max(1);
+        self
+    }
+
+    /// sled's page cache size in bytes (default 256 MiB).
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// The most completions one group commit takes (default 4096).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.log.max_batch = n.max(1);
+        self
+    }
+
+    /// Size of one write-ahead log segment (default 16 MiB). sled is checkpointed each
+    /// time a segment fills; recovery replays at most about one segment.
+    pub fn wal_segment_size(mut self, bytes: u64) -> Self {
+        self.log.segment_size = bytes.max(4096);
+        self
+    }
+
+    /// Called after every successful fsync with the synced path; for tests and metrics.
+    pub fn on_fsync(mut self, observer: impl FsyncObserver) -> Self {
+        self.log.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Opens the store.
+    pub fn open(self) -> Result<SledStore> {
+        let path = self.path;
+        let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
+            path: path.clone(),
+            reason,
+            source,
+        };
+        if path.is_file() {
+            return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
+        }
+        let db =
+            sled::Config::new().path(&path).cache_capacity(self.cache_capacity).flush_every_ms(None).open().map_err(
+                |e| {
+                    let text = e.to_string();
+                    let reason = if text.contains("could not acquire lock") {
+                        "another process has it open (is a consumer running on this store?)".to_owned()
+                    } else if text.to_lowercase().contains("permission denied") {
+                        "permission denied; check the directory's owner and mode".to_owned()
+                    } else {
+                        format!("sled could not open it: {text}")
+                    };
+                    fail(reason, Some(Box::new(e)))
+                },
+            )?;
+        let files = SledFiles::new(&path, self.log.observer.clone())
+            .map_err(|e| fail(format!("cannot open its files to fsync them: {e}"), Some(Box::new(e))))?;
+        files.sync_all().map_err(|e| Error::io("fsync", e))?;
+        let engine = SledEngine { db, files: Mutex::new(files) };
+        let backend = LogBackend::open(engine, &path, self.log)?;
+        tracing::debug!(path = %path.display(), "opened sled store");
+        Ok(LocalStore::with_backend(backend, self.bucket_width))
+    }
+}

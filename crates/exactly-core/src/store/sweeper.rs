@@ -1,0 +1,58 @@
+//! The background task that purges expired records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::DedupStore;
+use crate::clock::SharedClock;
+
+/// Purges expired records every `every`, at most `budget` index entries per store call,
+/// yielding between calls so it never holds the runtime for long.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    /// How often to look.
+    pub every: Duration,
+    /// Index entries per store call.
+    pub budget: usize,
+}
+
+impl Default for Sweeper {
+    fn default() -> Self {
+        Self { every: Duration::from_secs(60), budget: 10_000 }
+    }
+}
+
+impl Sweeper {
+    /// Starts the task; abort the handle to stop it.
+    pub fn spawn(self, store: Arc<dyn DedupStore>, clock: SharedClock) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut removed = 0;
+                loop {
+                    match store.purge_expired(clock.now(), self.budget).await {
+                        Ok(r) => {
+                            removed += r.records_removed;
+                            if !r.more {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging expired records failed");
+                            break;
+                        }
+                    }
+                }
+                if removed > 0 {
+                    tracing::debug!(removed, "purged expired records");
+                    crate::metrics::purged(removed);
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The on-disk stores (sled and redb, one module each from the same tests): durability,
+//! group commit, reopen, refusal of bad paths.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, Final, RecordState, StateChanges};
+use exactly_core::{
+    Context, DedupStore, Error, Fingerprint, Message, OrphanPolicy, Outcome, Processor, StoreKey, handler_fn, reasons,
+};
+
+#[derive(Clone, Default)]
+struct Fsyncs(Arc<Mutex<Vec<PathBuf>>>);
+
+impl Fsyncs {
+    fn observer(&self) -> impl Fn(&Path) + Send + Sync + 'static {
+        let me = self.clone();
+        move |p: &Path| me.0.lock().unwrap().push(p.to_owned())
+    }
+    fn log_appends(&self) -> usize {
+        self.0.lock().unwrap().iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).count()
+    }
+    fn under(&self, dir: &Path) -> usize {
+        self.0.lock().unwrap().iter().filter(|p| p.starts_with(dir) && p != &dir).count()
+    }
+}
+
+async fn claim(store: &(impl DedupStore + ?Sized), key: &StoreKey, payload: &[u8]) -> u64 {
+    let now = 1_000;
+    match store
+        .claim(ClaimRequest {
+            key,
+            fingerprint: Fingerprint::of(payload),
+            now,
+            lease_until: now + 60_000,
+            durable: false,
+            redrive: false,
+        })
+        .await
+        .unwrap()
+    {
+        Claim::Acquired(l) => l.token,
+        other => panic!("expected to acquire {key}: {other:?}"),
+    }
+}
+
+fn done(key: &StoreKey, token: u64, payload: &[u8], output: Option<Bytes>, state: StateChanges) -> Completion {
+    Completion {
+        key: key.clone(),
+        token,
+        fingerprint: Fingerprint::of(payload),
+        attempts: 1,
+        now: 1_000,
+        origin: None,
+        outcome: Final::Done { output, emitted: vec![] },
+        expires_at: 10_000_000,
+        state,
+    }
+}
+
+macro_rules! durable_store_tests {
+    ($module:ident, $store:ty) => {
+        mod $module {
+            use super::*;
+            type Store = $store;
+
+            #[tokio::test]
+            async fn every_completion_waits_for_an_fsync_of_the_log() {
+                let dir = tempfile::tempdir().unwrap();
+                let fsyncs = Fsyncs::default();
+                let store = Store::builder(dir.path().join("s")).on_fsync(fsyncs.observer()).open().unwrap();
+                for i in 0..50 {
+                    let key = StoreKey::new("c", &format!("k{i}"));
+                    let token = claim(&store, &key, b"p").await;
+                    let before = fsyncs.log_appends();
+                    assert_eq!(
+                        store.complete(done(&key, token, b"p", None, StateChanges::default())).await.unwrap(),
+                        Committed::Ok
+                    );
+                    assert!(fsyncs.log_appends() > before, "completion {i} returned without an fsync of the log");
+                }
+                assert!(store.stats().fsyncs >= 50);
+            }
+
+            #[tokio::test]
+            async fn a_log_that_fills_up_checkpoints_the_engine_and_recycles() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                let fsyncs = Fsyncs::default();
+                {
+                    let store = Store::builder(&path).wal_segment_size(8 * 1024).on_fsync(fsyncs.observer()).open().unwrap();
+                    for i in 0..500 {
+                        let key = StoreKey::new("c", &format!("k{i}"));
+                        let token = claim(&store, &key, b"p").await;
+                        store.complete(done(&key, token, b"p", None, StateChanges::default())).await.unwrap();
+                    }
+                    assert!(fsyncs.under(&path) > fsyncs.log_appends(), "checkpoints fsync the engine's own files too");
+                    let segments = std::fs::read_dir(path.join("wal")).unwrap().count();
+                    assert!(segments <= 6, "{segments} log files: segments are not recycled");
+                }
+                let store = Store::open(&path).unwrap();
+                for i in 0..500 {
+                    assert!(store.inspect(&StoreKey::new("c", &format!("k{i}"))).unwrap().is_some(), "k{i} lost");
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn group_commit_serves_many_completions_with_one_fsync() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                let store = Arc::new(Store::open(&path).unwrap());
+                let commits_before = store.stats().commits;
+                let n = 512;
+                let mut tasks = Vec::new();
+                for i in 0..n {
+                    let store = store.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let key = StoreKey::new("c", &format!("k{i}"));
+                        let token = claim(&*store, &key, b"p").await;
+                        store.complete(done(&key, token, b"p", None, StateChanges::default())).await.unwrap()
+                    }));
+                }
+                for t in tasks {
+                    assert_eq!(t.await.unwrap(), Committed::Ok);
+                }
+                let commits = store.stats().commits - commits_before;
+                assert!(commits < n / 2, "{n} concurrent completions took {commits} group commits");
+                drop(store);
+                let store = Store::open(&path).unwrap();
+                for i in 0..n {
+                    let view = store.inspect(&StoreKey::new("c", &format!("k{i}"))).unwrap().expect("durable after reopen");
+                    assert!(matches!(view.state, RecordState::Done { .. }));
+                }
+            }
+
+            #[tokio::test]
+            async fn records_state_and_tokens_survive_a_reopen() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                let key = StoreKey::new("c", "k");
+                let state_key = StoreKey::state("c", b"balance");
+                let first_token;
+                {
+                    let store = Store::open(&path).unwrap();
+                    first_token = claim(&store, &key, b"p").await;
+                    let state = StateChanges { reads: vec![], writes: vec![(state_key.clone(), Some(Bytes::from_static(b"42")))] };
+                    store.complete(done(&key, first_token, b"p", Some(Bytes::from_static(b"out")), state)).await.unwrap();
+                }
+                let store = Store::open(&path).unwrap();
+                assert_eq!(store.state_get(&state_key).unwrap(), Some(Bytes::from_static(b"42")));
+                let now = 2_000;
+                let c = store
+                    .claim(ClaimRequest {
+                        key: &key,
+                        fingerprint: Fingerprint::of(b"p"),
+                        now,
+                        lease_until: now + 1,
+                        durable: false,
+                        redrive: false,
+                    })
+                    .await
+                    .unwrap();
+                assert!(matches!(c, Claim::Done { output: Some(ref o), .. } if o == "out"), "{c:?}");
+                let other = StoreKey::new("c", "other");
+                assert!(claim(&store, &other, b"p").await > first_token, "fencing tokens keep growing across opens");
+            }
+
+            #[tokio::test]
+            async fn a_durable_claim_of_a_crashed_process_is_found_after_reopen() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                let runs = Arc::new(AtomicU64::new(0));
+                let make = |runs: Arc<AtomicU64>| {
+                    handler_fn(move |_m: Message, _c: Context| {
+                        let runs = runs.clone();
+                        async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            Ok(())
+                        }
+                    })
+                };
+                {
+                    // Claim durably, then "crash": the store is closed with the claim on disk and no
+                    // done-record.
+                    let store = Store::open(&path).unwrap();
+                    let key = StoreKey::new("pay", "k");
+                    let now = 1_000;
+                    let c = store
+                        .claim(ClaimRequest {
+                            key: &key,
+                            fingerprint: Fingerprint::of(b"x"),
+                            now,
+                            lease_until: now + 60_000,
+                            durable: true,
+                            redrive: false,
+                        })
+                        .await
+                        .unwrap();
+                    assert!(matches!(c, Claim::Acquired(_)));
+                }
+                let p = Processor::builder("pay", make(runs.clone()))
+                    .store(Store::open(&path).unwrap())
+                    .orphans(OrphanPolicy::Quarantine)
+                    .build()
+                    .unwrap();
+                let out = p.process(Message::builder("x").header("idempotency-key", "k").build()).await.unwrap();
+                assert_eq!(out.dead_letter().unwrap().reason, reasons::UNKNOWN_OUTCOME);
+                assert_eq!(runs.load(Ordering::SeqCst), 0);
+                p.confirm_dead_letter(&out).await.unwrap();
+                let again = p.process(Message::builder("x").header("idempotency-key", "k").build()).await.unwrap();
+                assert_eq!(again.outcome, Outcome::AlreadyDeadLettered);
+            }
+
+            #[tokio::test]
+            async fn a_store_of_a_newer_format_is_refused() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                {
+                    let store = Store::open(&path).unwrap();
+                    store.meta_put("format", Bytes::copy_from_slice(&99u32.to_be_bytes())).await.unwrap();
+                }
+                let err = Store::open(&path).unwrap_err();
+                assert!(matches!(err, Error::StoreFormat { found: 99, supported: 1, .. }), "{err}");
+                assert!(err.to_string().contains("upgrade exactly"), "{err}");
+            }
+
+            #[test]
+            fn a_path_that_is_a_file_is_refused() {
+                let dir = tempfile::tempdir().unwrap();
+                let file = dir.path().join("f");
+                std::fs::write(&file, b"x").unwrap();
+                let err = Store::open(&file).unwrap_err();
+                assert!(err.to_string().contains("it is a file"), "{err}");
+            }
+
+            #[test]
+            fn a_store_in_use_is_refused_with_a_clear_message() {
+                let dir = tempfile::tempdir().unwrap();
+                let _held = Store::open(dir.path()).unwrap();
+                let err = Store::open(dir.path()).unwrap_err();
+                assert!(err.to_string().contains("another process has it open"), "{err}");
+            }
+
+            #[tokio::test]
+            async fn purge_drops_expired_buckets_on_disk() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::builder(dir.path()).bucket_width(Duration::from_secs(1)).open().unwrap();
+                for i in 0..100u64 {
+                    let key = StoreKey::new("c", &format!("k{i}"));
+                    let token = claim(&store, &key, b"p").await;
+                    let mut c = done(&key, token, b"p", None, StateChanges::default());
+                    c.expires_at = if i < 60 { 5_000 } else { 50_000 };
+                    store.complete(c).await.unwrap();
+                }
+                let r = store.purge_expired(10_000, 1_000).await.unwrap();
+                assert_eq!((r.index_entries, r.records_removed, r.more), (60, 60, false));
+                assert!(store.inspect(&StoreKey::new("c", "k0")).unwrap().is_none());
+                assert!(store.inspect(&StoreKey::new("c", "k99")).unwrap().is_some());
+                let listed = store.list(&StoreKey::new("c", ""), None, 1_000).unwrap();
+                assert_eq!(listed.len(), 40);
+            }
+
+        }
+    };
+}
+
+durable_store_tests!(sled, exactly_core::SledStore);
+durable_store_tests!(redb, exactly_core::store::RedbStore);
+
+#[tokio::test]
+async fn large_values_land_in_blob_files_that_are_fsynced_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let fsyncs = Fsyncs::default();
+    let store = exactly_core::SledStore::builder(&path).on_fsync(fsyncs.observer()).open().unwrap();
+    let big = Bytes::from(vec![7u8; 2 * 1024 * 1024]);
+    let key = StoreKey::new("c", "big");
+    let token = claim(&store, &key, b"p").await;
+    store.complete(done(&key, token, b"p", Some(big.clone()), StateChanges::default())).await.unwrap();
+    drop(store); // the checkpoint at close writes sled's blob files
+    assert!(fsyncs.under(&path.join("blobs")) > 0, "no blob file was fsynced: {:?}", fsyncs.0.lock().unwrap());
+    let store = exactly_core::SledStore::open(&path).unwrap();
+    match store.inspect(&key).unwrap().unwrap().state {
+        RecordState::Done { output, .. } => assert_eq!(output, Some(big)),
+        other => panic!("{other:?}"),
+    }
+}

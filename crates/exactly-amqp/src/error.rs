@@ -1,0 +1,123 @@
+//! The adapter's error type.
+
+use std::time::Duration;
+
+/// Errors of the AMQP adapter. Each variant names what failed; URLs are shown without
+/// their password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL does not parse.
+    #[error("invalid AMQP URL {url}: {reason}")]
+    Url {
+        /// The URL, password hidden.
+        url: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// A setting is invalid.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// Connecting to the broker failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, password hidden.
+        url: String,
+        /// What lapin reported.
+        #[source]
+        source: lapin::Error,
+    },
+    /// No connection could be made at start-up within the allowed time.
+    #[error(
+        "could not connect to {url} within {waited:?} (last error: {last_error}); is the broker running and the URL right?"
+    )]
+    ConnectTimeout {
+        /// The URL, password hidden.
+        url: String,
+        /// How long it tried.
+        waited: Duration,
+        /// The last failure.
+        last_error: String,
+    },
+    /// Declaring the topology failed.
+    #[error("declaring {what} failed: {source}{hint}")]
+    Topology {
+        /// The queue or exchange.
+        what: String,
+        /// What lapin reported.
+        #[source]
+        source: lapin::Error,
+        /// Advice, when the cause is known.
+        hint: &'static str,
+    },
+    /// Consuming failed (the channel or connection broke).
+    #[error("consuming from queue {queue} failed: {source}")]
+    Consume {
+        /// The queue.
+        queue: String,
+        /// What lapin reported.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker cancelled the consumer (the queue was deleted, or the node went away).
+    #[error("the broker cancelled the consumer of queue {queue}")]
+    Cancelled {
+        /// The queue.
+        queue: String,
+    },
+    /// A publish (dead-letter, retry, reply) was not confirmed by the broker.
+    #[error("publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {reason}")]
+    Publish {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The dedup store failed: nothing more is acknowledged; restart the consumer.
+    #[error(transparent)]
+    Store(#[from] exactly_core::Error),
+}
+
+impl Error {
+    /// Whether reconnecting cannot help: the consumer stops with this error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Url { .. } | Error::Config { .. } | Error::ConnectTimeout { .. } | Error::Store(_))
+            || matches!(self, Error::Topology { hint, .. } if !hint.is_empty())
+    }
+}
+
+/// The URL with its password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{}{}{}", &url[..scheme_end + 3], hidden, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(redact("amqps://user@host"), "amqps://user@host");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,227 @@
+//! Configuring a [`Consumer`].
+
+use std::fmt;
+use std::time::Duration;
+
+use exactly_core::Processor;
+use rdkafka::ClientConfig;
+
+use crate::Error;
+use crate::consumer::Consumer;
+
+/// In what order a partition's records are handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ordering {
+    /// One record at a time per partition, in offset order (the default). Partitions run
+    /// in parallel. A record waiting to be retried holds back its partition.
+    #[default]
+    Partition,
+    /// Records of one partition run in parallel unless they share a record key (like
+    /// Confluent's Parallel Consumer), at most `max_in_flight` at once per partition. A
+    /// failing record parks only its key while it waits; the committed offset stays
+    /// below it.
+    Key,
+}
+
+/// Settings of a [`Consumer`]. Every one has a default; [`build`](Self::build) checks them.
+#[must_use]
+#[derive(Clone)]
+pub struct ConsumerBuilder {
+    pub(crate) brokers: String,
+    pub(crate) group: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) settings: Vec<(String, String)>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) dlq_suffix: String,
+    pub(crate) ordering: Ordering,
+    pub(crate) transactional_id: Option<String>,
+}
+
+impl fmt::Debug for ConsumerBuilder {
+    /// Settings whose name mentions a password, secret or key are hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "key", "token"].iter().any(|s| k.contains(s));
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("ConsumerBuilder")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("settings", &settings)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("commit_interval", &self.commit_interval)
+            .field("ordering", &self.ordering)
+            .field("transactional_id", &self.transactional_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(brokers: impl Into<String>, group: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group: group.into(),
+            topics: Vec::new(),
+            settings: Vec::new(),
+            max_in_flight: 1000,
+            commit_interval: Duration::from_millis(200),
+            revoke_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            dlq_suffix: ".dlq".into(),
+            ordering: Ordering::default(),
+            transactional_id: None,
+        }
+    }
+
+    /// Adds a topic to consume.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds topics to consume.
+    pub fn topics<S: Into<String>>(mut self, topics: impl IntoIterator<Item = S>) -> Self {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets any librdkafka setting (`security.protocol`, `sasl.username`,
+    /// `partition.assignment.strategy`, ...) on the consumer and the producer.
+    /// `enable.auto.commit` is always false: offsets are committed by `exactly`.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Records fetched and not yet finished per partition (default 1000): beyond it the
+    /// partition is paused until its worker catches up. In [`Ordering::Key`] also the most
+    /// records of one partition running at once.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// How often finished offsets are committed (default 200 ms).
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.commit_interval = d;
+        self
+    }
+
+    /// How long a revoke waits for the records in flight of the partitions it takes away
+    /// (default 10 s); what does not finish is not committed and is consumed again by the
+    /// new owner.
+    pub fn revoke_timeout(mut self, d: Duration) -> Self {
+        self.revoke_timeout = d;
+        self
+    }
+
+    /// How long a graceful stop waits for records in flight (default 30 s).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Dead-letter topic of topic `t` is `t` + `suffix` (default `.dlq`).
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dlq_suffix = suffix.into();
+        self
+    }
+
+    /// In what order a partition's records are handled (default [`Ordering::Partition`]).
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// Consume-transform-produce in Kafka transactions: records handlers emit are produced
+    /// in one transaction with the consumer offsets, and the consumer reads with
+    /// `isolation.level=read_committed`. `id` must be unique per consumer process and
+    /// stable across its restarts.
+    pub fn transactional(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self
+    }
+
+    /// Checks the settings and makes the consumer, which runs `processor` for every record.
+    pub fn build(self, processor: Processor) -> Result<Consumer, Error> {
+        let bad = |field: &str, reason: &str| Error::Config { field: field.into(), reason: reason.into() };
+        if self.brokers.trim().is_empty() {
+            return Err(bad("brokers", "must name at least one broker"));
+        }
+        if self.group.trim().is_empty() {
+            return Err(bad("group", "must not be empty"));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
+            return Err(bad("topics", "give at least one non-empty topic"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(bad("max_in_flight", "must be at least 1"));
+        }
+        if self.commit_interval.is_zero() {
+            return Err(bad("commit_interval", "must be greater than zero"));
+        }
+        if self.settings.iter().any(|(k, v)| k == "enable.auto.commit" && v == "true") {
+            return Err(bad("enable.auto.commit", "exactly commits offsets itself, after the records are durable"));
+        }
+        Consumer::new(self, processor)
+    }
+
+    /// The librdkafka settings of the consumer.
+    pub(crate) fn consumer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .set("queued.max.messages.kbytes", "16384");
+        if self.transactional_id.is_some() {
+            c.set("isolation.level", "read_committed");
+        }
+        for (k, v) in &self.settings {
+            c.set(k, v);
+        }
+        c.set("enable.auto.commit", "false");
+        c
+    }
+
+    /// The librdkafka settings of the producer (dead-letters, emitted records).
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        const CONSUMER_ONLY: &[&str] = &[
+            "group.id",
+            "group.instance.id",
+            "auto.offset.reset",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "isolation.level",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "max.poll.interval.ms",
+            "partition.assignment.strategy",
+            "queued.max.messages.kbytes",
+            "fetch.min.bytes",
+            "fetch.wait.max.ms",
+        ];
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("acks", "all").set("enable.idempotence", "true");
+        for (k, v) in &self.settings {
+            if !CONSUMER_ONLY.contains(&k.as_str()) {
+                c.set(k, v);
+            }
+        }
+        if let Some(id) = &self.transactional_id {
+            c.set("transactional.id", id);
+        }
+        c
+    }
+}

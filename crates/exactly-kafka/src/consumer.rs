@@ -1,0 +1,247 @@
+//! The consumer: subscribe, poll, route records to partition workers, commit, stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use exactly_core::Processor;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerGroupMetadata, StreamConsumer};
+use rdkafka::producer::{FutureProducer, Producer as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::builder::ConsumerBuilder;
+use crate::context::Ctx;
+use crate::shared::{Committer, Control, Shared, Tp};
+
+/// Counters of a consumer, for tests and monitoring.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records fetched and handed to a partition worker.
+    pub records: AtomicU64,
+    /// Records skipped below the local watermark, without a store lookup.
+    pub skipped: AtomicU64,
+    /// Records dead-lettered (delivered to the dead-letter topic).
+    pub dead_lettered: AtomicU64,
+    /// Offset commits (or transactions) that succeeded.
+    pub commits: AtomicU64,
+    /// Transactions aborted (their records and offsets went into a later one).
+    pub transaction_aborts: AtomicU64,
+    lag: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl Stats {
+    pub(crate) fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).insert((topic.to_owned(), partition), lag);
+    }
+
+    /// Consumer lag per partition, as librdkafka last reported it.
+    pub fn lag(&self) -> HashMap<(String, i32), i64> {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Consumes topics in a consumer group with a [`Processor`]: every record is handled once
+/// or dead-lettered with its reason, and offsets are committed only past records whose
+/// outcome is durable. Build one with [`Consumer::builder`], then [`run`](Self::run) it
+/// on a multi-threaded tokio runtime (a revoke waits for the records in flight).
+///
+/// ```no_run
+/// # async fn example(processor: exactly_core::Processor) -> Result<(), exactly_kafka::Error> {
+/// exactly_kafka::Consumer::builder("127.0.0.1:9092", "payments")
+///     .topic("payments")
+///     .build(processor)?
+///     .run_until_signal()
+///     .await
+/// # }
+/// ```
+#[must_use = "a consumer does nothing until it runs"]
+pub struct Consumer {
+    consumer: Arc<StreamConsumer<Ctx>>,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedReceiver<Control>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("config", &self.shared.cfg).finish_non_exhaustive()
+    }
+}
+
+/// Stops a running consumer gracefully.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Asks the consumer to stop: no new records, records in flight finished (up to the
+    /// shutdown timeout), offsets committed, store flushed.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+struct Live<'a>(&'a StreamConsumer<Ctx>);
+
+fn list(tps: &[Tp]) -> TopicPartitionList {
+    let mut l = TopicPartitionList::new();
+    for tp in tps {
+        l.add_partition(&tp.0, tp.1);
+    }
+    l
+}
+
+impl Committer for Live<'_> {
+    fn commit_offsets(&self, tpl: &TopicPartitionList, mode: CommitMode) -> Result<(), Error> {
+        self.0.commit(tpl, mode).map_err(|source| Error::Commit { source })
+    }
+
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.0.group_metadata()
+    }
+}
+
+impl Consumer {
+    /// Starts configuring a consumer of group `group` on brokers `brokers`
+    /// (`host:port,host:port`).
+    pub fn builder(brokers: impl Into<String>, group: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::new(brokers, group)
+    }
+
+    pub(crate) fn new(cfg: ConsumerBuilder, processor: Processor) -> Result<Self, Error> {
+        let producer: FutureProducer = cfg
+            .producer_config()
+            .remove("transactional.id")
+            .create()
+            .map_err(|source| Error::Create { client: "producer", source })?;
+        let txn_producer: Option<FutureProducer> = match &cfg.transactional_id {
+            None => None,
+            Some(_) => {
+                Some(cfg.producer_config().create().map_err(|source| Error::Create { client: "producer", source })?)
+            }
+        };
+        let consumer: StreamConsumer<Ctx> = cfg
+            .consumer_config()
+            .create_with_context(Ctx::default())
+            .map_err(|source| Error::Create { client: "consumer", source })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared::new(cfg, processor, producer, txn_producer, tx, stats));
+        let _ = consumer.context().shared.set(shared.clone());
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        Ok(Self { consumer, shared, control: rx, shutdown: CancellationToken::new() })
+    }
+
+    /// A handle that stops the consumer.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// The consumer's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully; a second signal exits at once
+    /// (committed offsets only ever cover durable outcomes).
+    pub async fn run_until_signal(self) -> Result<(), Error> {
+        let handle = self.shutdown_handle();
+        tokio::spawn(async move {
+            if wait_for_signal().await {
+                tracing::info!("signal received; finishing records in flight (signal again to exit at once)");
+                handle.shutdown();
+                if wait_for_signal().await {
+                    tracing::warn!("second signal; exiting now");
+                    std::process::exit(130);
+                }
+            }
+        });
+        self.run().await
+    }
+
+    /// Runs until [`ShutdownHandle::shutdown`]. Returns an error only when the store fails
+    /// or the consumer cannot start; broker errors are retried by librdkafka.
+    pub async fn run(mut self) -> Result<(), Error> {
+        let cfg = &self.shared.cfg;
+        if let Some(p) = &self.shared.txn_producer {
+            p.init_transactions(Duration::from_secs(30))
+                .map_err(|source| Error::Transaction { step: "init", source })?;
+        }
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics).map_err(|source| Error::Subscribe { topics: cfg.topics.clone(), source })?;
+        tracing::info!(group = %cfg.group, topics = ?cfg.topics, "consuming");
+        let sweeper = self.shared.processor.spawn_sweeper(exactly_core::Sweeper::default());
+        let mut commit_tick = tokio::time::interval(cfg.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut breaker_paused = Vec::new();
+        let consumer = self.consumer.clone();
+        let live = Live(&consumer);
+        let result = loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break Ok(()),
+                m = consumer.recv() => match m {
+                    Ok(m) => self.shared.route(m.detach()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consume error (librdkafka retries)");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(Control::Fatal(e)) = self.control.recv() => break Err(Error::Store(e)),
+                _ = commit_tick.tick() => {
+                    if let Err(e) = self.shared.commit(&live, CommitMode::Async).await {
+                        break Err(e);
+                    }
+                    // The circuit breaker: pause every partition while it is open.
+                    if self.shared.breaker_paused() && breaker_paused.is_empty() {
+                        breaker_paused = self.shared.assigned();
+                        if let Err(e) = consumer.pause(&list(&breaker_paused)) {
+                            tracing::warn!(error = %e, "pausing partitions failed");
+                        }
+                        tracing::warn!(partitions = breaker_paused.len(), "circuit breaker open: partitions paused");
+                    } else if !self.shared.breaker_paused() && !breaker_paused.is_empty() {
+                        let assigned = self.shared.assigned();
+                        breaker_paused.retain(|tp| assigned.contains(tp));
+                        if let Err(e) = consumer.resume(&list(&breaker_paused)) {
+                            tracing::warn!(error = %e, "resuming partitions failed");
+                        }
+                        breaker_paused.clear();
+                    }
+                }
+            }
+        };
+        sweeper.abort();
+        self.shared.stop_all(cfg.shutdown_timeout).await;
+        // Outcomes of the last records: commit them before leaving.
+        let committed = self.shared.commit(&live, CommitMode::Sync).await;
+        self.shared.processor.flush().await?;
+        self.consumer.unsubscribe();
+        if let Some(p) = &self.shared.txn_producer {
+            let _ = p.flush(Duration::from_secs(10));
+        }
+        let _ = self.shared.producer.flush(Duration::from_secs(10));
+        result.and(committed)
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; `false` if signals cannot be watched.
+async fn wait_for_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return false;
+        };
+        tokio::select! {
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}

@@ -1,0 +1,96 @@
+//! rdkafka callbacks: rebalances, commits, statistics.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::shared::Shared;
+
+/// The consumer's context. The shared state and the consumer are set right after the
+/// consumer is created.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) shared: OnceLock<Arc<Shared>>,
+    pub(crate) consumer: OnceLock<Weak<StreamConsumer<Ctx>>>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: Statistics) {
+        let Some(shared) = self.shared.get() else { return };
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("exactly_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+                shared.stats.set_lag(topic, *partition, p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    /// Settles the partitions before librdkafka assigns or revokes them: on assign, start
+    /// from the later of the committed offset and the local watermark; on revoke, let the
+    /// records in flight finish and commit them first.
+    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let starts = self.shared.get().map(|s| s.on_assign(base, tpl)).unwrap_or_default();
+                let assigned = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
+                // Queues are split after the assignment (it resets them), before any fetch.
+                if let (Some(s), Some(c)) = (self.shared.get(), self.consumer.get().and_then(Weak::upgrade)) {
+                    s.start_partitions(&c, starts);
+                }
+                assigned
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Some(s) = self.shared.get() {
+                    s.on_revoke(base, tpl);
+                }
+                if cooperative { base.incremental_unassign(tpl) } else { base.unassign() }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                if !cooperative {
+                    if let Some(s) = self.shared.get() {
+                        s.on_revoke(base, tpl);
+                    }
+                    base.unassign()
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the rebalance failed");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let Some(s) = self.shared.get() else { return };
+                let confirmed: Vec<_> = offsets
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match (e.error(), e.offset()) {
+                        (Ok(()), Offset::Offset(o)) => Some(((Arc::from(e.topic()), e.partition()), o)),
+                        _ => None,
+                    })
+                    .collect();
+                s.confirm_commit(&confirmed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, count = offsets.count(), "an offset commit failed; it is sent again");
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The adapter's error type.
+
+use rdkafka::error::KafkaError;
+
+/// Errors of the Kafka adapter; each variant names the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The setting.
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// Creating the consumer or producer failed (librdkafka refused the settings).
+    #[error("cannot create the Kafka {client}: {source}")]
+    Create {
+        /// `consumer` or `producer`.
+        client: &'static str,
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// Subscribing to the topics failed.
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// Committing offsets failed.
+    #[error("committing offsets failed: {source}")]
+    Commit {
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// Producing a record (dead-letter or output) failed.
+    #[error("producing to topic {topic} failed: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// A Kafka transaction failed.
+    #[error("the Kafka transaction failed at {step}: {source}")]
+    Transaction {
+        /// `init`, `begin`, `offsets`, `commit` or `abort`.
+        step: &'static str,
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// The transactional producer hit an error librdkafka calls fatal (it was fenced by
+    /// another producer with the same transactional id, or the broker lost its state):
+    /// the consumer stops. Outcomes are durable in the store and the offsets uncommitted,
+    /// so a restarted consumer produces the outputs again in a new transaction.
+    #[error("the transactional producer failed for good at {step}: {source}; restart the consumer")]
+    TransactionFatal {
+        /// The step that failed.
+        step: &'static str,
+        /// What rdkafka reported.
+        #[source]
+        source: KafkaError,
+    },
+    /// The dedup store failed: nothing more is committed; restart the consumer.
+    #[error(transparent)]
+    Store(#[from] exactly_core::Error),
+}

@@ -1,0 +1,303 @@
+//! A partition's worker: runs its records through the processor and tells the tracker
+//! which are finished.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use exactly_core::{Disposition, Processed, Staged};
+use futures_util::StreamExt;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use rdkafka::Message as _;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::builder::Ordering;
+use crate::context::Ctx;
+use crate::offsets::Tracker;
+use crate::shared::{Control, Shared, Tp};
+use crate::{Error, convert};
+
+pub(crate) struct Worker {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tp: Tp,
+    /// The partition's own queue: librdkafka stops fetching the partition while it is full.
+    pub(crate) queue: StreamPartitionQueue<Ctx>,
+    /// Records of this partition that came through the main queue, taken first.
+    pub(crate) spill: mpsc::UnboundedReceiver<OwnedMessage>,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) stop: CancellationToken,
+    /// Records below this offset are finished already (the watermark): skipped in O(1).
+    pub(crate) start: i64,
+}
+
+/// A record's outcome once its processing returned.
+enum Step {
+    /// Done; its done-record may still be on its way to disk.
+    Staged(Box<Staged>),
+    /// Finished for good (dead-lettered).
+    Finished,
+    /// The worker was stopped before the record finished: it stays uncommitted.
+    Stopped,
+}
+
+impl Worker {
+    pub(crate) async fn run(mut self) {
+        let result = match self.shared.cfg.ordering {
+            Ordering::Partition => self.in_order().await,
+            Ordering::Key => self.by_key().await,
+        };
+        if let Err(e) = result {
+            let _ = self.shared.control.send(Control::Fatal(e));
+        }
+    }
+
+    /// The next record of the partition, the spilled ones first; `None` when the queue
+    /// broke (the consumer is closing).
+    async fn next(&mut self) -> Option<OwnedMessage> {
+        if let Ok(m) = self.spill.try_recv() {
+            return Some(m);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                Some(m) = self.spill.recv() => return Some(m),
+                r = self.queue.recv() => match r {
+                    Ok(m) => return Some(m.detach()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %self.tp.0, partition = self.tp.1, "consume error (librdkafka retries)");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Registers a received record; `false` if it is below the watermark (finished already).
+    fn admit(&self, m: &OwnedMessage) -> bool {
+        let offset = m.offset();
+        self.tracker.received(offset);
+        if offset < self.start {
+            self.shared.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
+            self.tracker.finished(offset);
+            return false;
+        }
+        self.shared.stats.records.fetch_add(1, AtomicOrdering::Relaxed);
+        true
+    }
+
+    /// One record at a time, in offset order. The next record's handler runs while the
+    /// previous done-records are still on their way to disk; each offset is finished
+    /// once its record is durable, in order.
+    async fn in_order(&mut self) -> Result<(), exactly_core::Error> {
+        let mut durable = FuturesOrdered::new();
+        let stop = self.stop.clone();
+        // In offset order, a record keyed by its position has the partition watermark as
+        // its done-record.
+        let watermark = crate::shared::watermark_name(&self.shared.cfg.group, &self.tp.0, self.tp.1);
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = durable.next(), if !durable.is_empty() => {
+                    let (offset, r): (i64, exactly_core::Result<Processed>) = done;
+                    let _durable = r?;
+                    self.tracker.finished(offset);
+                }
+                () = stop.cancelled() => break,
+                m = self.next(), if durable.len() < 4096 => {
+                    let Some(m) = m else { break };
+                    let offset = m.offset();
+                    if !self.admit(&m) {
+                        continue;
+                    }
+                    match settle(&self.shared, &m, &self.stop, Some(&watermark)).await? {
+                        Step::Staged(s) => durable.push_back(async move { (offset, s.durable().await) }),
+                        Step::Finished => self.tracker.finished(offset),
+                        Step::Stopped => break,
+                    }
+                }
+            }
+        }
+        // Records already handled become durable on their own; count them finished.
+        while let Some((offset, r)) = durable.next().await {
+            let _durable = r?;
+            self.tracker.finished(offset);
+        }
+        Ok(())
+    }
+
+    /// Records of different keys in parallel, each key in offset order.
+    async fn by_key(&mut self) -> Result<(), exactly_core::Error> {
+        let limit = self.shared.cfg.max_in_flight;
+        let mut waiting: HashMap<Option<Bytes>, VecDeque<OwnedMessage>> = HashMap::new();
+        let mut running = FuturesUnordered::new();
+        let run = |m: OwnedMessage, shared: Arc<Shared>, stop: CancellationToken| async move {
+            let key = m.key().map(Bytes::copy_from_slice);
+            let offset = m.offset();
+            let step = match settle(&shared, &m, &stop, None).await {
+                Ok(Step::Staged(s)) => s.durable().await.map(|_| true),
+                Ok(Step::Finished) => Ok(true),
+                Ok(Step::Stopped) => Ok(false),
+                Err(e) => Err(e),
+            };
+            (key, offset, step)
+        };
+        let mut stopping = false;
+        let stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                Some((key, offset, step)) = running.next(), if !running.is_empty() => {
+                    if step? {
+                        self.tracker.finished(offset);
+                    }
+                    // The next record of the same key may start now.
+                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(m) if !stopping => running.push(run(m, self.shared.clone(), self.stop.clone())),
+                        _ => {
+                            waiting.remove(&key);
+                        }
+                    }
+                }
+                () = stop.cancelled(), if !stopping => stopping = true,
+                m = self.next(), if !stopping && running.len() < limit => {
+                    let Some(m) = m else { stopping = true; continue };
+                    if !self.admit(&m) {
+                        continue;
+                    }
+                    let key = m.key().map(Bytes::copy_from_slice);
+                    match waiting.get_mut(&key) {
+                        Some(queue) => queue.push_back(m),
+                        None => {
+                            waiting.insert(key, VecDeque::new());
+                            running.push(run(m, self.shared.clone(), self.stop.clone()));
+                        }
+                    }
+                }
+                else => break,
+            }
+            if stopping && running.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Processes one record until it is staged, dead-lettered, or the worker stops. With a
+/// watermark name, a record keyed by its position takes the watermark path.
+async fn settle(
+    shared: &Shared,
+    m: &OwnedMessage,
+    stop: &CancellationToken,
+    watermark: Option<&str>,
+) -> Result<Step, exactly_core::Error> {
+    let span = tracing::debug_span!("kafka_record", topic = m.topic(), partition = m.partition(), offset = m.offset());
+    settle_in(shared, m, stop, watermark).instrument(span).await
+}
+
+async fn settle_in(
+    shared: &Shared,
+    m: &OwnedMessage,
+    stop: &CancellationToken,
+    watermark: Option<&str>,
+) -> Result<Step, exactly_core::Error> {
+    let mut msg = convert::to_message(m);
+    loop {
+        let staged = match watermark {
+            Some(w) => shared.processor.process_positioned(msg.clone(), w).await?,
+            None => shared.processor.process_staged(msg.clone()).await?,
+        };
+        // Attempts made so far travel with the message to its next try.
+        msg.set_delivery_count(staged.processed().attempts);
+        let wait = match &staged.processed().disposition {
+            Disposition::Ack => {
+                let p = staged.processed();
+                if !p.emitted.is_empty() {
+                    if shared.txn_producer.is_some() {
+                        // Produced with the offsets, in the next transaction; the record is
+                        // finished only once its done-record is durable.
+                        let p = staged.durable().await?;
+                        shared.outbox.lock().unwrap_or_else(|e| e.into_inner()).records.extend(p.emitted);
+                        return Ok(Step::Finished);
+                    }
+                    if let Err(e) = emit(shared, &p.emitted).await {
+                        tracing::warn!(error = %e, "emitted records not produced; retrying the record");
+                        Duration::from_secs(1)
+                    } else {
+                        return Ok(Step::Staged(Box::new(staged)));
+                    }
+                } else {
+                    return Ok(Step::Staged(Box::new(staged)));
+                }
+            }
+            Disposition::Retry { after } => *after,
+            Disposition::Pause { after } => {
+                shared.pause_all(*after);
+                *after
+            }
+            Disposition::DeadLetter(_) => {
+                let p = staged.durable().await?;
+                let Disposition::DeadLetter(dl) = &p.disposition else { unreachable!("checked above") };
+                match dead_letter(shared, m, dl).await {
+                    Ok(()) => {
+                        shared.processor.confirm_dead_letter(&p).await?;
+                        shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                        return Ok(Step::Finished);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "dead-letter not delivered; keeping the record and trying again");
+                        shared.processor.abandon(&p).await?;
+                        Duration::from_secs(1)
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return Ok(Step::Stopped),
+        }
+    }
+}
+
+/// Produces the records a handler emitted and waits for their delivery.
+async fn emit(shared: &Shared, records: &[exactly_core::OutboundRecord]) -> Result<(), Error> {
+    for r in records {
+        let mut rec =
+            FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(convert::outbound_headers(r));
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_ref());
+        }
+        shared
+            .producer
+            .send(rec, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(source, _)| Error::Produce { topic: r.destination.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Produces a dead-letter copy of the record, with acks=all, and waits for its delivery.
+async fn dead_letter(shared: &Shared, m: &OwnedMessage, dl: &exactly_core::DeadLetter) -> Result<(), Error> {
+    let topic = shared.dlq_topic(m.topic());
+    let now = shared.processor.clock().now();
+    let headers = convert::dead_letter_headers(m, dl, shared.processor.consumer(), now);
+    let mut rec = FutureRecord::to(&topic).payload(m.payload().unwrap_or_default()).headers(headers);
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    shared
+        .producer
+        .send(rec, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map_err(|(source, _)| Error::Produce { topic, source })?;
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! The Kafka adapter against librdkafka's in-process mock cluster.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Runs, committed, counting, eventually, read_all, unique};
+use exactly_core::{
+    Context, DedupStore, HandlerError, MemoryStore, Message, Processor, RetryPolicy, StoreKey, handler_fn,
+};
+use exactly_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use exactly_kafka::testing::MockKafka;
+use exactly_kafka::{Consumer, Ordering, names};
+
+fn credited(store: &Arc<dyn DedupStore>, ns: &str, key: &str) -> i64 {
+    store
+        .state_get(&StoreKey::state(ns, key.as_bytes()))
+        .unwrap()
+        .map(|r| serde_json::from_slice(&r).unwrap())
+        .unwrap_or(0)
+}
+
+fn consumer(kafka: &MockKafka, group: &str, topic: &str, processor: Processor) -> Consumer {
+    Consumer::builder(kafka.bootstrap_servers(), group)
+        .topic(topic)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "200")
+        .commit_interval(Duration::from_millis(50))
+        .build(processor)
+        .unwrap()
+}
+
+async fn produce_keys(kafka: &MockKafka, topic: &str, keys: impl IntoIterator<Item = String>) {
+    for k in keys {
+        kafka.produce(topic, None, Some(k.as_bytes()), k.as_bytes(), &[("idempotency-key", k.as_str())]).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_run_once_and_every_offset_is_committed() {
+    let kafka = MockKafka::new(3).unwrap();
+    let (topic, group) = (unique("dups"), unique("g"));
+    kafka.create_topic(&topic, 4).unwrap();
+    produce_keys(&kafka, &topic, (0..400).map(|i| format!("k{}", i % 300))).await;
+
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let p = Processor::builder("dups", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("400 records", Duration::from_secs(30), || {
+        stats.records.load(std::sync::atomic::Ordering::Relaxed) >= 400
+    })
+    .await;
+    eventually("300 keys", Duration::from_secs(30), || runs.keys() >= 300).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(runs.keys(), 300);
+    assert_eq!(runs.doubled(), 0, "a key ran twice");
+    for i in 0..300 {
+        assert_eq!(credited(&store, "dups", &format!("k{i}")), 1);
+    }
+    let offsets: i64 = committed(kafka.bootstrap_servers(), &group, &topic, 4).iter().sum();
+    assert_eq!(offsets, 400, "every record's offset is committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_from_the_committed_offsets() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("restart"), unique("g"));
+    kafka.create_topic(&topic, 3).unwrap();
+    produce_keys(&kafka, &topic, (0..200).map(|i| format!("a{i}"))).await;
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let run = |runs: Runs, store: Arc<dyn DedupStore>| {
+        let p = Processor::builder("restart", counting(runs)).shared_store(store).build().unwrap();
+        consumer(&kafka, &group, &topic, p)
+    };
+
+    let c = run(runs.clone(), store.clone());
+    let (stop, _) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("the first 200", Duration::from_secs(30), || runs.keys() >= 200).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+
+    produce_keys(&kafka, &topic, (0..100).map(|i| format!("b{i}"))).await;
+    let c = run(runs.clone(), store.clone());
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("the next 100", Duration::from_secs(30), || runs.keys() >= 300).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(runs.doubled(), 0);
+    assert_eq!(
+        stats.records.load(std::sync::atomic::Ordering::Relaxed),
+        100,
+        "the second consumer fetched only what came after the commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_commits_are_lost_the_local_watermark_avoids_reprocessing() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("lost"), unique("g"));
+    kafka.create_topic(&topic, 2).unwrap();
+    produce_keys(&kafka, &topic, (0..100).map(|i| format!("x{i}"))).await;
+    // Every offset commit fails: the broker never learns how far the consumer got.
+    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 500]);
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let p = Processor::builder("lost", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let stop = c.shutdown_handle();
+    let task = tokio::spawn(c.run());
+    eventually("100 records", Duration::from_secs(30), || runs.keys() >= 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert!(committed(kafka.bootstrap_servers(), &group, &topic, 2).iter().sum::<i64>() < 100, "commits were refused");
+
+    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[]);
+    let p = Processor::builder("lost", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 0, "started past the local watermark");
+    assert_eq!(runs.doubled(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_goes_to_the_dead_letter_topic_with_headers() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("poison"), unique("g"));
+    kafka.create_topic(&topic, 1).unwrap();
+    kafka.create_topic(&format!("{topic}.dlq"), 1).unwrap();
+    kafka.produce(&topic, None, Some(b"k1"), b"fine", &[("idempotency-key", "ok-1")]).await.unwrap();
+    let (_, offset) =
+        kafka.produce(&topic, None, Some(b"k2"), b"poison", &[("idempotency-key", "bad-1")]).await.unwrap();
+    kafka.produce(&topic, None, Some(b"k3"), b"fine", &[("idempotency-key", "ok-2")]).await.unwrap();
+    let runs = Runs::default();
+    let p = Processor::builder("poison", counting(runs.clone())).store(MemoryStore::new()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("the dead-letter", Duration::from_secs(30), || {
+        stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 1 && runs.keys() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let dead = read_all(kafka.bootstrap_servers(), &format!("{topic}.dlq"), 1).await;
+    let (key, payload, h) = &dead[0];
+    assert_eq!((key.as_deref(), payload.as_slice()), (Some(&b"k2"[..]), &b"poison"[..]));
+    assert_eq!(h[names::REASON], "decode");
+    assert_eq!(h[names::ATTEMPTS], "1");
+    assert_eq!(h[names::KEY], "bad-1");
+    assert_eq!(h[names::ORIGINAL_TOPIC], topic);
+    assert_eq!(h[names::ORIGINAL_PARTITION], "0");
+    assert_eq!(h[names::ORIGINAL_OFFSET], offset.to_string());
+    assert!(h.contains_key(names::LAST_ERROR) && h.contains_key(names::ORIGINAL_TIMESTAMP));
+    assert_eq!(h["idempotency-key"], "bad-1", "the original headers are kept");
+    assert_eq!(
+        committed(kafka.bootstrap_servers(), &group, &topic, 1),
+        vec![3],
+        "the poison record's offset is passed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_broker_errors_are_retried_and_nothing_is_lost() {
+    let kafka = MockKafka::new(3).unwrap();
+    let (topic, group) = (unique("faults"), unique("g"));
+    kafka.create_topic(&topic, 6).unwrap();
+    produce_keys(&kafka, &topic, (0..300).map(|i| format!("f{i}"))).await;
+    kafka.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        ],
+    );
+    kafka.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    kafka.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION]);
+    let runs = Runs::default();
+    let p = Processor::builder("faults", counting(runs.clone())).store(MemoryStore::new()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let stop = c.shutdown_handle();
+    let task = tokio::spawn(c.run());
+    eventually("300 keys despite the faults", Duration::from_secs(60), || runs.keys() >= 300).await;
+    eventually("all offsets committed", Duration::from_secs(30), || {
+        committed(kafka.bootstrap_servers(), &group, &topic, 6).iter().sum::<i64>() == 300
+    })
+    .await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(runs.doubled(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordered_mode_parks_only_the_failing_key_and_keeps_the_commit_below_it() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("keyed"), unique("g"));
+    kafka.create_topic(&topic, 1).unwrap();
+    // One partition: a, b, a, c, a. Key a's first record fails for a while.
+    for (i, k) in ["a", "b", "a", "c", "a"].iter().enumerate() {
+        let id = format!("{k}-{i}");
+        kafka
+            .produce(&topic, Some(0), Some(k.as_bytes()), id.as_bytes(), &[("idempotency-key", id.as_str())])
+            .await
+            .unwrap();
+    }
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let o = order.clone();
+    let handler = handler_fn(move |m: Message, ctx: Context| {
+        let o = o.clone();
+        async move {
+            let id = m.payload_str().unwrap_or("").to_owned();
+            if id == "a-0" && ctx.attempt() < 4 {
+                return Err(HandlerError::transient("not yet"));
+            }
+            o.lock().unwrap().push(id);
+            Ok(())
+        }
+    });
+    let p = Processor::builder("keyed", handler)
+        .store(MemoryStore::new())
+        .retry(RetryPolicy::exponential(Duration::from_millis(200), Duration::from_millis(400), 10).unwrap())
+        .no_breaker()
+        .build()
+        .unwrap();
+    let c = Consumer::builder(kafka.bootstrap_servers(), &group)
+        .topic(&topic)
+        .ordering(Ordering::Key)
+        .commit_interval(Duration::from_millis(50))
+        .build(p)
+        .unwrap();
+    let stop = c.shutdown_handle();
+    let task = tokio::spawn(c.run());
+    eventually("b and c", Duration::from_secs(30), || order.lock().unwrap().len() >= 2).await;
+    assert_eq!(*order.lock().unwrap(), vec!["b-1".to_owned(), "c-3".to_owned()], "other keys did not wait for a");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        committed(kafka.bootstrap_servers(), &group, &topic, 1),
+        vec![0],
+        "the commit stays below the parked record"
+    );
+    eventually("all five", Duration::from_secs(30), || order.lock().unwrap().len() >= 5).await;
+    let got = order.lock().unwrap().clone();
+    assert_eq!(&got[2..], &["a-0".to_owned(), "a-2".to_owned(), "a-4".to_owned()], "key a stays in order");
+    eventually("the commit past everything", Duration::from_secs(10), || {
+        committed(kafka.bootstrap_servers(), &group, &topic, 1) == vec![5]
+    })
+    .await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+/// Dies right after the done-record of one key, before its offset is committed.
+#[derive(Debug)]
+struct DieAfterDone(&'static str);
+
+impl exactly_core::FaultInjector for DieAfterDone {
+    fn crash_at(&self, point: exactly_core::CrashPoint, key: Option<&str>) -> bool {
+        point == exactly_core::CrashPoint::AfterDoneRecord && key == Some(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_done_but_not_committed_is_redelivered_and_skipped_as_a_duplicate() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("crash"), unique("g"));
+    kafka.create_topic(&topic, 1).unwrap();
+    produce_keys(&kafka, &topic, (0..50).map(|i| format!("c{i}"))).await;
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let p = Processor::builder("crash", counting(runs.clone()))
+        .shared_store(store.clone())
+        .faults(Arc::new(DieAfterDone("c20")))
+        .build()
+        .unwrap();
+    let err = consumer(&kafka, &group, &topic, p).run().await.unwrap_err();
+    assert!(err.to_string().contains("injected crash"), "{err}");
+    assert_eq!(runs.get("c20"), 1);
+    let after_crash = committed(kafka.bootstrap_servers(), &group, &topic, 1)[0];
+    assert!(after_crash <= 20, "c20's offset must not be committed: {after_crash}");
+
+    let p = Processor::builder("crash", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("the rest", Duration::from_secs(30), || runs.keys() >= 50).await;
+    eventually("the commit", Duration::from_secs(10), || {
+        committed(kafka.bootstrap_servers(), &group, &topic, 1)[0] == 50
+    })
+    .await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert!(stats.records.load(std::sync::atomic::Ordering::Relaxed) >= 50 - u64::try_from(after_crash).unwrap());
+    assert_eq!(runs.get("c20"), 1, "redelivered after the crash, answered from the store");
+    assert_eq!(runs.doubled(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_joining_mid_stream_shares_the_work_and_no_key_runs_twice() {
+    let kafka = MockKafka::new(3).unwrap();
+    let (topic, group) = (unique("rebal"), unique("g"));
+    kafka.create_topic(&topic, 6).unwrap();
+    produce_keys(&kafka, &topic, (0..600).map(|i| format!("r{i}"))).await;
+    let runs = Runs::default();
+    // One store for both, as two consumers of one process would share it: the dedup
+    // state covers records a rebalance hands from one to the other.
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let slow = |runs: Runs| {
+        let inner = Arc::new(counting(runs));
+        handler_fn(move |m: Message, ctx: Context| {
+            let inner = inner.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                exactly_core::Handler::handle(&*inner, m, ctx).await
+            }
+        })
+    };
+    let a = consumer(
+        &kafka,
+        &group,
+        &topic,
+        Processor::builder("rebal", slow(runs.clone())).shared_store(store.clone()).build().unwrap(),
+    );
+    let (stop_a, stats_a) = (a.shutdown_handle(), a.stats());
+    let task_a = tokio::spawn(a.run());
+    eventually("a head start", Duration::from_secs(30), || runs.keys() >= 60).await;
+    let b = consumer(
+        &kafka,
+        &group,
+        &topic,
+        Processor::builder("rebal", slow(runs.clone())).shared_store(store.clone()).build().unwrap(),
+    );
+    let (stop_b, stats_b) = (b.shutdown_handle(), b.stats());
+    let task_b = tokio::spawn(b.run());
+    eventually("600 keys", Duration::from_secs(60), || runs.keys() >= 600).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_a.shutdown();
+    stop_b.shutdown();
+    task_a.await.unwrap().unwrap();
+    task_b.await.unwrap().unwrap();
+    assert!(stats_b.records.load(std::sync::atomic::Ordering::Relaxed) > 0, "the second consumer got partitions");
+    assert!(stats_a.records.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(runs.doubled(), 0, "a key ran twice across the rebalance");
+    for i in 0..600 {
+        assert_eq!(credited(&store, "rebal", &format!("r{i}")), 1);
+    }
+}
+
+fn transform() -> impl exactly_core::Handler<Output = ()> {
+    handler_fn(|m: Message, ctx: Context| async move {
+        let out = format!("{}:out", m.payload_str().unwrap_or(""));
+        ctx.emit(
+            exactly_core::OutboundRecord::new(format!("{}.out", m.coordinates().source), out)
+                .key(ctx.message_key().to_owned()),
+        );
+        Ok(())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_is_aborted_and_its_outputs_go_into_the_next_one() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("txn"), unique("g"));
+    kafka.create_topic(&topic, 2).unwrap();
+    kafka.create_topic(&format!("{topic}.out"), 1).unwrap();
+    produce_keys(&kafka, &topic, (0..60).map(|i| format!("t{}", i % 50))).await;
+    // The first transactions fail at EndTxn: they are aborted, and their records and
+    // offsets go into a later one.
+    kafka.request_errors(
+        RDKafkaApiKey::AddPartitionsToTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    let p = Processor::builder("txn", transform()).store(MemoryStore::new()).build().unwrap();
+    let c = Consumer::builder(kafka.bootstrap_servers(), &group)
+        .topic(&topic)
+        .transactional(unique("txn-id"))
+        .commit_interval(Duration::from_millis(100))
+        .build(p)
+        .unwrap();
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    // The mock cluster accepts offsets sent to a transaction but does not show them to
+    // OffsetFetch; the tansu test (real_broker.rs) checks the committed offsets.
+    eventually("a committed transaction after the aborted one", Duration::from_secs(60), || {
+        stats.transaction_aborts.load(std::sync::atomic::Ordering::Relaxed) >= 1
+            && stats.commits.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    // The mock shows records of aborted transactions too: read until every key is there.
+    let keys_of =
+        |out: &[common::Read]| out.iter().filter_map(|(k, _, _)| k.clone()).collect::<std::collections::HashSet<_>>();
+    let out =
+        common::read_until(kafka.bootstrap_servers(), &format!("{topic}.out"), |got| keys_of(got).len() >= 50).await;
+    assert_eq!(keys_of(&out).len(), 50, "every input key has its output");
+    assert!(out.iter().all(|(_, _, h)| h.contains_key("idempotency-key")), "outputs carry derived keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_transaction_error_stops_the_consumer_with_that_error() {
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("fatal"), unique("g"));
+    kafka.create_topic(&topic, 1).unwrap();
+    kafka.create_topic(&format!("{topic}.out"), 1).unwrap();
+    produce_keys(&kafka, &topic, (0..5).map(|i| format!("f{i}"))).await;
+    kafka.request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE]);
+    let p = Processor::builder("fatal", transform()).store(MemoryStore::new()).build().unwrap();
+    let c = Consumer::builder(kafka.bootstrap_servers(), &group)
+        .topic(&topic)
+        .transactional(unique("txn-id"))
+        .commit_interval(Duration::from_millis(100))
+        .build(p)
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), c.run()).await.expect("stops by itself").unwrap_err();
+    assert!(matches!(err, exactly_kafka::Error::TransactionFatal { .. }), "{err}");
+    assert!(err.to_string().contains("restart the consumer"), "{err}");
+}

@@ -1,0 +1,232 @@
+//! RabbitMQ: a bare lapin consumer with manual acks against exactly-amqp, on the same
+//! broker, the same prefilled messages and the same prefetch, in one run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use exactly::amqp::{Consumer, Topology};
+use exactly::{Context, DedupStore, MemoryStore, Message, Processor, SledStore, handler_fn};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+use crate::report::{cpu_time, fmt_rate, machine, median, rate, spread};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// A short run (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Messages per run.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// basic.qos prefetch, the same for every consumer (exactly-amqp's default).
+    #[arg(long, default_value_t = 250)]
+    prefetch: u16,
+    /// Repetitions (variants interleaved); the median is reported with the range.
+    #[arg(long)]
+    reps: Option<usize>,
+    /// The broker.
+    #[arg(long, env = "EXACTLY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    url: String,
+    /// Where stores are created.
+    #[arg(long, default_value = "target/bench-tmp")]
+    dir: PathBuf,
+    /// Consumers to compare (default: all; bare is always measured, as the ceiling).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    variants: Vec<Variant>,
+    /// Skip the bare consumer (for profiling one variant; no ratios then).
+    #[arg(long, hide = true)]
+    no_bare: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Variant {
+    Bare,
+    BareBatched,
+    Memory,
+    Sled,
+    Redb,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare lapin, one ack per message (pipelined)",
+            Variant::BareBatched => "bare lapin, acks batched (multiple=true every 32)",
+            Variant::Memory => "exactly, memory store",
+            Variant::Sled => "exactly, sled store (default, durable)",
+            Variant::Redb => "exactly, redb store (durable)",
+        }
+    }
+}
+
+async fn prefill(conn: &Connection, queue: &str, n: u64, size: usize) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    ch.queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let payload = vec![b'x'; size];
+    let mut pending = Vec::with_capacity(2000);
+    for i in 0..n {
+        let props = BasicProperties::default().with_message_id(format!("m{i}").into()).with_delivery_mode(2);
+        pending.push(ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &payload, props).await?);
+        if pending.len() == 2000 {
+            for c in pending.drain(..) {
+                anyhow::ensure!(c.await?.is_ack(), "prefill not confirmed");
+            }
+        }
+    }
+    for c in pending {
+        anyhow::ensure!(c.await?.is_ack(), "prefill not confirmed");
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Consumes `n` messages; returns (elapsed, client CPU used).
+async fn consume(v: Variant, args: &Args, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+    if v == Variant::BareBatched {
+        let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+        let mut deliveries = ch
+            .basic_consume(queue.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let (started, cpu) = (Instant::now(), cpu_time());
+        let mut seen = 0;
+        let mut last = None;
+        while seen < n {
+            // Ack every 32nd delivery with multiple=true, or when none is waiting.
+            let next = if last.is_some() {
+                tokio::time::timeout(Duration::from_millis(1), deliveries.next()).await.ok()
+            } else {
+                Some(deliveries.next().await)
+            };
+            match next {
+                Some(d) => {
+                    let d = d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+                    seen += 1;
+                    last = Some(d);
+                    if seen % 32 == 0 || seen == n {
+                        if let Some(d) = last.take() {
+                            d.ack(BasicAckOptions { multiple: true }).await?;
+                        }
+                    }
+                }
+                None => {
+                    if let Some(d) = last.take() {
+                        d.ack(BasicAckOptions { multiple: true }).await?;
+                    }
+                }
+            }
+        }
+        let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+        let _ = conn.close(200, "ok".into()).await;
+        return Ok(took);
+    }
+    if v == Variant::Bare {
+        let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+        let mut deliveries = ch
+            .basic_consume(queue.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let (started, cpu) = (Instant::now(), cpu_time());
+        // Acks are pipelined (not awaited one by one), as in exactly-amqp: the fastest
+        // bare consumer, so the ceiling is a fair one.
+        let mut acks = futures_util::stream::FuturesUnordered::new();
+        let (mut seen, mut acked) = (0, 0);
+        while acked < n {
+            tokio::select! {
+                d = deliveries.next(), if seen < n => {
+                    let d = d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+                    acks.push(async move { d.ack(BasicAckOptions::default()).await });
+                    seen += 1;
+                }
+                Some(r) = acks.next(), if !acks.is_empty() => {
+                    r?;
+                    acked += 1;
+                }
+            }
+        }
+        let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+        let _ = conn.close(200, "ok".into()).await;
+        return Ok(took);
+    }
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let store: Arc<dyn DedupStore> = match v {
+        Variant::Memory => Arc::new(MemoryStore::new()),
+        Variant::Sled => Arc::new(SledStore::open(dir.path().join("s"))?),
+        _ => Arc::new(exactly::store::RedbStore::open(dir.path().join("s"))?),
+    };
+    let handler = handler_fn(|_m: Message, _c: Context| async { Ok(()) });
+    let processor = Processor::builder("bench", handler).shared_store(store).build()?;
+    let consumer = Consumer::builder(&args.url, queue)
+        .prefetch(args.prefetch)
+        .topology(Topology::existing("amq.direct"))
+        .build(processor)?;
+    let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let task = tokio::spawn(consumer.run());
+    while stats.acked.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(!task.is_finished(), "the consumer stopped early");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    stop.shutdown();
+    task.await??;
+    Ok(took)
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let n = args.messages.unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let mut variants = if args.no_bare { vec![] } else { vec![Variant::Bare] };
+    if args.variants.is_empty() {
+        variants.extend([Variant::BareBatched, Variant::Memory, Variant::Sled, Variant::Redb]);
+    } else {
+        variants.extend(args.variants.iter().copied().filter(|v| *v != Variant::Bare));
+    }
+    let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for rep in 0..reps {
+        for (i, &v) in variants.iter().enumerate() {
+            let queue = format!("exactly-bench-{}-{rep}-{i}", std::process::id());
+            prefill(&conn, &queue, n, args.size).await?;
+            let (took, cpu) = consume(v, &args, &queue, n).await?;
+            rates[i].push(rate(n, took));
+            cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
+            let ch = conn.create_channel().await?;
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+            let _ = ch.close(200, "ok".into()).await;
+        }
+    }
+    let bare = if args.no_bare { f64::NAN } else { median(&mut rates[0].clone()) };
+    println!("## RabbitMQ ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
+    println!(
+        "{n} prefilled persistent messages of {} bytes, prefetch {}, consumed to the last ack; RabbitMQ on the same machine.",
+        args.size, args.prefetch
+    );
+    println!("Median of {reps} runs (range); client CPU is this process's user+system time per message.\n");
+    println!("Ratios are to the first row, the bare consumer as a lapin user writes it (the issue's ceiling).");
+    println!("exactly-amqp batches acks itself; the second row shows a bare consumer that does too.\n");
+    println!("| consumer | msgs/s | / bare | client CPU per msg |\n|---|---:|---:|---:|");
+    for (i, v) in variants.iter().enumerate() {
+        let m = median(&mut rates[i].clone());
+        println!("| {} | {} | {:.2} | {:.1} µs |", v.label(), spread(&mut rates[i]), m / bare, median(&mut cpus[i]));
+    }
+    let _ = fmt_rate;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Kafka: a bare rdkafka StreamConsumer committing offsets against exactly-kafka, on the
+//! same broker, the same produced records, in one run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use exactly::kafka::Consumer;
+use exactly::{Context, DedupStore, MemoryStore, Message, Processor, SledStore, handler_fn};
+use exactly_kafka::testing::MockKafka;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+use crate::report::{cpu_time, machine, median, rate, spread};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// A short run (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Records per run.
+    #[arg(long)]
+    records: Option<u64>,
+    /// Payload size.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Repetitions, variants interleaved.
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Brokers to measure: `mock` (librdkafka's, in process) and/or `real` (EXACTLY_KAFKA_BROKER).
+    #[arg(long, value_delimiter = ',', default_values_t = ["mock".to_owned(), "real".to_owned()])]
+    brokers: Vec<String>,
+    /// Give each record an idempotency-key header (else the key is its position).
+    #[arg(long)]
+    headers: bool,
+    /// Where stores are created.
+    #[arg(long, default_value = "target/bench-tmp")]
+    dir: PathBuf,
+    /// exactly-kafka's max_in_flight (records queued per partition).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Bare,
+    Memory,
+    Sled,
+    Redb,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare rdkafka StreamConsumer, commits every 200 ms",
+            Variant::Memory => "exactly-kafka, memory store",
+            Variant::Sled => "exactly-kafka, sled store (default, durable)",
+            Variant::Redb => "exactly-kafka, redb store (durable)",
+        }
+    }
+}
+
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    size: usize,
+    partitions: i32,
+    headers: bool,
+) -> anyhow::Result<()> {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let payload = vec![b'x'; size];
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..n {
+        let key = format!("k{i}");
+        let part = i32::try_from(i % u64::try_from(partitions)?)?;
+        let mut rec = FutureRecord::to(topic).payload(&payload).key(key.as_bytes()).partition(part);
+        if headers {
+            rec = rec.headers(OwnedHeaders::new().insert(Header { key: "idempotency-key", value: Some(key.as_str()) }));
+        }
+        pending.push(p.send_result(rec).map_err(|(e, _)| e)?);
+        if pending.len() == 10_000 {
+            for d in pending.drain(..) {
+                d.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    p.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    if let Some(m) = mock {
+        m.create_topic(topic, partitions)?;
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    for r in admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Consumes `n` records in a fresh group, the last offsets committed; (elapsed, CPU).
+async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+    let group =
+        format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128);
+    if v == Variant::Bare {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        c.subscribe(&[topic])?;
+        let (started, cpu) = (Instant::now(), cpu_time());
+        let mut last_commit = Instant::now();
+        let mut seen = 0;
+        while seen < n {
+            let m = c.recv().await?;
+            c.store_offset_from_message(&m)?;
+            seen += 1;
+            if last_commit.elapsed() >= Duration::from_millis(200) {
+                c.commit_consumer_state(CommitMode::Async)?;
+                last_commit = Instant::now();
+            }
+        }
+        c.commit_consumer_state(CommitMode::Sync)?;
+        return Ok((started.elapsed(), cpu_time().saturating_sub(cpu)));
+    }
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let store: Arc<dyn DedupStore> = match v {
+        Variant::Memory => Arc::new(MemoryStore::new()),
+        Variant::Sled => Arc::new(SledStore::open(dir.path().join("s"))?),
+        _ => Arc::new(exactly::store::RedbStore::open(dir.path().join("s"))?),
+    };
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let handler = handler_fn(move |_m: Message, _c: Context| {
+        h.fetch_add(1, Ordering::Relaxed);
+        async { Ok(()) }
+    });
+    let processor = Processor::builder("bench", handler).shared_store(store).build()?;
+    let mut builder = Consumer::builder(brokers, &group).topic(topic);
+    if let Some(m) = args.max_in_flight {
+        builder = builder.max_in_flight(m);
+    }
+    let consumer = builder.build(processor)?;
+    let stop = consumer.shutdown_handle();
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let task = tokio::spawn(consumer.run());
+    while handled.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(!task.is_finished(), "the consumer stopped early");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The stop waits for the last records to be durable and commits their offsets.
+    stop.shutdown();
+    task.await??;
+    Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let n = args.records.unwrap_or(if args.quick { 20_000 } else { 200_000 });
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let variants = [Variant::Bare, Variant::Memory, Variant::Sled, Variant::Redb];
+    println!("## Kafka ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
+    println!(
+        "{n} records of {} bytes over {} partitions, keyed {}; each consumer in a fresh group reads all of them,",
+        args.size,
+        args.partitions,
+        if args.headers { "by an idempotency-key header" } else { "by position (topic/partition/offset)" }
+    );
+    println!("measured until the last offset is committed. Median of {reps} runs (range); CPU is the client's.\n");
+    for broker in &args.brokers {
+        let mock = if broker == "mock" { Some(MockKafka::new(3)?) } else { None };
+        let brokers = match &mock {
+            Some(m) => m.bootstrap_servers().to_owned(),
+            None => std::env::var("EXACTLY_KAFKA_BROKER").map_err(|_| {
+                anyhow::anyhow!("EXACTLY_KAFKA_BROKER is not set (scripts/services.sh up starts tansu)")
+            })?,
+        };
+        let topic = format!("bench-{}-{broker}", std::process::id());
+        create_topic(&brokers, mock.as_ref(), &topic, args.partitions).await?;
+        produce(&brokers, &topic, n, args.size, args.partitions, args.headers).await?;
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..reps {
+            for (i, &v) in variants.iter().enumerate() {
+                let (took, cpu) = consume(v, &args, &brokers, &topic, n).await?;
+                rates[i].push(rate(n, took));
+                cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
+            }
+        }
+        let bare = median(&mut rates[0].clone());
+        let name = if mock.is_some() {
+            "librdkafka mock cluster (in process)"
+        } else {
+            "tansu (a real Kafka-protocol broker process)"
+        };
+        println!("### {name}\n\n| consumer | records/s | / bare | client CPU per record |\n|---|---:|---:|---:|");
+        for (i, v) in variants.iter().enumerate() {
+            let m = median(&mut rates[i].clone());
+            println!(
+                "| {} | {} | {:.2} | {:.1} µs |",
+                v.label(),
+                spread(&mut rates[i]),
+                m / bare,
+                median(&mut cpus[i])
+            );
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Benchmarks of `exactly`. Each subcommand prints a Markdown report; `docs/PERFORMANCE.md`
+//! holds the reports with the commands that made them.
+//!
+//! ```sh
+//! cargo run --release -p exactly-bench -- store          # the store and the protocol
+//! cargo run --release -p exactly-bench -- store --quick  # a short run for CI
+//! cargo run --release -p exactly-bench -- amqp           # RabbitMQ on 127.0.0.1:5672
+//! cargo run --release -p exactly-bench -- kafka          # the mock cluster and $EXACTLY_KAFKA_BROKER
+//! ```
+
+mod amqp;
+mod kafka;
+mod report;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of exactly; each prints a Markdown report")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Group commit against flush-per-record, protocol overhead, duplicate lookups.
+    Store(store::Args),
+    /// RabbitMQ: a bare lapin consumer against exactly-amqp on each store.
+    Amqp(amqp::Args),
+    /// Kafka (mock cluster or a real broker): a bare rdkafka consumer against exactly-kafka.
+    Kafka(kafka::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    match Cli::parse().command {
+        Command::Store(args) => store::run(args).await,
+        Command::Amqp(args) => amqp::run(args).await,
+        Command::Kafka(args) => kafka::run(args).await,
+    }
+}

@@ -1,0 +1,76 @@
+//! Small helpers to measure and print.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Latency histogram in nanoseconds, 1 ns to 60 s.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
+}
+
+/// `p50 / p99 / p999` in microseconds.
+pub(crate) fn percentiles(h: &Histogram<u64>) -> String {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!("{:.1} / {:.1} / {:.1}", us(0.5), us(0.99), us(0.999))
+}
+
+pub(crate) fn rate(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+pub(crate) fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}k/s", r / 1e3)
+    } else {
+        format!("{r:.0}/s")
+    }
+}
+
+/// The machine, for the report header.
+pub(crate) fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores ({model})")
+}
+
+/// CPU time (user + system) this process has used so far, from /proc/self/stat.
+pub(crate) fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: u64 = rest.get(11)?.parse().ok()?;
+            let stime: u64 = rest.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// Median of a slice of rates.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `median (min-max)` of rates.
+pub(crate) fn spread(v: &mut [f64]) -> String {
+    let m = median(v);
+    if v.len() < 2 {
+        return fmt_rate(m);
+    }
+    format!("{} ({}-{})", fmt_rate(m), fmt_rate(v[0]), fmt_rate(v[v.len() - 1]))
+}

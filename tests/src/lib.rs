@@ -1,0 +1,84 @@
+//! Shared pieces of the end-to-end tests: the ledger handler whose effects the tests
+//! count, and helpers to read its results back.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use exactly::{Context, DedupStore, Handler, HandlerError, Message, StoreKey, handler_fn};
+use serde::{Deserialize, Serialize};
+
+/// The ledger's key namespace.
+pub const LEDGER: &str = "ledger";
+
+/// Accounts messages are spread over.
+pub const ACCOUNTS: u64 = 10;
+
+/// One credit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credit {
+    /// The message key.
+    pub id: String,
+    /// Account number.
+    pub account: u64,
+    /// Amount.
+    pub cents: i64,
+}
+
+/// The payload of message `i` whose key is `key`: poison keys get a payload that does
+/// not decode.
+pub fn payload(key: u64, poison: bool) -> Vec<u8> {
+    if poison {
+        return format!("not json {key}").into_bytes();
+    }
+    serde_json::to_vec(&Credit { id: format!("k{key}"), account: key % ACCOUNTS, cents: 1 }).unwrap_or_default()
+}
+
+/// A ledger handler: credits the account and marks the key applied in transactional
+/// state (exactly once), and appends the key to an external effects log (at least once).
+pub fn ledger(effects: Arc<Mutex<std::fs::File>>) -> impl Handler<Output = ()> {
+    handler_fn(move |msg: Message, ctx: Context| {
+        let effects = effects.clone();
+        async move {
+            let c: Credit = msg.decode()?;
+            let applied_key = format!("applied/{}", c.id);
+            let applied: i64 = ctx.state().get_json(&applied_key).await?.unwrap_or(0);
+            ctx.state().put_json(&applied_key, &(applied + 1)).await?;
+            let acct = format!("account/{}", c.account);
+            let bal: i64 = ctx.state().get_json(&acct).await?.unwrap_or(0);
+            ctx.state().put_json(&acct, &(bal + c.cents)).await?;
+            let mut f = effects.lock().map_err(|_| HandlerError::transient("effects log lock poisoned"))?;
+            writeln!(f, "{}", c.id)?;
+            Ok(())
+        }
+    })
+}
+
+/// Opens an on-disk store by engine name (`sled` or `redb`).
+pub fn open_store(engine: &str, path: &Path) -> exactly::Result<Arc<dyn DedupStore>> {
+    Ok(match engine {
+        "redb" => Arc::new(exactly::store::RedbStore::open(path)?),
+        _ => Arc::new(exactly::SledStore::open(path)?),
+    })
+}
+
+/// Reads a JSON integer from the ledger's state.
+pub fn state_i64(store: &dyn DedupStore, key: &str) -> i64 {
+    store
+        .state_get(&StoreKey::state(LEDGER, key.as_bytes()))
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice(&raw).ok())
+        .unwrap_or(0)
+}
+
+/// Counts the lines of a file by content.
+pub fn count_lines(path: &Path) -> std::collections::HashMap<String, u64> {
+    let mut m = std::collections::HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for l in text.lines().filter(|l| !l.is_empty()) {
+            *m.entry(l.to_owned()).or_default() += 1;
+        }
+    }
+    m
+}

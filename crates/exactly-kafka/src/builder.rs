@@ -102,9 +102,12 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Records fetched and not yet finished per partition (default 1000): beyond it the
-    /// partition is paused until its worker catches up. In [`Ordering::Key`] also the most
-    /// records of one partition running at once.
+    /// Records of one partition in flight (default 1000): with [`Ordering::Partition`],
+    /// records handled whose done-records are not yet durable; with [`Ordering::Key`],
+    /// records running at once. When a partition reaches it, its worker stops taking
+    /// records; they wait in the partition's own librdkafka queue, and librdkafka stops
+    /// fetching the partition when that queue holds `queued.max.messages.kbytes` (16 MB
+    /// here unless set). The poll loop and the other partitions carry on.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self

@@ -12,9 +12,10 @@
 //!   a duplicate, or dead-lettered (delivered to `<topic>.dlq` with `x-exactly-*` headers,
 //!   acks=all). The same watermark is saved in the store, so a consumer restarting after
 //!   a lost commit starts from the later of the two.
-//! - A partition whose worker falls behind is paused, not the poll loop, so a slow
-//!   handler never causes a `max.poll.interval.ms` eviction; the circuit breaker pauses
-//!   every partition while it is open.
+//! - Each partition has its own librdkafka queue and worker: a partition whose worker
+//!   falls behind stops being fetched while the poll loop and the other partitions carry
+//!   on, so a slow handler never causes a `max.poll.interval.ms` eviction; the circuit
+//!   breaker pauses every partition while it is open.
 //! - On a revoke (eager or cooperative), the revoked partitions stop taking records, the
 //!   ones in flight finish (up to 10 s), their offsets are committed, then they are let go.
 //! - With [`ConsumerBuilder::transactional`], records handlers emit are produced in one

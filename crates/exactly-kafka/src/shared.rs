@@ -213,7 +213,24 @@ impl Shared {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let local = self.watermark(topic, *partition);
+            let mut local = self.watermark(topic, *partition);
+            if let Some(l) = local.filter(|l| kafka.is_none_or(|k| *l > k)) {
+                // A watermark past the end of the log was not made on this log: the topic
+                // was deleted and created again, or the store was used with another
+                // cluster. Starting there would skip records; ignore it.
+                if let Ok((_, high)) = base.fetch_watermarks(topic, *partition, Duration::from_secs(10)) {
+                    if l > high {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            local = l,
+                            end = high,
+                            "the local watermark is past the end of the partition (topic recreated, or another cluster); ignoring it"
+                        );
+                        local = None;
+                    }
+                }
+            }
             if let Some(l) = local.filter(|l| kafka.is_none_or(|k| *l > k)) {
                 tracing::info!(topic, partition, local = l, kafka = ?kafka, "the local watermark is ahead of the committed offset; starting there");
                 let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(l));

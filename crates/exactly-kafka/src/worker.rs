@@ -111,7 +111,7 @@ impl Worker {
                     self.tracker.finished(offset);
                 }
                 () = stop.cancelled() => break,
-                m = self.next(), if durable.len() < 4096 => {
+                m = self.next(), if durable.len() < self.shared.cfg.max_in_flight => {
                     let Some(m) = m else { break };
                     let offset = m.offset();
                     if !self.admit(&m) {

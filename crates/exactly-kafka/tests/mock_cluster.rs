@@ -138,6 +138,38 @@ async fn when_commits_are_lost_the_local_watermark_avoids_reprocessing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_watermark_past_the_end_of_a_recreated_topic_is_ignored() {
+    let (topic, group) = (unique("recreated"), unique("g"));
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let run = |kafka: &MockKafka| {
+        let p = Processor::builder("re", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+        let c = consumer(kafka, &group, &topic, p);
+        (c.shutdown_handle(), tokio::spawn(c.run()))
+    };
+    // The store sees 30 records of the first life of the topic (one partition).
+    let first = MockKafka::new(1).unwrap();
+    first.create_topic(&topic, 1).unwrap();
+    produce_keys(&first, &topic, (0..30).map(|i| format!("old{i}"))).await;
+    let (stop, task) = run(&first);
+    eventually("30 records", Duration::from_secs(30), || runs.keys() >= 30).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    drop(first);
+
+    // The same names on a new log (a recreated topic, another cluster) with 10 records:
+    // the saved watermark (30) is past its end and must not make the consumer skip them.
+    let second = MockKafka::new(1).unwrap();
+    second.create_topic(&topic, 1).unwrap();
+    produce_keys(&second, &topic, (0..10).map(|i| format!("new{i}"))).await;
+    let (stop, task) = run(&second);
+    eventually("the 10 new records", Duration::from_secs(30), || runs.keys() >= 40).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(runs.doubled(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_goes_to_the_dead_letter_topic_with_headers() {
     let kafka = MockKafka::new(1).unwrap();
     let (topic, group) = (unique("poison"), unique("g"));

@@ -79,6 +79,29 @@ impl StoreKey {
     }
 }
 
+/// Serialised as `{"namespace": ..., "key": ...}` (export files, tools).
+impl serde::Serialize for StoreKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("StoreKey", 2)?;
+        st.serialize_field("namespace", self.namespace())?;
+        st.serialize_field("key", self.key())?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StoreKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Parts {
+            namespace: String,
+            key: String,
+        }
+        let p = Parts::deserialize(d)?;
+        Ok(StoreKey::new(&p.namespace, &p.key))
+    }
+}
+
 impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.namespace(), self.key())

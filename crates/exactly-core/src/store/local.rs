@@ -165,7 +165,16 @@ impl<B: KvBackend> LocalStore<B> {
     /// Lists records whose namespaced key starts with `prefix` (namespace then key), in
     /// key order, at most `limit`, starting after `after` when given.
     pub fn list(&self, prefix: &StoreKey, after: Option<&StoreKey>, limit: usize) -> Result<Vec<RecordView>> {
-        let start = layout::record_key(prefix);
+        self.list_range(layout::record_key(prefix), after, limit)
+    }
+
+    /// Lists records of every namespace, in key order, at most `limit`, starting after
+    /// `after` when given.
+    pub fn list_all(&self, after: Option<&StoreKey>, limit: usize) -> Result<Vec<RecordView>> {
+        self.list_range(vec![layout::RECORD], after, limit)
+    }
+
+    fn list_range(&self, start: Vec<u8>, after: Option<&StoreKey>, limit: usize) -> Result<Vec<RecordView>> {
         let end = layout::prefix_end(&start);
         let from = match after {
             Some(a) => {

@@ -79,8 +79,8 @@ impl Record {
     }
 }
 
-/// A key's record, as shown by inspection tools.
-#[derive(Debug, Clone, PartialEq)]
+/// A key's record, as shown by inspection tools and written by `exactly store export`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RecordView {
     /// The key.

@@ -1,0 +1,62 @@
+//! `exactly`: the command line of the exactly framework.
+//!
+//! ```text
+//! exactly store --path ./payments-store stats
+//! exactly store --path ./payments-store get payments order-17
+//! exactly store --path ./payments-store list --consumer payments --prefix order- --limit 20
+//! exactly store --path ./payments-store forget payments order-17
+//! exactly store --path ./payments-store purge-expired
+//! exactly store --path ./payments-store export > backup.jsonl
+//! exactly store --path ./new-store import backup.jsonl
+//! ```
+//!
+//! Exit codes: 0 success, 1 an error (printed on stderr), 2 a usage error, 3 the key
+//! asked for is not in the store.
+
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tools for exactly's consumers: look inside a dedup store, fix a stuck key, move state.
+#[derive(Parser)]
+#[command(name = "exactly", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect or repair a consumer's on-disk dedup store (the consumer must be stopped:
+    /// a store open in a running consumer is refused).
+    Store(store::StoreArgs),
+}
+
+/// The key asked for is not in the store.
+const NOT_FOUND: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Store(args) => store::run(args).await,
+        }
+    });
+    match result {
+        Ok(store::Found::Yes) => ExitCode::SUCCESS,
+        Ok(store::Found::No) => ExitCode::from(NOT_FOUND),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! `exactly store ...`: inspection and repair of a dedup store on disk.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use exactly_core::store::{KvBackend, LocalStore, RecordState, RecordView, RedbStore};
+use exactly_core::{Clock, DedupStore, SledStore, StoreKey, SystemClock};
+
+/// Records read per page when the whole store is walked.
+const PAGE: usize = 1_000;
+
+#[derive(Args)]
+pub(crate) struct StoreArgs {
+    /// The store directory (what the consumer passed to `SledStore::open`).
+    #[arg(long, short, env = "EXACTLY_STORE")]
+    path: PathBuf,
+    /// The store's engine.
+    #[arg(long, value_enum, default_value_t = Engine::Sled)]
+    engine: Engine,
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Engine {
+    /// `SledStore`, the default.
+    Sled,
+    /// `RedbStore`.
+    Redb,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Counts records by consumer and state, and the size on disk (walks every record).
+    Stats,
+    /// Shows one key's record; exit code 3 when there is none.
+    Get {
+        /// The consumer name (the key namespace).
+        consumer: String,
+        /// The idempotency key.
+        key: String,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists records in key order.
+    List {
+        /// Only this consumer's keys.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Only keys starting with this (needs --consumer).
+        #[arg(long, requires = "consumer")]
+        prefix: Option<String>,
+        /// Only records in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a key's record, so its next delivery runs the handler again (a stuck
+    /// in-flight claim, a wrong dead-letter mark); exit code 3 when there is none.
+    Forget {
+        /// The consumer name (the key namespace).
+        consumer: String,
+        /// The idempotency key.
+        key: String,
+    },
+    /// Removes records whose retention has passed, bucket by bucket.
+    PurgeExpired {
+        /// Keys visited per pass.
+        #[arg(long, default_value_t = 10_000)]
+        budget: usize,
+    },
+    /// Writes every record as JSON lines, to stdout or a file.
+    Export {
+        /// The file to write (default stdout).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Writes records from an export into this store (existing keys are overwritten).
+    Import {
+        /// The JSON-lines file `export` wrote.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StateFilter {
+    Done,
+    DeadLettered,
+    InFlight,
+}
+
+/// Whether what was asked for exists (exit code 3 when not).
+pub(crate) enum Found {
+    Yes,
+    No,
+}
+
+pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<Found> {
+    if !args.path.exists() && !matches!(args.command, StoreCommand::Import { .. }) {
+        anyhow::bail!("no store at {} (a consumer creates it on its first start)", args.path.display());
+    }
+    let what = || format!("cannot open the store at {}", args.path.display());
+    match args.engine {
+        Engine::Sled => on(SledStore::open(&args.path).with_context(what)?, args.command).await,
+        Engine::Redb => on(RedbStore::open(&args.path).with_context(what)?, args.command).await,
+    }
+}
+
+async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow::Result<Found> {
+    let mut out = std::io::stdout().lock();
+    let found = match command {
+        StoreCommand::Stats => {
+            stats(&store, &mut out)?;
+            Found::Yes
+        }
+        StoreCommand::Get { consumer, key, json } => match store.inspect(&StoreKey::new(&consumer, &key))? {
+            Some(r) if json => {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+                Found::Yes
+            }
+            Some(r) => {
+                describe(&r, &mut out)?;
+                Found::Yes
+            }
+            None => {
+                eprintln!("{consumer}:{key} is not in the store: its next delivery runs the handler");
+                Found::No
+            }
+        },
+        StoreCommand::List { consumer, prefix, state, limit, json } => {
+            let prefix = consumer.as_deref().map(|c| StoreKey::new(c, prefix.as_deref().unwrap_or("")));
+            let mut shown = 0;
+            walk(&store, prefix.as_ref(), |r| {
+                if state.is_none_or(|s| s == filter_of(&r.state)) {
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(r)?)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{}\t{}\t{} attempt(s)\t{}",
+                            r.key,
+                            state_name(&r.state),
+                            r.attempts,
+                            when(r.updated_at)
+                        )?;
+                    }
+                    shown += 1;
+                }
+                Ok(shown < limit)
+            })?;
+            Found::Yes
+        }
+        StoreCommand::Forget { consumer, key } => {
+            let key = StoreKey::new(&consumer, &key);
+            if store.forget(&key).await? {
+                store.flush().await?;
+                writeln!(out, "forgot {key}: its next delivery runs the handler again")?;
+                Found::Yes
+            } else {
+                eprintln!("{key} is not in the store");
+                Found::No
+            }
+        }
+        StoreCommand::PurgeExpired { budget } => {
+            let now = SystemClock.now();
+            let (mut records, mut entries) = (0, 0);
+            loop {
+                let report = store.purge_expired(now, budget).await?;
+                records += report.records_removed;
+                entries += report.index_entries;
+                if !report.more {
+                    break;
+                }
+            }
+            store.flush().await?;
+            writeln!(out, "removed {records} expired records ({entries} expiry-index entries)")?;
+            Found::Yes
+        }
+        StoreCommand::Export { out: file } => {
+            let mut sink: Box<dyn Write + '_> = match &file {
+                Some(f) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(f).with_context(|| format!("cannot create {}", f.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(&mut out)),
+            };
+            let mut n = 0u64;
+            walk(&store, None, |r| {
+                writeln!(sink, "{}", serde_json::to_string(r)?)?;
+                n += 1;
+                Ok(true)
+            })?;
+            sink.flush()?;
+            drop(sink);
+            eprintln!("exported {n} records");
+            Found::Yes
+        }
+        StoreCommand::Import { file } => {
+            let f = std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut n = 0u64;
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: RecordView = serde_json::from_str(&line).with_context(|| {
+                    format!("{} line {}: not a record of `exactly store export`", file.display(), i + 1)
+                })?;
+                store.import(r).await?;
+                n += 1;
+            }
+            store.flush().await?;
+            writeln!(out, "imported {n} records")?;
+            Found::Yes
+        }
+    };
+    Ok(found)
+}
+
+/// Calls `f` on every record (of `prefix`, when given) in key order until it returns false.
+fn walk<B: KvBackend>(
+    store: &LocalStore<B>,
+    prefix: Option<&StoreKey>,
+    mut f: impl FnMut(&RecordView) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let mut after: Option<StoreKey> = None;
+    loop {
+        let page = match prefix {
+            Some(p) => store.list(p, after.as_ref(), PAGE)?,
+            None => store.list_all(after.as_ref(), PAGE)?,
+        };
+        for r in &page {
+            if !f(r)? {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn stats<B: KvBackend>(store: &LocalStore<B>, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut by: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let now = SystemClock.now();
+    let mut expired = 0u64;
+    walk(store, None, |r| {
+        let counts = by.entry(r.key.namespace().to_owned()).or_default();
+        counts[match filter_of(&r.state) {
+            StateFilter::Done => 0,
+            StateFilter::DeadLettered => 1,
+            StateFilter::InFlight => 2,
+        }] += 1;
+        if r.expires_at != 0 && r.expires_at <= now {
+            expired += 1;
+        }
+        Ok(true)
+    })?;
+    writeln!(out, "{:<24} {:>12} {:>14} {:>10}", "consumer", "done", "dead-lettered", "in-flight")?;
+    let mut total = [0u64; 3];
+    for (ns, c) in &by {
+        writeln!(out, "{ns:<24} {:>12} {:>14} {:>10}", c[0], c[1], c[2])?;
+        for i in 0..3 {
+            total[i] += c[i];
+        }
+    }
+    writeln!(out, "{:<24} {:>12} {:>14} {:>10}", "total", total[0], total[1], total[2])?;
+    writeln!(out, "expired, not yet purged: {expired}")?;
+    if let Some(bytes) = store.stats().disk_bytes {
+        writeln!(out, "on disk: {:.1} MiB", bytes as f64 / (1024.0 * 1024.0))?;
+    }
+    if total[2] > 0 {
+        writeln!(
+            out,
+            "in-flight records on disk belong to claims of a process that stopped mid-handler \
+             (quarantine policy): `forget` one to run it again"
+        )?;
+    }
+    Ok(())
+}
+
+fn filter_of(s: &RecordState) -> StateFilter {
+    match s {
+        RecordState::Done { .. } => StateFilter::Done,
+        RecordState::DeadLettered { .. } => StateFilter::DeadLettered,
+        RecordState::InFlight { .. } => StateFilter::InFlight,
+    }
+}
+
+fn state_name(s: &RecordState) -> String {
+    match s {
+        RecordState::Done { .. } => "done".into(),
+        RecordState::DeadLettered { reason } => format!("dead-lettered ({reason})"),
+        RecordState::InFlight { token, epoch } => format!("in-flight (token {token}, epoch {epoch})"),
+    }
+}
+
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn describe(r: &RecordView, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(out, "key          {}", r.key)?;
+    writeln!(out, "state        {}", state_name(&r.state))?;
+    if let RecordState::Done { output, emitted } = &r.state {
+        match output {
+            Some(o) => match std::str::from_utf8(o) {
+                Ok(text) if text.len() <= 200 => writeln!(out, "output       {text}")?,
+                _ => writeln!(out, "output       {} bytes", o.len())?,
+            },
+            None => writeln!(out, "output       none")?,
+        }
+        if !emitted.is_empty() {
+            let to: Vec<&str> = emitted.iter().map(|e| e.destination.as_str()).collect();
+            writeln!(out, "emitted      {} record(s) to {}", emitted.len(), to.join(", "))?;
+        }
+    }
+    writeln!(out, "attempts     {}", r.attempts)?;
+    writeln!(out, "updated      {}", when(r.updated_at))?;
+    writeln!(out, "expires      {}", when(r.expires_at))?;
+    writeln!(out, "origin       {}", r.origin.as_deref().unwrap_or("-"))?;
+    let fp: String = r.fingerprint.0.iter().map(|b| format!("{b:02x}")).collect();
+    writeln!(out, "fingerprint  {fp}")?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `exactly store ...` on a real sled store that a processor wrote.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use exactly_core::{Context, Disposition, HandlerError, Message, Processor, SledStore, handler_fn};
+
+fn exactly(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exactly"))
+        .arg("store")
+        .arg("--path")
+        .arg(store)
+        .args(args)
+        .env_remove("EXACTLY_STORE")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A store where consumer `payments` handled order-0..order-4 and dead-lettered `poison`.
+async fn write_store(dir: &Path) {
+    let handler = handler_fn(|msg: Message, _ctx: Context| async move {
+        if msg.payload().as_ref() == b"poison" {
+            return Err(HandlerError::permanent("bad-order", "not an order"));
+        }
+        Ok(format!("receipt for {}", msg.message_id().unwrap_or_default()))
+    });
+    let p = Processor::builder("payments", handler).store(SledStore::open(dir).unwrap()).build().unwrap();
+    for i in 0..5 {
+        let m = Message::builder(format!("order {i}")).message_id(format!("order-{i}")).build();
+        let done = p.process(m).await.unwrap();
+        assert!(matches!(done.disposition, Disposition::Ack), "{:?}", done.disposition);
+    }
+    let poisoned = p.process(Message::builder("poison").message_id("poison").build()).await.unwrap();
+    p.confirm_dead_letter(&poisoned).await.unwrap();
+    p.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_get_list_forget_export_and_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    write_store(&store).await;
+
+    let out = exactly(&store, &["stats"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = text(&out);
+    let row = stats.lines().find(|l| l.starts_with("payments")).unwrap();
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["payments", "5", "1", "0"], "{stats}");
+
+    let out = exactly(&store, &["get", "payments", "order-3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("state        done"), "{}", text(&out));
+    assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+
+    let out = exactly(&store, &["get", "payments", "poison", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["state"]["DeadLettered"]["reason"], "bad-order");
+
+    let out = exactly(&store, &["get", "payments", "order-99"]);
+    assert_eq!(out.status.code(), Some(3), "a missing key exits 3: {}", text(&out));
+
+    let out = exactly(&store, &["list", "--consumer", "payments", "--prefix", "order-", "--limit", "3"]);
+    let listed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.to_owned()).collect();
+    assert_eq!(listed.len(), 3);
+    assert!(listed[0].starts_with("payments:order-0\tdone"), "{listed:?}");
+    let out = exactly(&store, &["list", "--state", "dead-lettered"]);
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("payments:poison\tdead-lettered (bad-order)"));
+
+    let export = tmp.path().join("export.jsonl");
+    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 6);
+
+    let out = exactly(&store, &["forget", "payments", "order-3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(exactly(&store, &["get", "payments", "order-3"]).status.code(), Some(3));
+    assert_eq!(exactly(&store, &["forget", "payments", "order-3"]).status.code(), Some(3));
+
+    let moved = tmp.path().join("moved");
+    let out = exactly(&moved, &["import", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("imported 6 records"));
+    let out = exactly(&moved, &["get", "payments", "order-3"]);
+    assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn only_a_forgotten_key_runs_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    write_store(&store).await;
+    assert!(exactly(&store, &["forget", "payments", "order-1"]).status.success());
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r = runs.clone();
+    let handler = handler_fn(move |_m: Message, _ctx: Context| {
+        r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let p = Processor::builder("payments", handler).store(SledStore::open(&store).unwrap()).build().unwrap();
+    for i in [0, 1, 2] {
+        let m = Message::builder(format!("order {i}")).message_id(format!("order-{i}")).build();
+        assert!(matches!(p.process(m).await.unwrap().disposition, Disposition::Ack));
+    }
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1, "only the forgotten key runs again");
+}
+
+#[tokio::test]
+async fn a_store_a_consumer_holds_or_a_missing_one_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    write_store(&store).await;
+    let held = SledStore::open(&store).unwrap();
+    let out = exactly(&store, &["stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("cannot open the store at"), "{}", text(&out));
+    assert!(text(&out).contains("another process has it open"), "{}", text(&out));
+    drop(held);
+
+    let out = exactly(&tmp.path().join("nowhere"), &["stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no store at"), "{}", text(&out));
+
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_exactly")).args(["store", "--path", "x", "frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
+}

@@ -10,6 +10,18 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# tests/tests/compose.rs validates docker-compose.yml with Debian's docker-compose (there is
+# no Docker engine on these machines; `config` needs none).
+if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing docker-compose" >&2
+    (apt-get install -y -q docker-compose >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null; }) \
+        || echo "docker-compose could not be installed" >&2
+fi
+if command -v apt-get >/dev/null 2>&1; then
+    export EXACTLY_REQUIRE_COMPOSE=1
+fi
+
 eval "$(./scripts/services.sh up)"
 trap './scripts/services.sh down' EXIT
 

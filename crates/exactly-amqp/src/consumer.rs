@@ -37,6 +37,9 @@ pub(crate) struct Config {
 pub struct Stats {
     /// Connections made.
     pub connections: AtomicU64,
+    /// Whether the consumer is consuming now: connected, topology declared, `basic.consume`
+    /// answered (for readiness probes).
+    pub consuming: std::sync::atomic::AtomicBool,
     /// Deliveries received.
     pub deliveries: AtomicU64,
     /// Deliveries acknowledged (handled, duplicates, dead-lettered, retried elsewhere).
@@ -145,6 +148,7 @@ impl Consumer {
             }
             let mut connected = false;
             let outcome = self.session(&mut connected).await;
+            self.stats.consuming.store(false, Ordering::Relaxed);
             ever_connected |= connected;
             match outcome {
                 Ok(()) => break Ok(()),
@@ -193,6 +197,7 @@ impl Consumer {
             .await
             .map_err(consume)?;
         tracing::info!(queue = %cfg.queue, prefetch = cfg.prefetch, url = %url, "consuming");
+        self.stats.consuming.store(true, Ordering::Relaxed);
 
         let alive = CancellationToken::new();
         let pause = Pause::default();

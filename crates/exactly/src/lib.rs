@@ -6,6 +6,10 @@ pub use exactly_core::*;
 #[cfg(feature = "amqp")]
 pub use exactly_amqp as amqp;
 
+/// Consumer binaries (feature `app`): see [`exactly_app`].
+#[cfg(feature = "app")]
+pub use exactly_app as app;
+
 /// The Kafka adapter (feature `kafka`): see [`exactly_kafka`].
 #[cfg(feature = "kafka")]
 pub use exactly_kafka as kafka;

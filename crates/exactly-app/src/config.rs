@@ -1,0 +1,301 @@
+//! The configuration of a consumer binary: a TOML file, then environment variables.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Everything a consumer binary is configured with.
+///
+/// Sources, later ones winning: the defaults, the TOML file, then environment variables
+/// `EXACTLY_<SECTION>__<FIELD>` (for example `EXACTLY_STORE__PATH=/var/lib/orders`,
+/// `EXACTLY_HTTP__LISTEN=0.0.0.0:9100`, `EXACTLY_SHUTDOWN_TIMEOUT=10s`; a subscription's
+/// fields as `EXACTLY_KAFKA__<NAME>__BROKERS`). Only variables whose first segment names a
+/// section are read; `EXACTLY_CONFIG` and other tools' `EXACTLY_*` variables are ignored.
+///
+/// ```toml
+/// [store]
+/// path = "data/store"          # engine = "redb" for RedbStore
+///
+/// [http]
+/// listen = "127.0.0.1:9090"    # /metrics, /healthz, /readyz
+///
+/// [kafka.orders]               # one subscription per table; the name picks the handler
+/// brokers = "127.0.0.1:9092"
+/// group = "orders-service"
+/// topics = ["orders"]
+///
+/// [amqp.payments]
+/// url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+/// queue = "payments"
+/// prefetch = 250
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The dedup store, shared by every subscription (each has its own key namespace).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The HTTP endpoint for metrics and health checks.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long a stop waits for messages in flight.
+    #[serde(default = "default_shutdown", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Kafka subscriptions by handler name.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, KafkaSubscription>,
+    /// RabbitMQ subscriptions by handler name.
+    #[serde(default)]
+    pub amqp: BTreeMap<String, AmqpSubscription>,
+}
+
+fn default_shutdown() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Which store, where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sled` (default) or `redb`.
+    #[serde(default)]
+    pub engine: Engine,
+    /// The store directory.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("exactly-store")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { engine: Engine::default(), path: default_store_path() }
+    }
+}
+
+/// The store's engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// `SledStore`.
+    #[default]
+    Sled,
+    /// `RedbStore`.
+    Redb,
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to listen; `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve nothing.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), disabled: false }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An env-filter directive (`info`, `exactly=debug,warn`); `RUST_LOG` wins over it.
+    #[serde(default = "default_filter")]
+    pub filter: String,
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::default(), filter: default_filter() }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A Kafka subscription: see `exactly_kafka::ConsumerBuilder`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSubscription {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group.
+    pub group: String,
+    /// Topics.
+    pub topics: Vec<String>,
+    /// Records in flight per partition.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// Any librdkafka setting.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// A RabbitMQ subscription: see `exactly_amqp::ConsumerBuilder`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSubscription {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// The queue.
+    pub queue: String,
+    /// `basic.qos` prefetch.
+    #[serde(default)]
+    pub prefetch: Option<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            shutdown_timeout: default_shutdown(),
+            kafka: BTreeMap::new(),
+            amqp: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the defaults, then `file` (when it exists, or always when `required`), then
+    /// `EXACTLY_*` environment variables.
+    pub fn load(file: impl AsRef<Path>, required: bool) -> Result<Self, Error> {
+        let file = file.as_ref();
+        if required && !file.exists() {
+            return Err(Error::Config(format!("configuration file {} not found", file.display())));
+        }
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::file(file))
+                .merge(Env::prefixed("EXACTLY_").filter(|k| is_setting(k.as_str())).split("__")),
+        )
+    }
+
+    /// Reads a TOML text over the defaults (tests, embedded configurations).
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn from_figment(f: Figment) -> Result<Self, Error> {
+        let config: Config = f.extract().map_err(|e| {
+            // figment names the field and the source; keep every error it found.
+            Error::Config(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |field: String, why: &str| Err(Error::Config(format!("{field}: {why}")));
+        if self.kafka.is_empty() && self.amqp.is_empty() {
+            return bad("kafka / amqp".into(), "no subscription is configured");
+        }
+        for (name, k) in &self.kafka {
+            if k.brokers.trim().is_empty() {
+                return bad(format!("kafka.{name}.brokers"), "must name at least one broker");
+            }
+            if k.group.trim().is_empty() {
+                return bad(format!("kafka.{name}.group"), "must not be empty");
+            }
+            if k.topics.is_empty() {
+                return bad(format!("kafka.{name}.topics"), "must list at least one topic");
+            }
+        }
+        for (name, a) in &self.amqp {
+            if a.queue.trim().is_empty() {
+                return bad(format!("amqp.{name}.queue"), "must not be empty");
+            }
+            if self.kafka.contains_key(name) {
+                return bad(format!("amqp.{name}"), "a Kafka subscription has the same name (the key namespace)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an `EXACTLY_*` variable (prefix removed) is a setting: its first segment names
+/// a section. Others (`EXACTLY_CONFIG`, variables of other tools) are left alone.
+fn is_setting(key: &str) -> bool {
+    const SECTIONS: [&str; 6] = ["store", "http", "log", "shutdown_timeout", "kafka", "amqp"];
+    let first = key.split("__").next().unwrap_or_default();
+    SECTIONS.iter().any(|s| first.eq_ignore_ascii_case(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let err = Config::from_toml("[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\nprefetch = \"lots\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("prefetch"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_subscriptions_are_refused() {
+        let err = Config::from_toml("[store]\npth = \"x\"\n[amqp.p]\nurl = \"u\"\nqueue = \"q\"\n").unwrap_err();
+        assert!(err.to_string().contains("pth"), "{err}");
+        let err = Config::from_toml("[store]\npath = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("no subscription"), "{err}");
+        let err = Config::from_toml("[kafka.o]\nbrokers = \"b\"\ngroup = \"g\"\ntopics = []\n").unwrap_err();
+        assert!(err.to_string().contains("kafka.o.topics"), "{err}");
+    }
+
+    #[test]
+    fn only_variables_naming_a_section_are_settings() {
+        assert!(is_setting("STORE__PATH") && is_setting("shutdown_timeout") && is_setting("KAFKA__O__BROKERS"));
+        assert!(!is_setting("CONFIG") && !is_setting("KAFKA_BROKER") && !is_setting("STO"));
+    }
+
+    #[test]
+    fn durations_and_defaults_read() {
+        let c = Config::from_toml(
+            "shutdown_timeout = \"5s\"\n[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.store.engine, Engine::Sled);
+        assert_eq!(c.http.listen.port(), 9090);
+    }
+}

@@ -1,0 +1,279 @@
+//! Consumer binaries for [`exactly`](https://docs.rs/exactly): configuration from a TOML
+//! file and the environment, several subscriptions in one process, SIGINT/SIGTERM handling,
+//! Prometheus `/metrics` and `/healthz` + `/readyz`.
+//!
+//! ```no_run
+//! use exactly_core::{handler_fn, Context, Message};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), exactly_app::Error> {
+//!     exactly_app::App::from_env()?            // exactly.toml (or $EXACTLY_CONFIG), then EXACTLY_* variables
+//!         .handler("orders", handler_fn(|m: Message, _c: Context| async move {
+//!             let _order: serde_json::Value = m.decode()?;
+//!             Ok(())
+//!         }))
+//!         .run()                                // until SIGINT/SIGTERM
+//!         .await
+//! }
+//! ```
+//!
+//! Each `[kafka.<name>]` or `[amqp.<name>]` table of the configuration is a subscription
+//! run by the handler registered under `<name>`, which is also its key namespace. See
+//! [`Config`] for every setting.
+//!
+//! Stopping: the first SIGINT or SIGTERM stops taking messages, lets those in flight finish
+//! (up to `shutdown_timeout`), flushes the store, commits offsets and acks, and returns
+//! `Ok`. A second signal exits the process at once with status 130: nothing acknowledged is
+//! lost (a message is acknowledged only after its done-record is durable), and what was not
+//! acknowledged is delivered again.
+
+mod config;
+mod http;
+mod telemetry;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub use config::{AmqpSubscription, Config, Engine, HttpConfig, KafkaSubscription, LogConfig, LogFormat, StoreConfig};
+use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore, store::RedbStore};
+use tokio::task::JoinSet;
+
+/// What can stop an app.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is wrong; the message names the field.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store could not be opened or flushed.
+    #[error("store: {0}")]
+    Store(#[from] exactly_core::Error),
+    /// A Kafka subscription failed.
+    #[error("kafka subscription {name}: {source}")]
+    Kafka {
+        /// The subscription.
+        name: String,
+        /// Why.
+        source: Box<exactly_kafka::Error>,
+    },
+    /// A RabbitMQ subscription failed.
+    #[error("amqp subscription {name}: {source}")]
+    Amqp {
+        /// The subscription.
+        name: String,
+        /// Why.
+        source: Box<exactly_amqp::Error>,
+    },
+    /// The HTTP endpoint could not listen.
+    #[error("http endpoint on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+type MakeProcessor = Box<dyn FnOnce(Arc<dyn DedupStore>) -> Result<Processor, exactly_core::Error> + Send>;
+
+/// A consumer application: a configuration and the handlers its subscriptions name.
+pub struct App {
+    config: Config,
+    handlers: BTreeMap<String, MakeProcessor>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("config", &self.config).field("handlers", &self.handlers.keys()).finish()
+    }
+}
+
+impl App {
+    /// An app with this configuration.
+    pub fn new(config: Config) -> Self {
+        Self { config, handlers: BTreeMap::new() }
+    }
+
+    /// Reads the configuration from `$EXACTLY_CONFIG` (which must exist when set) or
+    /// `exactly.toml` (optional), then `EXACTLY_*` environment variables.
+    pub fn from_env() -> Result<Self, Error> {
+        let config = match std::env::var_os("EXACTLY_CONFIG") {
+            Some(path) => Config::load(path, true)?,
+            None => Config::load("exactly.toml", false)?,
+        };
+        Ok(Self::new(config))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Registers the handler of the subscription named `name` (also its key namespace),
+    /// with the processor's defaults.
+    pub fn handler<H: Handler>(self, name: &str, handler: H) -> Self {
+        self.handler_with(name, handler, |b| b)
+    }
+
+    /// Registers a handler and adjusts its processor (retry policy, timeout, keys...).
+    pub fn handler_with<H: Handler>(
+        mut self,
+        name: &str,
+        handler: H,
+        configure: impl FnOnce(ProcessorBuilder) -> ProcessorBuilder + Send + 'static,
+    ) -> Self {
+        let owned = name.to_owned();
+        self.handlers.insert(
+            name.to_owned(),
+            Box::new(move |store| configure(Processor::builder(owned, handler).shared_store(store)).build()),
+        );
+        self
+    }
+
+    /// Runs every subscription until SIGINT/SIGTERM (or until one fails), then stops
+    /// gracefully. Sets up logging and the metrics recorder unless the program already did.
+    pub async fn run(self) -> Result<(), Error> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(telemetry::signals(stop.clone()));
+        let result = self.run_until(stop).await;
+        signals.abort();
+        result
+    }
+
+    /// Runs every subscription until `stop` is cancelled (or one fails), then stops
+    /// gracefully; no signal handling. For tests and programs with their own signals.
+    pub async fn run_until(self, stop: tokio_util::sync::CancellationToken) -> Result<(), Error> {
+        telemetry::init_logs(&self.config.log);
+        let metrics = telemetry::init_metrics();
+        let Self { config, mut handlers } = self;
+
+        let store: Arc<dyn DedupStore> = match config.store.engine {
+            Engine::Sled => Arc::new(SledStore::open(&config.store.path)?),
+            Engine::Redb => Arc::new(RedbStore::open(&config.store.path)?),
+        };
+        let mut take = |kind: &str, name: &str| {
+            let make = handlers.remove(name).ok_or_else(|| {
+                Error::Config(format!("{kind}.{name}: no handler is registered under {name:?} (App::handler)"))
+            })?;
+            make(store.clone()).map_err(|e| Error::Config(format!("{kind}.{name}: {e}")))
+        };
+
+        let mut running = JoinSet::new();
+        let mut stops: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
+        let mut ready: Vec<http::Probe> = Vec::new();
+        for (name, sub) in &config.kafka {
+            let processor = take("kafka", name)?;
+            let mut b = exactly_kafka::Consumer::builder(&sub.brokers, &sub.group)
+                .topics(sub.topics.iter().cloned())
+                .shutdown_timeout(config.shutdown_timeout);
+            if let Some(n) = sub.max_in_flight {
+                b = b.max_in_flight(n);
+            }
+            for (k, v) in &sub.librdkafka {
+                b = b.set(k, v);
+            }
+            let consumer =
+                b.build(processor).map_err(|source| Error::Kafka { name: name.clone(), source: Box::new(source) })?;
+            let handle = consumer.shutdown_handle();
+            stops.push(Box::new(move || handle.shutdown()));
+            let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            ready.push(http::Probe {
+                name: format!("kafka.{name}"),
+                ready: Box::new({
+                    let alive = alive.clone();
+                    move || alive.load(Ordering::Relaxed)
+                }),
+            });
+            let name = name.clone();
+            running.spawn(async move {
+                let r = consumer.run().await.map_err(|source| Error::Kafka { name, source: Box::new(source) });
+                alive.store(false, Ordering::Relaxed);
+                r
+            });
+        }
+        for (name, sub) in &config.amqp {
+            let processor = take("amqp", name)?;
+            let mut b = exactly_amqp::Consumer::builder(&sub.url, &sub.queue).shutdown_timeout(config.shutdown_timeout);
+            if let Some(n) = sub.prefetch {
+                b = b.prefetch(n);
+            }
+            let consumer =
+                b.build(processor).map_err(|source| Error::Amqp { name: name.clone(), source: Box::new(source) })?;
+            let handle = consumer.shutdown_handle();
+            stops.push(Box::new(move || handle.shutdown()));
+            let stats = consumer.stats();
+            let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            ready.push(http::Probe {
+                name: format!("amqp.{name}"),
+                ready: Box::new({
+                    let alive = alive.clone();
+                    move || alive.load(Ordering::Relaxed) && stats.consuming.load(Ordering::Relaxed)
+                }),
+            });
+            let name = name.clone();
+            running.spawn(async move {
+                let r = consumer.run().await.map_err(|source| Error::Amqp { name, source: Box::new(source) });
+                alive.store(false, Ordering::Relaxed);
+                r
+            });
+        }
+        for name in handlers.keys() {
+            tracing::warn!(handler = %name, "a handler is registered but no subscription names it");
+        }
+
+        let server = if config.http.disabled {
+            None
+        } else {
+            Some(http::serve(config.http.listen, metrics, ready, stop.clone()).await?)
+        };
+        let gauges = tokio::spawn(telemetry::store_gauges(store.clone()));
+        tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.path.display(), "exactly app running");
+
+        // Run until asked to stop or until a subscription ends on its own (an error).
+        let mut first_error = None;
+        tokio::select! {
+            () = stop.cancelled() => tracing::info!("stopping: finishing messages in flight"),
+            Some(done) = running.join_next() => {
+                first_error = Some(match done {
+                    Ok(Ok(())) => Error::Config("a subscription stopped on its own".into()),
+                    Ok(Err(e)) => e,
+                    Err(e) => Error::Config(format!("a subscription panicked: {e}")),
+                });
+                if let Some(e) = &first_error {
+                    tracing::error!(error = %e, "a subscription failed; stopping the others");
+                }
+            }
+        }
+        for s in &stops {
+            s();
+        }
+        let deadline = config.shutdown_timeout + Duration::from_secs(5);
+        let drained = tokio::time::timeout(deadline, async {
+            while let Some(done) = running.join_next().await {
+                match done {
+                    Ok(Err(e)) if first_error.is_none() => first_error = Some(e),
+                    Ok(Err(e)) => tracing::error!(error = %e, "subscription failed while stopping"),
+                    Err(e) => tracing::error!(error = %e, "subscription task panicked while stopping"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "subscriptions did not stop within {deadline:?}; what they did not acknowledge is delivered again"
+            );
+            running.abort_all();
+        }
+        gauges.abort();
+        store.flush().await?;
+        stop.cancel();
+        if let Some(s) = server {
+            let _ = s.await;
+        }
+        tracing::info!("stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

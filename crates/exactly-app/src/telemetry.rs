@@ -1,0 +1,93 @@
+//! Logs, the metrics recorder, store gauges and signals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exactly_core::DedupStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs a tracing subscriber unless the program has one: `RUST_LOG` wins over the
+/// configured filter.
+pub(crate) fn init_logs(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _already_set = match cfg.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder; `None` when the program installed a recorder already.
+pub(crate) fn init_metrics() -> Option<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        }
+        Err(_) => {
+            tracing::warn!("a metrics recorder is installed already; /metrics answers 404");
+            None
+        }
+    }
+}
+
+/// Publishes the store's own counts as gauges, every 5 s.
+pub(crate) async fn store_gauges(store: Arc<dyn DedupStore>) {
+    loop {
+        let s = store.stats();
+        metrics::gauge!("exactly_store_in_flight").set(s.in_flight as f64);
+        metrics::gauge!("exactly_store_waiting_retry").set(s.waiting_retry as f64);
+        metrics::counter!("exactly_store_fsyncs_total").absolute(s.fsyncs);
+        if let Some(b) = s.disk_bytes {
+            metrics::gauge!("exactly_store_disk_bytes").set(b as f64);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Cancels `stop` at the first SIGINT/SIGTERM; exits the process at the second.
+pub(crate) async fn signals(stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return;
+        };
+        for first in [true, false] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if first {
+                tracing::info!("signal received; stopping (a second signal exits at once)");
+                stop.cancel();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::warn!("second signal: exiting now; unacknowledged messages will be delivered again");
+    std::process::exit(130);
+}

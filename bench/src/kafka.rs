@@ -50,6 +50,9 @@ pub(crate) struct Args {
     /// exactly-kafka's max_in_flight (records queued per partition).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Redis for the SET NX variant (skipped with a note when it does not answer).
+    #[arg(long, env = "EXACTLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,8 @@ enum Variant {
     Memory,
     Sled,
     Redb,
+    NaiveSled,
+    RedisSetNx,
 }
 
 impl Variant {
@@ -67,6 +72,8 @@ impl Variant {
             Variant::Memory => "exactly-kafka, memory store",
             Variant::Sled => "exactly-kafka, sled store (default, durable)",
             Variant::Redb => "exactly-kafka, redb store (durable)",
+            Variant::NaiveSled => "hand-rolled: bare loop + sled get, insert, flush per record",
+            Variant::RedisSetNx => "hand-rolled: bare loop + Redis SET NX EX per record",
         }
     }
 }
@@ -130,7 +137,16 @@ async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, part
 async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
     let group =
         format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128);
-    if v == Variant::Bare {
+    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
+        let dir = tempfile::tempdir_in(&args.dir)?;
+        let mut dedup = match v {
+            Variant::NaiveSled => Dedup::Sled(sled::open(dir.path().join("naive"))?),
+            Variant::RedisSetNx => {
+                let client = redis::Client::open(args.redis.as_str())?;
+                Dedup::Redis(client.get_multiplexed_async_connection().await?, format!("bench:{group}:"))
+            }
+            _ => Dedup::None,
+        };
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", &group)
@@ -145,6 +161,7 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) ->
             let m = tokio::time::timeout(STALL, c.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("only {seen} of {n} records arrived within {STALL:?}"))??;
+            dedup.first_time(&m).await?;
             c.store_offset_from_message(&m)?;
             seen += 1;
             if last_commit.elapsed() >= Duration::from_millis(200) {
@@ -198,11 +215,57 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) ->
     Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
 }
 
+/// The dedup a team writes without a framework, in front of the bare loop.
+enum Dedup {
+    None,
+    Sled(sled::Db),
+    Redis(redis::aio::MultiplexedConnection, String),
+}
+
+impl Dedup {
+    /// Records the record's key; whether it was new (the handler would run).
+    async fn first_time(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<bool> {
+        use rdkafka::Message as _;
+        use rdkafka::message::Headers as _;
+        let key = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "idempotency-key").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| format!("{}/{}/{}", m.topic(), m.partition(), m.offset()));
+        Ok(match self {
+            Dedup::None => true,
+            Dedup::Sled(db) => {
+                if db.get(&key)?.is_some() {
+                    return Ok(false);
+                }
+                db.insert(key.as_bytes(), b"done".as_slice())?;
+                db.flush_async().await?;
+                true
+            }
+            Dedup::Redis(conn, prefix) => {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(format!("{prefix}{key}"))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(7 * 24 * 3600)
+                    .query_async(conn)
+                    .await?;
+                set.is_some()
+            }
+        })
+    }
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let n = args.records.unwrap_or(if args.quick { 20_000 } else { 200_000 });
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
-    let variants = [Variant::Bare, Variant::Memory, Variant::Sled, Variant::Redb];
+    let mut variants = vec![Variant::Bare, Variant::Memory, Variant::Sled, Variant::Redb, Variant::NaiveSled];
+    match redis::Client::open(args.redis.as_str()) {
+        Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
+        _ => eprintln!("Redis at {} does not answer: the SET NX variant is left out", args.redis),
+    }
     println!("## Kafka ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
     println!(
         "{n} records of {} bytes over {} partitions, keyed {}; each consumer in a fresh group reads all of them,",

@@ -8,9 +8,7 @@ use std::process::{Child, Command};
 
 use std::time::{Duration, Instant};
 
-use exactly::amqp::lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use exactly::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use exactly::amqp::lapin::types::FieldTable;
 use exactly::amqp::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use exactly_tests::payload;
@@ -175,13 +173,5 @@ async fn metrics_count_what_was_sent_and_sigterm_under_load_loses_nothing() {
         .unwrap();
     assert_eq!(q.message_count(), 0, "every message was acknowledged");
 
-    for q in [queue.clone(), format!("{queue}.dlq")] {
-        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    for d in exactly::amqp::DEFAULT_RETRY_DELAYS {
-        let ms = d.as_millis();
-        let tier = if ms % 60_000 == 0 { format!("{}m", ms / 60_000) } else { format!("{}s", ms / 1000) };
-        let _ =
-            channel.queue_delete(format!("{queue}.retry.{tier}").as_str().into(), QueueDeleteOptions::default()).await;
-    }
+    exactly::amqp::Topology::declare().delete(&channel, &queue).await.unwrap();
 }

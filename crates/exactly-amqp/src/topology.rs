@@ -113,6 +113,28 @@ impl Topology {
         self
     }
 
+    /// Deletes what [`Topology::declare`] declares for `queue`, messages included: the
+    /// queue, its retry queues, the dead-letter queue and exchange (tests, demos, teardown).
+    /// Declares nothing and deletes nothing for [`Topology::existing`].
+    pub async fn delete(&self, channel: &Channel, queue: &str) -> Result<(), Error> {
+        let r = self.resolve(queue)?;
+        if !r.declare {
+            return Ok(());
+        }
+        let queues = std::iter::once(&r.queue).chain(r.retry.iter().map(|(_, q)| q)).chain([&r.dead_letter_queue]);
+        for q in queues {
+            channel
+                .queue_delete(short(q), lapin::options::QueueDeleteOptions::default())
+                .await
+                .map_err(failed(format!("deleting queue {q}")))?;
+        }
+        channel
+            .exchange_delete(short(&r.dead_letter_exchange), lapin::options::ExchangeDeleteOptions::default())
+            .await
+            .map_err(failed(format!("deleting exchange {}", r.dead_letter_exchange)))?;
+        Ok(())
+    }
+
     pub(crate) fn resolve(&self, queue: &str) -> Result<Resolved, Error> {
         let name = |field: &'static str, s: String| -> Result<String, Error> {
             if s.is_empty() || s.len() > 255 {

@@ -5,10 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use exactly_amqp::lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use exactly_amqp::lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use exactly_amqp::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use exactly_amqp::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
@@ -78,19 +75,7 @@ impl Broker {
 
     /// Deletes the queue and everything the default topology declared for it.
     pub async fn cleanup(&self, queue: &str) {
-        let mut queues = vec![queue.to_owned(), format!("{queue}.dlq")];
-        for d in exactly_amqp::DEFAULT_RETRY_DELAYS {
-            let ms = d.as_millis();
-            let tier = if ms % 60_000 == 0 { format!("{}m", ms / 60_000) } else { format!("{}s", ms / 1000) };
-            queues.push(format!("{queue}.retry.{tier}"));
-        }
-        for q in queues {
-            let _ = self.channel.queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default()).await;
-        }
-        let _ = self
-            .channel
-            .exchange_delete(ShortString::from(format!("{queue}.dlx")), ExchangeDeleteOptions::default())
-            .await;
+        let _ = exactly_amqp::Topology::declare().delete(&self.channel, queue).await;
     }
 }
 

@@ -138,6 +138,59 @@ async fn when_commits_are_lost_the_local_watermark_avoids_reprocessing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_keyed_by_position_are_done_by_the_watermark_with_their_state() {
+    // No idempotency-key header: each record's key is topic/partition/offset, and the
+    // partition watermark, written with the handler's state, is its done-record.
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("pos"), unique("g"));
+    kafka.create_topic(&topic, 2).unwrap();
+    kafka.create_topic(&format!("{topic}.dlq"), 1).unwrap();
+    for i in 0..60 {
+        let payload = if i % 20 == 7 { "poison".to_owned() } else { format!("p{i}") };
+        kafka.produce(&topic, Some(i % 2), None, payload.as_bytes(), &[]).await.unwrap();
+    }
+    // Commits are refused: only the local watermark knows how far the consumer got.
+    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 500]);
+    let runs = Runs::default();
+    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
+    let p = Processor::builder("pos", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    eventually("57 handled and 3 dead-lettered", Duration::from_secs(30), || {
+        runs.keys() >= 57 && stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert!(runs.keys() == 57 && runs.doubled() == 0, "{} keys, {} doubled", runs.keys(), runs.doubled());
+    // Each record's state went in with the watermark: one credit per position.
+    for (key, n) in runs.0.lock().unwrap().iter() {
+        assert!(key.starts_with(&format!("{topic}/")), "the key is the position: {key}");
+        assert_eq!(*n, 1);
+        assert_eq!(credited(&store, "pos", key), 1, "{key}");
+    }
+    let dead = read_all(kafka.bootstrap_servers(), &format!("{topic}.dlq"), 3).await;
+    assert!(
+        dead.iter()
+            .all(|(_, payload, h)| payload == b"poison" && h.get(names::REASON).map(String::as_str) == Some("decode"))
+    );
+
+    // A restart with the same store, the broker's offsets lost: nothing runs again.
+    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[]);
+    let p = Processor::builder("pos", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(&kafka, &group, &topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 0, "started at the local watermark");
+    assert_eq!(runs.doubled(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_watermark_past_the_end_of_a_recreated_topic_is_ignored() {
     let (topic, group) = (unique("recreated"), unique("g"));
     let runs = Runs::default();

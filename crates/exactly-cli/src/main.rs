@@ -8,18 +8,22 @@
 //! exactly store --path ./payments-store purge-expired
 //! exactly store --path ./payments-store export > backup.jsonl
 //! exactly store --path ./new-store import backup.jsonl
+//! exactly produce --file orders.jsonl --duplicates 0.1 kafka --brokers 127.0.0.1:9092 --topic orders
+//! exactly produce --file payments.jsonl amqp --routing-key payments
 //! ```
 //!
 //! Exit codes: 0 success, 1 an error (printed on stderr), 2 a usage error, 3 the key
 //! asked for is not in the store.
 
+mod produce;
 mod store;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Tools for exactly's consumers: look inside a dedup store, fix a stuck key, move state.
+/// Tools for exactly's consumers: look inside a dedup store, fix a stuck key, move state,
+/// produce test messages.
 #[derive(Parser)]
 #[command(name = "exactly", version, about, long_about = None)]
 struct Cli {
@@ -32,6 +36,9 @@ enum Command {
     /// Inspect or repair a consumer's on-disk dedup store (the consumer must be stopped:
     /// a store open in a running consumer is refused).
     Store(store::StoreArgs),
+    /// Publish test messages from a JSON-lines file to a Kafka topic or a RabbitMQ
+    /// exchange/queue, optionally sending a share of them twice.
+    Produce(produce::ProduceArgs),
 }
 
 /// The key asked for is not in the store.
@@ -39,7 +46,7 @@ const NOT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Store(args) => store::run(args).await,
+            Command::Produce(args) => produce::run(args).await.map(|()| store::Found::Yes),
         }
     });
     match result {

@@ -10,12 +10,15 @@
 //! exactly store --path ./new-store import backup.jsonl
 //! exactly produce --file orders.jsonl --duplicates 0.1 kafka --brokers 127.0.0.1:9092 --topic orders
 //! exactly produce --file payments.jsonl amqp --routing-key payments
+//! exactly replay --redrive amqp --from-queue payments.dlq --routing-key payments
+//! exactly replay kafka --brokers 127.0.0.1:9092 --from-topic orders --from-offset 100 --to-topic orders-replay
 //! ```
 //!
 //! Exit codes: 0 success, 1 an error (printed on stderr), 2 a usage error, 3 the key
 //! asked for is not in the store.
 
 mod produce;
+mod replay;
 mod store;
 
 use std::process::ExitCode;
@@ -39,6 +42,9 @@ enum Command {
     /// Publish test messages from a JSON-lines file to a Kafka topic or a RabbitMQ
     /// exchange/queue, optionally sending a share of them twice.
     Produce(produce::ProduceArgs),
+    /// Copy a Kafka topic range into a topic, or move a queue (a dead-letter queue after a
+    /// fix) back to its source, optionally marked for re-drive.
+    Replay(replay::ReplayArgs),
 }
 
 /// The key asked for is not in the store.
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Store(args) => store::run(args).await,
             Command::Produce(args) => produce::run(args).await.map(|()| store::Found::Yes),
+            Command::Replay(args) => replay::run(args).await.map(|()| store::Found::Yes),
         }
     });
     match result {

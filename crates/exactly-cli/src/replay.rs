@@ -1,0 +1,228 @@
+//! `exactly replay`: copy a Kafka topic range into another topic, or move a RabbitMQ queue
+//! (a dead-letter queue after a fix) back to its source.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use exactly_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use exactly_amqp::lapin::types::{AMQPValue, FieldTable, ShortString};
+use exactly_amqp::lapin::{Connection, ConnectionProperties};
+use exactly_core::REDRIVE_HEADER;
+use exactly_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use exactly_kafka::rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use exactly_kafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use exactly_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub(crate) struct ReplayArgs {
+    /// Mark each copy with `x-exactly-redrive: true`, so an exactly consumer clears the
+    /// key's dead-letter mark and runs the handler again (for a dead-letter queue after a
+    /// fix). Without it, copies of messages already handled are acknowledged as duplicates.
+    #[arg(long)]
+    redrive: bool,
+    #[command(subcommand)]
+    from: Source,
+}
+
+#[derive(Subcommand)]
+enum Source {
+    /// Copy records of a topic (every partition) from an offset or a time into a topic.
+    Kafka {
+        /// Bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The topic to read.
+        #[arg(long)]
+        from_topic: String,
+        /// The topic to write.
+        #[arg(long)]
+        to_topic: String,
+        /// First offset of each partition (default: the beginning).
+        #[arg(long, conflicts_with = "since")]
+        from_offset: Option<i64>,
+        /// Records written at or after this time (RFC 3339, e.g. 2026-11-24T05:00:00Z).
+        #[arg(long)]
+        since: Option<humantime::Timestamp>,
+        /// Stop before this offset in each partition (default: the end when the replay starts).
+        #[arg(long)]
+        to_offset: Option<i64>,
+    },
+    /// Move messages from a queue (e.g. `payments.dlq`) to an exchange / routing key: each
+    /// is published with confirms, then acknowledged in the source.
+    Amqp {
+        /// `amqp://user:pass@host:port/vhost`.
+        #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        url: String,
+        /// The queue to empty.
+        #[arg(long)]
+        from_queue: String,
+        /// The exchange to publish to (default exchange: the routing key names a queue).
+        #[arg(long, default_value = "")]
+        exchange: String,
+        /// The routing key (the source queue, with the default exchange).
+        #[arg(long)]
+        routing_key: String,
+        /// At most this many messages (default: until the queue is empty).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {pos} copied {per_sec}")?);
+    let copied = match args.from {
+        Source::Kafka { brokers, from_topic, to_topic, from_offset, since, to_offset } => {
+            let start = match (from_offset, since) {
+                (Some(o), _) => Offset::Offset(o),
+                (None, Some(t)) => {
+                    let ms = SystemTime::from(t).duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+                    Offset::Offset(i64::try_from(ms)?)
+                }
+                (None, None) => Offset::Beginning,
+            };
+            kafka(&brokers, &from_topic, &to_topic, start, since.is_some(), to_offset, args.redrive, &bar).await?
+        }
+        Source::Amqp { url, from_queue, exchange, routing_key, limit } => {
+            amqp(&url, &from_queue, &exchange, &routing_key, limit, args.redrive, &bar).await?
+        }
+    };
+    bar.finish_and_clear();
+    println!("copied {copied} messages{}", if args.redrive { " marked for re-drive" } else { "" });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn kafka(
+    brokers: &str,
+    from: &str,
+    to: &str,
+    start: Offset,
+    by_time: bool,
+    end: Option<i64>,
+    redrive: bool,
+    bar: &ProgressBar,
+) -> anyhow::Result<u64> {
+    let timeout = Duration::from_secs(30);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("exactly-replay-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create the Kafka consumer")?;
+    let metadata = consumer.fetch_metadata(Some(from), timeout).context("cannot read the topic's metadata")?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {from} has no partitions (does it exist?)");
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition_offset(from, *p, start)?;
+    }
+    if by_time {
+        list = consumer.offsets_for_times(list, timeout).context("cannot look up offsets by time")?;
+    }
+    // Where each partition stops: the asked end, or its end now.
+    let mut stop = std::collections::HashMap::new();
+    for p in &partitions {
+        let (_, high) = consumer.fetch_watermarks(from, *p, timeout)?;
+        stop.insert(*p, end.map_or(high, |e| e.min(high)));
+    }
+    consumer.assign(&list)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let mut copied = 0u64;
+    let mut open: std::collections::HashSet<i32> = partitions.iter().copied().filter(|p| stop[p] > 0).collect();
+    let mut idle = 0;
+    while !open.is_empty() {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            idle += 1;
+            anyhow::ensure!(idle < 60, "no records for 30 s with partitions {open:?} not finished");
+            // A partition whose start is already at its stop never yields a record.
+            for p in open.clone() {
+                let pos = consumer.position()?.find_partition(from, p).map(|e| e.offset());
+                if let Some(Offset::Offset(o)) = pos {
+                    if o >= stop[&p] {
+                        open.remove(&p);
+                    }
+                }
+            }
+            continue;
+        };
+        idle = 0;
+        let m = m?;
+        let p = m.partition();
+        if m.offset() >= stop[&p] {
+            open.remove(&p);
+            continue;
+        }
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = m.headers() {
+            for x in h.iter().filter(|x| x.key != REDRIVE_HEADER) {
+                headers = headers.insert(Header { key: x.key, value: x.value });
+            }
+        }
+        if redrive {
+            headers = headers.insert(Header { key: REDRIVE_HEADER, value: Some("true") });
+        }
+        let mut rec = FutureRecord::to(to).payload(m.payload().unwrap_or_default()).headers(headers);
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        producer.send(rec, timeout).await.map_err(|(e, _)| anyhow::anyhow!("producing to {to}: {e}"))?;
+        copied += 1;
+        bar.inc(1);
+        if m.offset() + 1 >= stop[&p] {
+            open.remove(&p);
+        }
+    }
+    producer.flush(timeout)?;
+    Ok(copied)
+}
+
+async fn amqp(
+    url: &str,
+    from: &str,
+    exchange: &str,
+    routing_key: &str,
+    limit: Option<u64>,
+    redrive: bool,
+    bar: &ProgressBar,
+) -> anyhow::Result<u64> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.context("cannot connect to RabbitMQ")?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut copied = 0u64;
+    while limit.is_none_or(|l| copied < l) {
+        let Some(m) = channel.basic_get(ShortString::from(from), BasicGetOptions { no_ack: false }).await? else {
+            break;
+        };
+        let mut props = m.delivery.properties.clone();
+        if redrive {
+            let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
+            headers.insert(ShortString::from(REDRIVE_HEADER), AMQPValue::Boolean(true));
+            props = props.with_headers(headers);
+        }
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                &m.delivery.data,
+                props,
+            )
+            .await?
+            .await?;
+        // Only a confirmed copy lets the original go: nothing is lost on a failure.
+        anyhow::ensure!(confirm.is_ack(), "the broker refused a copy; the original stays in {from}");
+        m.delivery.acker.ack(BasicAckOptions::default()).await?;
+        copied += 1;
+        bar.inc(1);
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(copied)
+}

@@ -23,27 +23,32 @@ struct Shared {
     probes: Vec<Probe>,
 }
 
-/// Binds `addr` (an error if it cannot) and serves until `stop`.
-pub(crate) async fn serve(
-    addr: SocketAddr,
+/// Binds `addr`; an error (naming it) if it cannot.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Http { addr, source })
+}
+
+/// Serves on `listener` until `stop`.
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
     metrics: Option<PrometheusHandle>,
     probes: Vec<Probe>,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Http { addr, source })?;
+) -> tokio::task::JoinHandle<()> {
+    let addr = listener.local_addr().ok();
     let shared = Arc::new(Shared { metrics, probes });
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(shared);
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    Ok(tokio::spawn(async move {
+    tracing::info!(?addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "http endpoint failed");
         }
-    }))
+    })
 }
 
 async fn render(State(s): State<Arc<Shared>>) -> (StatusCode, String) {

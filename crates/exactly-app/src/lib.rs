@@ -149,6 +149,11 @@ impl App {
         let metrics = telemetry::init_metrics();
         let Self { config, mut handlers } = self;
 
+        // The port first: a taken port stops the start before any message is taken.
+        let listener = match config.http.disabled {
+            true => None,
+            false => Some(http::bind(config.http.listen).await?),
+        };
         let store: Arc<dyn DedupStore> = match config.store.engine {
             Engine::Sled => Arc::new(SledStore::open(&config.store.path)?),
             Engine::Redb => Arc::new(RedbStore::open(&config.store.path)?),
@@ -223,11 +228,7 @@ impl App {
             tracing::warn!(handler = %name, "a handler is registered but no subscription names it");
         }
 
-        let server = if config.http.disabled {
-            None
-        } else {
-            Some(http::serve(config.http.listen, metrics, ready, stop.clone()).await?)
-        };
+        let server = listener.map(|l| http::serve(l, metrics, ready, stop.clone()));
         let gauges = tokio::spawn(telemetry::store_gauges(store.clone()));
         tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.path.display(), "exactly app running");
 

@@ -122,11 +122,22 @@ async fn kafka(
     if by_time {
         list = consumer.offsets_for_times(list, timeout).context("cannot look up offsets by time")?;
     }
-    // Where each partition stops: the asked end, or its end now.
+    // Where each partition stops: the asked end, or its end now. A partition with nothing
+    // to copy (empty, or nothing since the time asked) is done before it starts.
     let mut stop = std::collections::HashMap::new();
+    let mut open = std::collections::HashSet::new();
     for p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(from, *p, timeout)?;
-        stop.insert(*p, end.map_or(high, |e| e.min(high)));
+        let (low, high) = consumer.fetch_watermarks(from, *p, timeout)?;
+        let until = end.map_or(high, |e| e.min(high));
+        stop.insert(*p, until);
+        let begins = match list.find_partition(from, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            Some(Offset::Beginning) => low,
+            _ => until, // Offset::End: nothing at or after the time asked
+        };
+        if begins < until {
+            open.insert(*p);
+        }
     }
     consumer.assign(&list)?;
     let producer: FutureProducer = ClientConfig::new()
@@ -136,7 +147,6 @@ async fn kafka(
         .create()
         .context("cannot create the Kafka producer")?;
     let mut copied = 0u64;
-    let mut open: std::collections::HashSet<i32> = partitions.iter().copied().filter(|p| stop[p] > 0).collect();
     let mut idle = 0;
     while !open.is_empty() {
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {

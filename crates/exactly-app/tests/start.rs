@@ -1,0 +1,41 @@
+//! Start-up refusals: each stops the app with an error naming the cause, before any
+//! message is taken.
+#![allow(clippy::unwrap_used)]
+
+use exactly_app::{App, Config, Error};
+use exactly_core::{Context, Message, handler_fn};
+use tokio_util::sync::CancellationToken;
+
+fn config(dir: &std::path::Path, port: u16) -> Config {
+    Config::from_toml(&format!(
+        "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[amqp.orders]\nurl = \"amqp://127.0.0.1:1/%2f\"\nqueue = \"q\"\n",
+        dir.join("store").display()
+    ))
+    .unwrap()
+}
+
+fn noop() -> impl exactly_core::Handler<Output = ()> {
+    handler_fn(|_m: Message, _c: Context| async { Ok(()) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = App::new(config(tmp.path(), port)).handler("orders", noop()).run_until(CancellationToken::new()).await;
+    match err {
+        Err(Error::Http { addr, .. }) => assert_eq!(addr.port(), port),
+        other => panic!("expected an http error, got {other:?}"),
+    }
+    assert!(!tmp.path().join("store").exists(), "nothing was opened before the port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_without_a_handler_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = App::new(config(tmp.path(), port)).handler("other", noop()).run_until(CancellationToken::new()).await;
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("amqp.orders") && text.contains("no handler"), "{text}");
+}

@@ -165,7 +165,8 @@ impl App {
             make(store.clone()).map_err(|e| Error::Config(format!("{kind}.{name}: {e}")))
         };
 
-        let mut running = JoinSet::new();
+        // Every subscription is built before any starts: a bad one stops the start cleanly.
+        let mut starting: Vec<futures_util::future::BoxFuture<'static, Result<(), Error>>> = Vec::new();
         let mut stops: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
         let mut ready: Vec<http::Probe> = Vec::new();
         for (name, sub) in &config.kafka {
@@ -192,11 +193,11 @@ impl App {
                 }),
             });
             let name = name.clone();
-            running.spawn(async move {
+            starting.push(Box::pin(async move {
                 let r = consumer.run().await.map_err(|source| Error::Kafka { name, source: Box::new(source) });
                 alive.store(false, Ordering::Relaxed);
                 r
-            });
+            }));
         }
         for (name, sub) in &config.amqp {
             let processor = take("amqp", name)?;
@@ -218,14 +219,18 @@ impl App {
                 }),
             });
             let name = name.clone();
-            running.spawn(async move {
+            starting.push(Box::pin(async move {
                 let r = consumer.run().await.map_err(|source| Error::Amqp { name, source: Box::new(source) });
                 alive.store(false, Ordering::Relaxed);
                 r
-            });
+            }));
         }
         for name in handlers.keys() {
             tracing::warn!(handler = %name, "a handler is registered but no subscription names it");
+        }
+        let mut running = JoinSet::new();
+        for s in starting {
+            running.spawn(s);
         }
 
         let server = listener.map(|l| http::serve(l, metrics, ready, stop.clone()));

@@ -9,7 +9,7 @@ use lapin::uri::AMQPUri;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Config, Consumer};
-use crate::error::redact;
+use crate::error::redact_url;
 use crate::{Error, Topology};
 
 /// Settings of a [`Consumer`]. Every one has a default; [`build`](Self::build) checks
@@ -98,7 +98,7 @@ impl ConsumerBuilder {
     /// Checks the settings and makes the consumer, which runs `processor` for every
     /// delivery.
     pub fn build(self, processor: Processor) -> Result<Consumer, Error> {
-        let url = redact(&self.url);
+        let url = redact_url(&self.url);
         AMQPUri::from_str(&self.url).map_err(|reason| Error::Url { url: url.clone(), reason })?;
         if self.queue.is_empty() || self.queue.len() > 255 {
             return Err(Error::Config { field: "queue", reason: format!("{:?} must be 1 to 255 bytes", self.queue) });

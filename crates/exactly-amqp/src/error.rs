@@ -93,8 +93,12 @@ impl Error {
     }
 }
 
-/// The URL with its password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
+/// The URL with its password replaced by `***`, for logs and error messages.
+///
+/// ```
+/// assert_eq!(exactly_amqp::redact_url("amqp://guest:secret@host/%2f"), "amqp://guest:***@host/%2f");
+/// ```
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_owned() };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -115,9 +119,9 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
-        assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
-        assert_eq!(redact("amqps://user@host"), "amqps://user@host");
-        assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(redact_url("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(redact_url("amqps://user@host"), "amqps://user@host");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

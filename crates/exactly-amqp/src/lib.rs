@@ -51,7 +51,7 @@ mod topology;
 
 pub use builder::ConsumerBuilder;
 pub use consumer::{Consumer, ShutdownHandle, Stats};
-pub use error::Error;
+pub use error::{Error, redact_url};
 pub use topology::{DEFAULT_RETRY_DELAYS, Topology};
 
 pub use lapin;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use exactly_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use exactly_amqp::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use exactly_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use exactly_amqp::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use exactly_kafka::rdkafka::ClientConfig;
 use exactly_kafka::rdkafka::message::{Header, OwnedHeaders};
 use exactly_kafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -117,12 +117,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")?);
     match &args.to {
         Destination::Kafka { brokers, topic } => {
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .create()
-                .context("cannot create the Kafka producer")?;
+            let producer = kafka_producer(brokers)?;
             for (line, _) in &stream {
                 let mut headers = OwnedHeaders::new();
                 for (k, v) in line.headers() {
@@ -142,11 +137,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             producer.flush(Duration::from_secs(30))?;
         }
         Destination::Amqp { url, exchange, routing_key } => {
-            let conn = Connection::connect(url, ConnectionProperties::default())
-                .await
-                .with_context(|| format!("cannot connect to {}", hide_password(url)))?;
-            let channel = conn.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            let (conn, channel) = amqp_channel(url).await?;
             for (line, _) in &stream {
                 let mut table = FieldTable::default();
                 for (k, v) in line.headers() {
@@ -178,15 +169,22 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hide_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+/// A producer that waits for every replica (acks=all) and never writes a record twice.
+pub(crate) fn kafka_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("cannot create the Kafka producer")
+}
+
+/// A connection and a channel in publisher-confirm mode.
+pub(crate) async fn amqp_channel(url: &str) -> anyhow::Result<(Connection, Channel)> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to {}", exactly_amqp::redact_url(url)))?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((conn, channel))
 }

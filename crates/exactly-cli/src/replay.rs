@@ -5,13 +5,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use exactly_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use exactly_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
 use exactly_amqp::lapin::types::{AMQPValue, FieldTable, ShortString};
-use exactly_amqp::lapin::{Connection, ConnectionProperties};
 use exactly_core::REDRIVE_HEADER;
 use exactly_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use exactly_kafka::rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
-use exactly_kafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use exactly_kafka::rdkafka::producer::{FutureRecord, Producer as _};
 use exactly_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -140,12 +139,7 @@ async fn kafka(
         }
     }
     consumer.assign(&list)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
-        .context("cannot create the Kafka producer")?;
+    let producer = crate::produce::kafka_producer(brokers)?;
     let mut copied = 0u64;
     let mut idle = 0;
     while !open.is_empty() {
@@ -203,9 +197,7 @@ async fn amqp(
     redrive: bool,
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await.context("cannot connect to RabbitMQ")?;
-    let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (conn, channel) = crate::produce::amqp_channel(url).await?;
     let mut copied = 0u64;
     while limit.is_none_or(|l| copied < l) {
         let Some(m) = channel.basic_get(ShortString::from(from), BasicGetOptions { no_ack: false }).await? else {

@@ -166,7 +166,7 @@ async fn records_keyed_by_position_are_done_by_the_watermark_with_their_state() 
     task.await.unwrap().unwrap();
     assert!(runs.keys() == 57 && runs.doubled() == 0, "{} keys, {} doubled", runs.keys(), runs.doubled());
     // Each record's state went in with the watermark: one credit per position.
-    for (key, n) in runs.0.lock().unwrap().iter() {
+    for (key, n) in &runs.counts() {
         assert!(key.starts_with(&format!("{topic}/")), "the key is the position: {key}");
         assert_eq!(*n, 1);
         assert_eq!(credited(&store, "pos", key), 1, "{key}");

@@ -1,8 +1,6 @@
 //! Test support: unique queues on the local RabbitMQ, publishing, reading back.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use exactly_amqp::lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -107,24 +105,7 @@ pub fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-/// Counts handler runs per key.
-#[derive(Debug, Clone, Default)]
-pub struct Runs(pub Arc<Mutex<HashMap<String, u32>>>);
-
-impl Runs {
-    pub fn hit(&self, key: &str) {
-        *self.0.lock().unwrap().entry(key.to_owned()).or_default() += 1;
-    }
-    pub fn get(&self, key: &str) -> u32 {
-        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
-    }
-    pub fn keys(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    pub fn max(&self) -> u32 {
-        self.0.lock().unwrap().values().copied().max().unwrap_or(0)
-    }
-}
+pub use exactly_core::testing::Runs;
 
 /// Waits until `done` holds, failing after `limit`.
 pub async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

@@ -28,7 +28,9 @@
 mod broker;
 mod crash;
 mod drain;
+mod runs;
 
 pub use broker::{DeadLetterRecord, Delivery, MemoryBroker, MemoryConsumer, QueueStats};
 pub use crash::CrashPlan;
 pub use drain::{DrainOptions, DrainReport, drain};
+pub use runs::Runs;

@@ -1,8 +1,7 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use exactly_core::{Clock, Millis};
 
@@ -26,21 +25,4 @@ impl Clock for TokioClock {
     }
 }
 
-/// Counts handler runs per key.
-#[derive(Debug, Clone, Default)]
-pub struct Runs(Arc<Mutex<HashMap<String, u32>>>);
-
-impl Runs {
-    pub fn hit(&self, key: &str) -> u32 {
-        let mut m = self.0.lock().unwrap();
-        let n = m.entry(key.to_owned()).or_default();
-        *n += 1;
-        *n
-    }
-    pub fn get(&self, key: &str) -> u32 {
-        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
-    }
-    pub fn total(&self) -> u32 {
-        self.0.lock().unwrap().values().sum()
-    }
-}
+pub use exactly_core::testing::Runs;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use exactly_core::{Context, Handler, HandlerError, Message, handler_fn};
@@ -27,27 +27,7 @@ pub fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Counts handler runs per key.
-#[derive(Debug, Clone, Default)]
-pub struct Runs(pub Arc<Mutex<HashMap<String, u32>>>);
-
-impl Runs {
-    pub fn hit(&self, key: &str) {
-        *self.0.lock().unwrap().entry(key.to_owned()).or_default() += 1;
-    }
-    pub fn get(&self, key: &str) -> u32 {
-        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
-    }
-    pub fn keys(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    pub fn total(&self) -> u32 {
-        self.0.lock().unwrap().values().sum()
-    }
-    pub fn doubled(&self) -> usize {
-        self.0.lock().unwrap().values().filter(|&&n| n > 1).count()
-    }
-}
+pub use exactly_core::testing::Runs;
 
 /// Counts runs; payloads "poison" fail to decode.
 pub fn counting(runs: Runs) -> impl Handler<Output = ()> {

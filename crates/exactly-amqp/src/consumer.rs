@@ -120,16 +120,7 @@ impl Consumer {
     /// (what was acknowledged stays acknowledged: the store is durable before every ack).
     pub async fn run_until_signal(self) -> Result<(), Error> {
         let handle = self.shutdown_handle();
-        tokio::spawn(async move {
-            if wait_for_signal().await {
-                tracing::info!("signal received; finishing messages in flight (signal again to exit at once)");
-                handle.shutdown();
-                if wait_for_signal().await {
-                    tracing::warn!("second signal; exiting now");
-                    std::process::exit(130);
-                }
-            }
-        });
+        tokio::spawn(exactly_core::shutdown::stop_on_signals(move || handle.shutdown()));
         self.run().await
     }
 
@@ -290,24 +281,5 @@ fn fatal(joined: Result<Result<(), exactly_core::Error>, tokio::task::JoinError>
             None
         }
         Err(_) => None,
-    }
-}
-
-/// Waits for SIGINT or SIGTERM; `false` if signals cannot be watched.
-async fn wait_for_signal() -> bool {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return false;
-        };
-        tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
     }
 }

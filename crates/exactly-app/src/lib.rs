@@ -136,7 +136,8 @@ impl App {
     /// gracefully. Sets up logging and the metrics recorder unless the program already did.
     pub async fn run(self) -> Result<(), Error> {
         let stop = tokio_util::sync::CancellationToken::new();
-        let signals = tokio::spawn(telemetry::signals(stop.clone()));
+        let cancel = stop.clone();
+        let signals = tokio::spawn(exactly_core::shutdown::stop_on_signals(move || cancel.cancel()));
         let result = self.run_until(stop).await;
         signals.abort();
         result

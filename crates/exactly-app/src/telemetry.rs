@@ -1,11 +1,10 @@
-//! Logs, the metrics recorder, store gauges and signals.
+//! Logs, the metrics recorder and store gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use exactly_core::DedupStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -60,34 +59,4 @@ pub(crate) async fn store_gauges(store: Arc<dyn DedupStore>) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-}
-
-/// Cancels `stop` at the first SIGINT/SIGTERM; exits the process at the second.
-pub(crate) async fn signals(stop: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot listen for SIGTERM/SIGINT");
-            return;
-        };
-        for first in [true, false] {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if first {
-                tracing::info!("signal received; stopping (a second signal exits at once)");
-                stop.cancel();
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::warn!("second signal: exiting now; unacknowledged messages will be delivered again");
-    std::process::exit(130);
 }

@@ -53,6 +53,7 @@ mod key;
 mod message;
 pub mod metrics;
 mod processor;
+pub mod shutdown;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -150,16 +150,7 @@ impl Consumer {
     /// (committed offsets only ever cover durable outcomes).
     pub async fn run_until_signal(self) -> Result<(), Error> {
         let handle = self.shutdown_handle();
-        tokio::spawn(async move {
-            if wait_for_signal().await {
-                tracing::info!("signal received; finishing records in flight (signal again to exit at once)");
-                handle.shutdown();
-                if wait_for_signal().await {
-                    tracing::warn!("second signal; exiting now");
-                    std::process::exit(130);
-                }
-            }
-        });
+        tokio::spawn(exactly_core::shutdown::stop_on_signals(move || handle.shutdown()));
         self.run().await
     }
 
@@ -224,24 +215,5 @@ impl Consumer {
         }
         let _ = self.shared.producer.flush(Duration::from_secs(10));
         result.and(committed)
-    }
-}
-
-/// Waits for SIGINT or SIGTERM; `false` if signals cannot be watched.
-async fn wait_for_signal() -> bool {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return false;
-        };
-        tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
     }
 }

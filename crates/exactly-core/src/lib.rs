@@ -52,6 +52,7 @@ mod handler;
 mod key;
 mod message;
 pub mod metrics;
+pub mod names;
 mod processor;
 pub mod shutdown;
 pub mod store;

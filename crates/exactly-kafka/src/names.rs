@@ -1,19 +1,8 @@
 //! Header names the adapter writes on dead-letter records.
 
-/// Dead-letter reason (`decode`, `missing-key`, `retries-exhausted`, ...).
-pub const REASON: &str = "x-exactly-reason";
-/// Attempts made.
-pub const ATTEMPTS: &str = "x-exactly-attempts";
-/// The first error seen.
-pub const FIRST_ERROR: &str = "x-exactly-first-error";
-/// The last error seen.
-pub const LAST_ERROR: &str = "x-exactly-last-error";
-/// The idempotency key, when there was one.
-pub const KEY: &str = "x-exactly-key";
-/// The consumer (key namespace) that dead-lettered the record.
-pub const CONSUMER: &str = "x-exactly-consumer";
-/// When it was dead-lettered (ms since the epoch).
-pub const DEAD_LETTERED_AT: &str = "x-exactly-dead-lettered-at";
+// The names every adapter writes.
+pub use exactly_core::names::{ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE};
+
 /// The topic the record was consumed from.
 pub const ORIGINAL_TOPIC: &str = "x-exactly-original-topic";
 /// Its partition.

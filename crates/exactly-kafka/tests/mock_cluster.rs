@@ -105,6 +105,28 @@ async fn a_restarted_consumer_resumes_from_the_committed_offsets() {
     );
 }
 
+/// With commits accepted again, a consumer of `group` on the same store runs for 3 s: it
+/// must start at its local watermark (fetch nothing), and no key may have run twice.
+async fn a_restart_on_the_same_store_fetches_nothing(
+    kafka: &MockKafka,
+    group: &str,
+    topic: &str,
+    namespace: &str,
+    runs: &Runs,
+    store: &Arc<dyn DedupStore>,
+) {
+    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[]);
+    let p = Processor::builder(namespace, counting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let c = consumer(kafka, group, topic, p);
+    let (stop, stats) = (c.shutdown_handle(), c.stats());
+    let task = tokio::spawn(c.run());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 0, "started at the local watermark");
+    assert_eq!(runs.doubled(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_commits_are_lost_the_local_watermark_avoids_reprocessing() {
     let kafka = MockKafka::new(1).unwrap();
@@ -125,16 +147,7 @@ async fn when_commits_are_lost_the_local_watermark_avoids_reprocessing() {
     task.await.unwrap().unwrap();
     assert!(committed(kafka.bootstrap_servers(), &group, &topic, 2).iter().sum::<i64>() < 100, "commits were refused");
 
-    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[]);
-    let p = Processor::builder("lost", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
-    let c = consumer(&kafka, &group, &topic, p);
-    let (stop, stats) = (c.shutdown_handle(), c.stats());
-    let task = tokio::spawn(c.run());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
-    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 0, "started past the local watermark");
-    assert_eq!(runs.doubled(), 0);
+    a_restart_on_the_same_store_fetches_nothing(&kafka, &group, &topic, "lost", &runs, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,16 +191,7 @@ async fn records_keyed_by_position_are_done_by_the_watermark_with_their_state() 
     );
 
     // A restart with the same store, the broker's offsets lost: nothing runs again.
-    kafka.request_errors(RDKafkaApiKey::OffsetCommit, &[]);
-    let p = Processor::builder("pos", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
-    let c = consumer(&kafka, &group, &topic, p);
-    let (stop, stats) = (c.shutdown_handle(), c.stats());
-    let task = tokio::spawn(c.run());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
-    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 0, "started at the local watermark");
-    assert_eq!(runs.doubled(), 0);
+    a_restart_on_the_same_store_fetches_nothing(&kafka, &group, &topic, "pos", &runs, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,7 +48,9 @@ pub fn ledger(effects: Arc<Mutex<std::fs::File>>) -> impl Handler<Output = ()> {
             let bal: i64 = ctx.state().get_json(&acct).await?.unwrap_or(0);
             ctx.state().put_json(&acct, &(bal + c.cents)).await?;
             let mut f = effects.lock().map_err(|_| HandlerError::transient("effects log lock poisoned"))?;
-            writeln!(f, "{}", c.id)?;
+            // One write call per line: a process killed mid-line must not leave a torn
+            // line that the next process's line would be glued to.
+            f.write_all(format!("{}\n", c.id).as_bytes())?;
             Ok(())
         }
     })

@@ -87,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
                             Disposition::DeadLetter(dl) => {
                                 {
                                     let mut f = dlq.lock().expect("dlq lock");
-                                    writeln!(f, "{}\t{}", dl.key.clone().unwrap_or_default(), dl.reason).expect("dlq write");
+                                    // One write call per line (see the ledger's effects log).
+                                    let line = format!("{}\t{}\n", dl.key.clone().unwrap_or_default(), dl.reason);
+                                    f.write_all(line.as_bytes()).expect("dlq write");
                                     f.sync_data().expect("dlq fsync");
                                 }
                                 p.confirm_dead_letter(&out).await.expect("confirm");

@@ -185,12 +185,13 @@ impl App {
                 b.build(processor).map_err(|source| Error::Kafka { name: name.clone(), source: Box::new(source) })?;
             let handle = consumer.shutdown_handle();
             stops.push(Box::new(move || handle.shutdown()));
+            let stats = consumer.stats();
             let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
             ready.push(http::Probe {
                 name: format!("kafka.{name}"),
                 ready: Box::new({
                     let alive = alive.clone();
-                    move || alive.load(Ordering::Relaxed)
+                    move || alive.load(Ordering::Relaxed) && stats.joined.load(Ordering::Relaxed)
                 }),
             });
             let name = name.clone();

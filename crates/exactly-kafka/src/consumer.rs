@@ -1,7 +1,7 @@
 //! The consumer: subscribe, poll, route records to partition workers, commit, stop.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,12 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Transactions aborted (their records and offsets went into a later one).
     pub transaction_aborts: AtomicU64,
+    /// The consumer has joined its group: its first assignment (possibly empty, when the
+    /// group has more members than partitions) has been applied. Readiness probes wait
+    /// for it.
+    pub joined: AtomicBool,
+    /// Partitions assigned now.
+    pub assigned: AtomicU64,
     lag: Mutex<HashMap<(String, i32), i64>>,
 }
 

@@ -1,5 +1,6 @@
 //! rdkafka callbacks: rebalances, commits, statistics.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use rdkafka::client::ClientContext;
@@ -49,13 +50,21 @@ impl ConsumerContext for Ctx {
                 if let (Some(s), Some(c)) = (self.shared.get(), self.consumer.get().and_then(Weak::upgrade)) {
                     s.start_partitions(&c, starts);
                 }
+                if let Some(s) = self.shared.get() {
+                    s.stats.assigned.store(s.assigned().len() as u64, Ordering::Relaxed);
+                    s.stats.joined.store(assigned.is_ok(), Ordering::Relaxed);
+                }
                 assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if let Some(s) = self.shared.get() {
                     s.on_revoke(base, tpl);
                 }
-                if cooperative { base.incremental_unassign(tpl) } else { base.unassign() }
+                let unassigned = if cooperative { base.incremental_unassign(tpl) } else { base.unassign() };
+                if let Some(s) = self.shared.get() {
+                    s.stats.assigned.store(s.assigned().len() as u64, Ordering::Relaxed);
+                }
+                unassigned
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");

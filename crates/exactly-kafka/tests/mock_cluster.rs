@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::{Runs, committed, counting, eventually, read_all, unique};
@@ -460,6 +461,8 @@ async fn second_consumer_joins(strategy: Option<&str>) {
     let (stop_a, stats_a) = (a.shutdown_handle(), a.stats());
     let task_a = tokio::spawn(a.run());
     eventually("a head start", Duration::from_secs(30), || runs.keys() >= 60).await;
+    assert!(stats_a.joined.load(Relaxed), "records flow only after the first assignment");
+    assert_eq!(stats_a.assigned.load(Relaxed), 6, "alone in the group, it has every partition");
     let b = consumer(
         &kafka,
         &group,
@@ -469,14 +472,19 @@ async fn second_consumer_joins(strategy: Option<&str>) {
     let (stop_b, stats_b) = (b.shutdown_handle(), b.stats());
     let task_b = tokio::spawn(b.run());
     eventually("every key", Duration::from_secs(90), || runs.keys() >= n).await;
+    eventually("the partitions shared", Duration::from_secs(30), || {
+        let (a, b) = (stats_a.assigned.load(Relaxed), stats_b.assigned.load(Relaxed));
+        a > 0 && b > 0 && a + b == 6
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_a.shutdown();
     stop_b.shutdown();
     for task in [task_a, task_b] {
         tokio::time::timeout(Duration::from_secs(40), task).await.expect("the consumer stops").unwrap().unwrap();
     }
-    assert!(stats_b.records.load(std::sync::atomic::Ordering::Relaxed) > 0, "the second consumer got partitions");
-    assert!(stats_a.records.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(stats_b.records.load(Relaxed) > 0, "the second consumer got partitions");
+    assert!(stats_a.records.load(Relaxed) > 0);
     assert_eq!(runs.doubled(), 0, "a key ran twice across the rebalance");
     for i in 0..n {
         assert_eq!(credited(&store, "rebal", &format!("r{i}")), 1);

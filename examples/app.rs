@@ -7,6 +7,9 @@
 //! curl -s localhost:9090/metrics | grep exactly_messages_total
 //! ```
 //!
+//! `/readyz` answers `not ready: kafka.orders` until the topic `exactly-demo-app-orders`
+//! exists and the group has assigned it (tansu does not create topics on first use).
+//!
 //! Every setting can be overridden from the environment, for example
 //! `EXACTLY_HTTP__LISTEN=0.0.0.0:9100` or `EXACTLY_AMQP__PAYMENTS__PREFETCH=64`.
 

@@ -50,6 +50,7 @@
 //! |---|---|---|
 //! | `testing` | no | [`testing::MockKafka`], librdkafka's in-process mock cluster |
 
+mod anchor;
 mod builder;
 mod consumer;
 mod context;

@@ -232,6 +232,30 @@ impl Shared {
                 }
             }
             if let Some(l) = local.filter(|l| kafka.is_none_or(|k| *l > k)) {
+                // Inside the log, the watermark may still be another log's: check the
+                // record it was anchored to.
+                let name = crate::anchor::name(&watermark_name(&self.cfg.group, topic, *partition));
+                let anchor = self.processor.store().meta_get(&name).ok().flatten();
+                if let Some(anchor) = anchor.as_deref().and_then(crate::anchor::Anchor::decode) {
+                    let verdict = crate::anchor::check(&self.cfg, topic, *partition, anchor);
+                    if verdict == crate::anchor::Verdict::Other {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            local = l,
+                            "the local watermark was made on another log (the record it is anchored to is not there: topic recreated, or another cluster); ignoring it"
+                        );
+                        local = None;
+                    } else if verdict == crate::anchor::Verdict::Unknown {
+                        tracing::info!(
+                            topic,
+                            partition,
+                            "the local watermark's anchor record cannot be read back (retention, broker); trusting the watermark"
+                        );
+                    }
+                }
+            }
+            if let Some(l) = local.filter(|l| kafka.is_none_or(|k| *l > k)) {
                 tracing::info!(topic, partition, local = l, kafka = ?kafka, "the local watermark is ahead of the committed offset; starting there");
                 let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(l));
             }
@@ -263,6 +287,7 @@ impl Shared {
                 tracker: tracker.clone(),
                 stop: stop.clone(),
                 start: start.unwrap_or(i64::MIN),
+                anchored: false,
             };
             let task = self.runtime.spawn(worker.run());
             let part = Part { spill: spill_tx, tracker, stop, task: Some(task), committed: start };

@@ -36,6 +36,8 @@ pub(crate) struct Worker {
     pub(crate) stop: CancellationToken,
     /// Records below this offset are finished already (the watermark): skipped in O(1).
     pub(crate) start: i64,
+    /// Whether this assignment's anchor record was saved (see [`crate::anchor`]).
+    pub(crate) anchored: bool,
 }
 
 /// A record's outcome once its processing returned.
@@ -81,8 +83,20 @@ impl Worker {
     }
 
     /// Registers a received record; `false` if it is below the watermark (finished already).
-    fn admit(&self, m: &OwnedMessage) -> bool {
+    fn admit(&mut self, m: &OwnedMessage) -> bool {
         let offset = m.offset();
+        if !self.anchored {
+            // The first record of this assignment anchors the watermark to this log.
+            self.anchored = true;
+            let name =
+                crate::anchor::name(&crate::shared::watermark_name(&self.shared.cfg.group, &self.tp.0, self.tp.1));
+            let (store, value) = (self.shared.processor.store().clone(), crate::anchor::Anchor::of(m).encode());
+            tokio::spawn(async move {
+                if let Err(e) = store.meta_put(&name, value).await {
+                    tracing::warn!(error = %e, "cannot save the watermark's anchor");
+                }
+            });
+        }
         self.tracker.received(offset);
         if offset < self.start {
             self.shared.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);

@@ -195,36 +195,49 @@ async fn records_keyed_by_position_are_done_by_the_watermark_with_their_state() 
     a_restart_on_the_same_store_fetches_nothing(&kafka, &group, &topic, "pos", &runs, &store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_watermark_past_the_end_of_a_recreated_topic_is_ignored() {
+/// A store that saw 30 records of a topic meets a new log under the same names (a topic
+/// deleted and created again, another cluster) with `records` records and no committed
+/// offsets: its saved watermark (30) must not make the consumer skip any of them.
+async fn a_watermark_of_another_log_is_ignored(records: u64) {
     let (topic, group) = (unique("recreated"), unique("g"));
     let runs = Runs::default();
     let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
     let run = |kafka: &MockKafka| {
         let p = Processor::builder("re", counting(runs.clone())).shared_store(store.clone()).build().unwrap();
         let c = consumer(kafka, &group, &topic, p);
-        (c.shutdown_handle(), tokio::spawn(c.run()))
+        (c.shutdown_handle(), c.stats(), tokio::spawn(c.run()))
     };
-    // The store sees 30 records of the first life of the topic (one partition).
     let first = MockKafka::new(1).unwrap();
     first.create_topic(&topic, 1).unwrap();
     produce_keys(&first, &topic, (0..30).map(|i| format!("old{i}"))).await;
-    let (stop, task) = run(&first);
+    let (stop, _, task) = run(&first);
     eventually("30 records", Duration::from_secs(30), || runs.keys() >= 30).await;
     stop.shutdown();
     task.await.unwrap().unwrap();
     drop(first);
 
-    // The same names on a new log (a recreated topic, another cluster) with 10 records:
-    // the saved watermark (30) is past its end and must not make the consumer skip them.
     let second = MockKafka::new(1).unwrap();
     second.create_topic(&topic, 1).unwrap();
-    produce_keys(&second, &topic, (0..10).map(|i| format!("new{i}"))).await;
-    let (stop, task) = run(&second);
-    eventually("the 10 new records", Duration::from_secs(30), || runs.keys() >= 40).await;
+    produce_keys(&second, &topic, (0..records).map(|i| format!("new{i}"))).await;
+    let (stop, stats, task) = run(&second);
+    let want = 30 + usize::try_from(records).unwrap();
+    eventually(&format!("the {records} new records"), Duration::from_secs(30), || runs.keys() >= want).await;
     stop.shutdown();
     task.await.unwrap().unwrap();
     assert_eq!(runs.doubled(), 0);
+    assert_eq!(stats.skipped.load(Relaxed), 0, "no record of the new log was taken for done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_watermark_past_the_end_of_a_recreated_topic_is_ignored() {
+    a_watermark_of_another_log_is_ignored(10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_watermark_inside_a_recreated_topic_is_ignored_too() {
+    // The new log is longer than the old watermark: only the record the store anchored
+    // the watermark to (its offset and fingerprint) tells the two logs apart.
+    a_watermark_of_another_log_is_ignored(50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

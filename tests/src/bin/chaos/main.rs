@@ -1,0 +1,443 @@
+//! The reliability harness: a ledger consumer under seeded faults, then a verdict.
+//!
+//! ```sh
+//! eval "$(scripts/services.sh up)"     # RabbitMQ, and tansu for --broker kafka
+//! cargo build --release -p exactly-tests --bins
+//! target/release/chaos --broker amqp --messages 100000 --kills 20 --stops 3 --cuts 3 --seed 7
+//! target/release/chaos --broker kafka --messages 100000 --kills 20 --consumers 2 --seed 7
+//! ```
+//!
+//! It publishes `--messages` ledger credits (a `--duplicates` share of them are copies of
+//! earlier keys, half of everything is sent while the consumer runs, so duplicates also
+//! arrive after the first copy was handled; a `--poison` share of keys do not decode),
+//! runs `app_child` (the app runner with the ledger handler on a sled store, appending
+//! each key to an effects log) as `--consumers` processes, and meanwhile injects faults
+//! at random moments drawn from `--seed`: SIGKILL (then a restart), SIGSTOP for a few
+//! seconds then SIGCONT, and for RabbitMQ `rabbitmqctl close_all_connections`.
+//! When the fault budget is spent it lets the consumers finish, stops them with SIGTERM
+//! and checks: every good key credited exactly once in the transactional state, every
+//! poison key in the dead-letter destination with reason `decode`, nothing left unacked
+//! or uncommitted; external effects repeated only for keys a kill interrupted. It prints
+//! one row of the table in docs/RELIABILITY.md and exits 1 if the verdict fails.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use exactly_tests::{ACCOUNTS, count_lines, payload, state_i64};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+mod broker;
+
+use broker::Broker;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Kind {
+    Amqp,
+    Kafka,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    broker: Kind,
+    /// Messages sent, duplicates and poison included.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Share of messages that are copies of an earlier key.
+    #[arg(long, default_value_t = 0.1)]
+    duplicates: f64,
+    /// Share of keys whose payload does not decode.
+    #[arg(long, default_value_t = 0.01)]
+    poison: f64,
+    /// SIGKILLs (each followed by a restart).
+    #[arg(long, default_value_t = 5)]
+    kills: u32,
+    /// SIGSTOPs (each followed by a SIGCONT a few seconds later).
+    #[arg(long, default_value_t = 1)]
+    stops: u32,
+    /// Broker connection cuts (RabbitMQ only: `rabbitmqctl close_all_connections`).
+    #[arg(long, default_value_t = 1)]
+    cuts: u32,
+    /// Consumer processes, each with its own store.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Seed of every random choice: the same seed gives the same fault schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Mean time between faults, in milliseconds.
+    #[arg(long, default_value_t = 700)]
+    fault_every_ms: u64,
+    /// Kafka bootstrap servers (default: $EXACTLY_KAFKA_BROKER).
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Where the stores and logs go (default: a new temporary directory, removed after
+    /// a passing run).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One consumer process and its directory.
+struct Consumer {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Consumer {
+    fn start(&mut self, app: &Path) -> anyhow::Result<()> {
+        let child = Command::new(app)
+            .env("EXACTLY_CONFIG", &self.config)
+            .env("EFFECTS", self.dir.join("effects.log"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting app_child")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()).map(Pid::from_raw)
+    }
+
+    fn signal(&self, s: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, s);
+        }
+    }
+
+    /// Restarts it if it exited on its own (a store or broker error it gave up on).
+    fn revive(&mut self, app: &Path) -> anyhow::Result<bool> {
+        if let Some(c) = &mut self.child {
+            if let Some(status) = c.try_wait()? {
+                eprintln!("chaos: consumer {} exited on its own ({status}); restarting it", self.port);
+                self.start(app)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// SIGTERM and a clean exit within 60 s.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else { return Ok(()) };
+        self.signal(Signal::SIGCONT);
+        if let Ok(pid) = i32::try_from(c.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait()? {
+                if !status.success() {
+                    eprintln!("chaos: consumer {} exited with {status} after SIGTERM", self.port);
+                }
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                bail!("consumer {} did not stop within 60 s of SIGTERM", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What happened, for the report.
+#[derive(Default, Debug)]
+struct Faults {
+    kills: u32,
+    stops: u32,
+    cuts: u32,
+    exits: u32,
+}
+
+fn is_poison(seed: u64, key: u64, share: f64) -> bool {
+    let mut r = StdRng::seed_from_u64(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    r.random_bool(share.clamp(0.0, 1.0))
+}
+
+/// The keys of the messages to send, in order: every key once, and copies of earlier ones.
+fn plan(args: &Args, rng: &mut StdRng) -> (Vec<u64>, u64) {
+    let unique = ((args.messages as f64) / (1.0 + args.duplicates)).round().max(1.0) as u64;
+    let mut keys: Vec<u64> = (0..unique).collect();
+    let copies = args.messages.saturating_sub(unique);
+    for _ in 0..copies {
+        let pos = rng.random_range(1..=keys.len());
+        let of = keys[rng.random_range(0..pos)];
+        keys.insert(pos, of);
+    }
+    (keys, unique)
+}
+
+fn app_path() -> anyhow::Result<PathBuf> {
+    let app = std::env::current_exe()?.with_file_name("app_child");
+    if !app.exists() {
+        bail!("{} is missing: cargo build -p exactly-tests --bins", app.display());
+    }
+    Ok(app)
+}
+
+/// Waits for `/readyz` to answer 200.
+async fn wait_ready(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let mut raw = String::new();
+            if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.is_ok()
+                && s.read_to_string(&mut raw).await.is_ok()
+                && raw.starts_with("HTTP/1.1 200")
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the consumer on port {port} was not ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let app = app_path()?;
+    let tmp = tempfile::tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&root)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let name = format!("chaos-{}-{}", args.seed, std::process::id());
+    let kafka = args.kafka.clone().or_else(|| std::env::var("EXACTLY_KAFKA_BROKER").ok());
+    let broker = match args.broker {
+        Kind::Amqp => Broker::amqp(&name).await?,
+        Kind::Kafka => Broker::kafka(kafka.as_deref().context("--kafka or EXACTLY_KAFKA_BROKER")?, &name).await?,
+    };
+
+    let (keys, unique) = plan(&args, &mut rng);
+    let poison: HashSet<u64> = (0..unique).filter(|k| is_poison(args.seed, *k, args.poison)).collect();
+    let good: Vec<u64> = (0..unique).filter(|k| !poison.contains(k)).collect();
+    let started = Instant::now();
+
+    let mut consumers = Vec::new();
+    for i in 0..args.consumers {
+        let dir = root.join(format!("consumer-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let config = dir.join("app.toml");
+        let sub = broker.subscription(&name);
+        std::fs::write(
+            &config,
+            format!(
+                "shutdown_timeout = \"20s\"\n[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"error\"\n{sub}",
+                dir.join("store").display()
+            ),
+        )?;
+        let mut c = Consumer { dir, port, child: None, config };
+        c.start(&app)?;
+        consumers.push(c);
+    }
+    // Ready (the queue declared, the group joined), then the first half of the messages,
+    // and the rest while the faults run.
+    for c in &consumers {
+        wait_ready(c.port).await?;
+    }
+    let half = keys.len() / 2;
+    let msgs = |ks: &[u64]| ks.iter().map(|k| (format!("k{k}"), payload(*k, poison.contains(k)))).collect::<Vec<_>>();
+    broker.publish(msgs(&keys[..half])).await?;
+    let rest = msgs(&keys[half..]);
+    let late = {
+        let b = broker.clone();
+        tokio::spawn(async move { b.publish(rest).await })
+    };
+    let effects = |consumers: &[Consumer]| {
+        let mut all: HashMap<String, u64> = HashMap::new();
+        for c in consumers {
+            for (k, n) in count_lines(&c.dir.join("effects.log")) {
+                *all.entry(k).or_default() += n;
+            }
+        }
+        all
+    };
+
+    // Faults, at random moments, until the budget is spent.
+    let mut faults = Faults::default();
+    let mut todo: Vec<&str> = std::iter::repeat_n("kill", args.kills as usize)
+        .chain(std::iter::repeat_n("stop", args.stops as usize))
+        .chain(std::iter::repeat_n("cut", if args.broker == Kind::Amqp { args.cuts as usize } else { 0 }))
+        .collect();
+    while !todo.is_empty() {
+        let wait = rng.random_range(args.fault_every_ms / 4..=args.fault_every_ms * 7 / 4);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        for c in &mut consumers {
+            faults.exits += u32::from(c.revive(&app)?);
+        }
+        let fault = todo.swap_remove(rng.random_range(0..todo.len()));
+        let victim = rng.random_range(0..consumers.len());
+        let c = &mut consumers[victim];
+        match fault {
+            "kill" => {
+                c.signal(Signal::SIGKILL);
+                if let Some(mut child) = c.child.take() {
+                    child.wait()?;
+                }
+                c.start(&app)?;
+                faults.kills += 1;
+            }
+            "stop" => {
+                // Long enough for a Kafka session (6 s) to expire and the group to move
+                // the partitions, for a RabbitMQ consumer to sit on unacked messages.
+                let pause = Duration::from_millis(rng.random_range(2_000..9_000));
+                c.signal(Signal::SIGSTOP);
+                tokio::time::sleep(pause).await;
+                c.signal(Signal::SIGCONT);
+                faults.stops += 1;
+            }
+            _ => {
+                let out = Command::new("rabbitmqctl").args(["-q", "close_all_connections", "chaos"]).output()?;
+                if !out.status.success() {
+                    eprintln!("chaos: rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                faults.cuts += 1;
+            }
+        }
+    }
+    late.await??;
+    eprintln!("chaos: faults done after {:.0?} ({faults:?}); letting the consumers finish", started.elapsed());
+
+    // Let them finish: every good key's effect, then nothing left on the broker.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        for c in &mut consumers {
+            faults.exits += u32::from(c.revive(&app)?);
+        }
+        let seen = effects(&consumers);
+        if good.iter().all(|k| seen.contains_key(&format!("k{k}"))) && broker.leftover().await? == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the consumers did not finish within 10 minutes: {} of {} keys", seen.len(), good.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in &mut consumers {
+        c.stop()?;
+    }
+    let elapsed = started.elapsed();
+
+    // The verdict.
+    let mut lost = Vec::new();
+    let mut doubled_tx = Vec::new();
+    let mut cross_instance = 0u64;
+    let stores: Vec<exactly::SledStore> = consumers
+        .iter()
+        .map(|c| exactly::SledStore::open(c.dir.join("store")))
+        .collect::<Result<_, _>>()
+        .context("opening the stores after the run")?;
+    let mut credited_total = 0i64;
+    for k in &good {
+        let per: Vec<i64> = stores.iter().map(|s| state_i64(s, &format!("applied/k{k}"))).collect();
+        let total: i64 = per.iter().sum();
+        if total == 0 {
+            lost.push(*k);
+        }
+        if per.iter().any(|n| *n > 1) {
+            doubled_tx.push(*k);
+        }
+        if per.iter().filter(|n| **n > 0).count() > 1 {
+            cross_instance += 1;
+        }
+        credited_total += total;
+    }
+    let balances: i64 =
+        stores.iter().map(|s| (0..ACCOUNTS).map(|a| state_i64(s, &format!("account/{a}"))).sum::<i64>()).sum();
+    let seen = effects(&consumers);
+    let doubled_fx = seen.values().filter(|n| **n > 1).count() as u64;
+    let dead = broker.dead_letters().await?;
+    let want_dead: HashSet<String> = poison.iter().map(|k| format!("k{k}")).collect();
+    let wrong_reason: Vec<String> = dead.iter().filter(|(_, r)| r != "decode").map(|(k, _)| k.clone()).collect();
+    let dead_keys: HashSet<String> = dead.into_iter().map(|(k, _)| k).collect();
+    let missing_dead: Vec<&String> = want_dead.difference(&dead_keys).collect();
+    let leftover = broker.leftover().await?;
+    broker.cleanup().await;
+
+    println!(
+        "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
+        args.broker,
+        keys.len(),
+        keys.len() as u64 - unique,
+        poison.len(),
+        args.consumers,
+        faults.kills,
+        faults.stops,
+        faults.cuts,
+        lost.len(),
+        doubled_tx.len(),
+        cross_instance,
+        doubled_fx,
+        want_dead.len() - missing_dead.len(),
+        elapsed,
+        args.seed,
+    );
+    let mut failures = Vec::new();
+    if !lost.is_empty() {
+        failures.push(format!("{} keys lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]));
+    }
+    if !doubled_tx.is_empty() {
+        failures.push(format!(
+            "{} keys credited twice in one store, e.g. {:?}",
+            doubled_tx.len(),
+            &doubled_tx[..doubled_tx.len().min(5)]
+        ));
+    }
+    if args.consumers == 1 && balances != credited_total {
+        failures.push(format!("balances {balances} != credits {credited_total}"));
+    }
+    if args.consumers == 1 && doubled_fx > u64::from(faults.kills + faults.exits) {
+        failures.push(format!(
+            "{doubled_fx} external effects repeated, more than the {} kills",
+            faults.kills + faults.exits
+        ));
+    }
+    if !missing_dead.is_empty() || !wrong_reason.is_empty() {
+        failures.push(format!(
+            "dead-letters: {} missing, {} with a wrong reason",
+            missing_dead.len(),
+            wrong_reason.len()
+        ));
+    }
+    if leftover > 0 {
+        failures.push(format!("{leftover} messages left unacknowledged or uncommitted"));
+    }
+    if failures.is_empty() {
+        eprintln!("chaos: PASS (seed {})", args.seed);
+        Ok(())
+    } else {
+        let _ = tmp.keep();
+        for f in &failures {
+            eprintln!("chaos: FAIL: {f}");
+        }
+        eprintln!("chaos: replay with --seed {}; logs and stores kept in {}", args.seed, root.display());
+        std::process::exit(1);
+    }
+}

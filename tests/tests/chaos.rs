@@ -1,0 +1,63 @@
+//! The short version of the reliability harness (tests/src/bin/chaos), for every
+//! submission: a few thousand messages per broker under SIGKILLs, a SIGSTOP, and for
+//! RabbitMQ a connection cut; one run with two consumer processes per broker. The long
+//! runs and their figures are in docs/RELIABILITY.md.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn chaos(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chaos")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(out.status.success(), "chaos {args:?} failed: {}\n{text}", out.status);
+    assert!(text.contains("chaos: PASS"), "{text}");
+}
+
+#[test]
+fn amqp_one_consumer_under_kills_a_stop_and_a_connection_cut() {
+    chaos(&["--broker", "amqp", "--messages", "4000", "--kills", "5", "--stops", "1", "--cuts", "2", "--seed", "11"]);
+}
+
+#[test]
+fn amqp_two_consumers_on_one_queue() {
+    chaos(&[
+        "--broker",
+        "amqp",
+        "--messages",
+        "3000",
+        "--kills",
+        "3",
+        "--stops",
+        "1",
+        "--cuts",
+        "1",
+        "--consumers",
+        "2",
+        "--seed",
+        "12",
+    ]);
+}
+
+#[test]
+fn kafka_one_consumer_under_kills_and_a_stop() {
+    chaos(&["--broker", "kafka", "--messages", "4000", "--kills", "5", "--stops", "1", "--seed", "13"]);
+}
+
+#[test]
+fn kafka_two_consumers_in_one_group() {
+    chaos(&[
+        "--broker",
+        "kafka",
+        "--messages",
+        "3000",
+        "--kills",
+        "3",
+        "--stops",
+        "1",
+        "--consumers",
+        "2",
+        "--seed",
+        "14",
+    ]);
+}

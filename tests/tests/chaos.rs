@@ -1,6 +1,7 @@
 //! The short version of the reliability harness (tests/src/bin/chaos), for every
-//! submission: a few thousand messages per broker under SIGKILLs, a SIGSTOP, and for
-//! RabbitMQ a connection cut; one run with two consumer processes per broker. The long
+//! submission: a few thousand messages per broker under SIGKILLs, a SIGSTOP, the store's
+//! disk full and read-only (a tmpfs per consumer: the tests run as root, as CI does), and
+//! for RabbitMQ connection cuts; one run with two consumer processes per broker. The long
 //! runs and their figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
@@ -15,8 +16,23 @@ fn chaos(args: &[&str]) {
 }
 
 #[test]
-fn amqp_one_consumer_under_kills_a_stop_and_a_connection_cut() {
-    chaos(&["--broker", "amqp", "--messages", "4000", "--kills", "5", "--stops", "1", "--cuts", "2", "--seed", "11"]);
+fn amqp_one_consumer_under_kills_a_stop_connection_cuts_and_disk_faults() {
+    chaos(&[
+        "--broker",
+        "amqp",
+        "--messages",
+        "4000",
+        "--kills",
+        "5",
+        "--stops",
+        "1",
+        "--cuts",
+        "2",
+        "--disk-faults",
+        "2",
+        "--seed",
+        "11",
+    ]);
 }
 
 #[test]
@@ -40,8 +56,21 @@ fn amqp_two_consumers_on_one_queue() {
 }
 
 #[test]
-fn kafka_one_consumer_under_kills_and_a_stop() {
-    chaos(&["--broker", "kafka", "--messages", "4000", "--kills", "5", "--stops", "1", "--seed", "13"]);
+fn kafka_one_consumer_under_kills_a_stop_and_disk_faults() {
+    chaos(&[
+        "--broker",
+        "kafka",
+        "--messages",
+        "4000",
+        "--kills",
+        "5",
+        "--stops",
+        "1",
+        "--disk-faults",
+        "2",
+        "--seed",
+        "13",
+    ]);
 }
 
 #[test]

@@ -17,6 +17,8 @@ use exactly::kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartition
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PARTITIONS: i32 = 6;
+/// RabbitMQ prefetch; Kafka records in flight per partition.
+const IN_FLIGHT: u64 = 64;
 const KEY_HEADER: &str = "x-exactly-key";
 const REASON_HEADER: &str = "x-exactly-reason";
 
@@ -46,14 +48,23 @@ impl Broker {
         Ok(Self::Kafka { brokers: brokers.to_owned(), topic: name.to_owned() })
     }
 
+    /// Messages one consumer process can hold between the handler's effect and the
+    /// durable done-record: what one kill can make run twice.
+    pub(crate) fn in_flight(&self) -> u64 {
+        match self {
+            Self::Amqp { .. } => IN_FLIGHT,
+            Self::Kafka { .. } => IN_FLIGHT * PARTITIONS as u64,
+        }
+    }
+
     /// The consumer's configuration section.
     pub(crate) fn subscription(&self, name: &str) -> String {
         match self {
             Self::Amqp { queue } => {
-                format!("[amqp.ledger]\nurl = \"{AMQP_URL}\"\nqueue = \"{queue}\"\nprefetch = 64\n")
+                format!("[amqp.ledger]\nurl = \"{AMQP_URL}\"\nqueue = \"{queue}\"\nprefetch = {IN_FLIGHT}\n")
             }
             Self::Kafka { brokers, topic } => format!(
-                "[kafka.ledger]\nbrokers = \"{brokers}\"\ngroup = \"{name}\"\ntopics = [\"{topic}\"]\n\
+                "[kafka.ledger]\nbrokers = \"{brokers}\"\ngroup = \"{name}\"\ntopics = [\"{topic}\"]\nmax_in_flight = {IN_FLIGHT}\n\
                  [kafka.ledger.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
             ),
         }

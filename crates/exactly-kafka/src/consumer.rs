@@ -90,6 +90,19 @@ impl ShutdownHandle {
     }
 }
 
+impl Drop for Consumer {
+    /// After [`run`](Self::run), or without it (an aborted task, a runtime shutting
+    /// down): stop the partition workers, whose queues keep librdkafka's consumer open,
+    /// and let the revoke at close skip waiting. Nothing uncommitted is lost: it is
+    /// delivered again.
+    fn drop(&mut self) {
+        self.shared.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        for p in self.shared.parts().values() {
+            p.stop.cancel();
+        }
+    }
+}
+
 struct Live<'a>(&'a StreamConsumer<Ctx>);
 
 fn list(tps: &[Tp]) -> TopicPartitionList {

@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     pub(crate) runtime: tokio::runtime::Handle,
     pause_until: Mutex<Option<Instant>>,
     pub(crate) stats: Arc<Stats>,
+    /// The [`Consumer`](crate::Consumer) is gone (finished, or dropped without a graceful
+    /// stop): a revoke at librdkafka's close must not wait for anything.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
 /// The store's meta name of a partition's watermark: the next offset to consume.
@@ -89,6 +92,7 @@ impl Shared {
             runtime: tokio::runtime::Handle::current(),
             pause_until: Mutex::default(),
             stats,
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -333,6 +337,13 @@ impl Shared {
                 }
             }
         };
+        if self.closing.load(Ordering::Relaxed) {
+            // librdkafka closes the consumer when the last handle is dropped, possibly in
+            // a task being cancelled or a runtime shutting down: nothing may be left to
+            // drive the wait. What is not committed is delivered again.
+            tracing::debug!("consumer closing: revoking without waiting for records in flight");
+            return;
+        }
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                 tokio::task::block_in_place(|| self.runtime.block_on(finish));

@@ -575,3 +575,36 @@ async fn a_fatal_transaction_error_stops_the_consumer_with_that_error() {
     assert!(matches!(err, exactly_kafka::Error::TransactionFatal { .. }), "{err}");
     assert!(err.to_string().contains("restart the consumer"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_consumer_task_lets_go_without_hanging() {
+    // A consumer dropped without a graceful stop (its task aborted, as an app does after
+    // its shutdown deadline, or a runtime shut down) must not hang the process.
+    let kafka = MockKafka::new(1).unwrap();
+    let (topic, group) = (unique("abort"), unique("g"));
+    kafka.create_topic(&topic, 3).unwrap();
+    produce_keys(&kafka, &topic, (0..300).map(|i| format!("a{i}"))).await;
+    let runs = Runs::default();
+    let slow = {
+        let inner = Arc::new(counting(runs.clone()));
+        handler_fn(move |m: Message, ctx: Context| {
+            let inner = inner.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                exactly_core::Handler::handle(&*inner, m, ctx).await
+            }
+        })
+    };
+    let p = Processor::builder("abort", slow).store(MemoryStore::new()).build().unwrap();
+    let task = tokio::spawn(consumer(&kafka, &group, &topic, p).run());
+    eventually("records flowing", Duration::from_secs(30), || runs.keys() >= 20).await;
+    task.abort();
+    let gone = tokio::time::timeout(Duration::from_secs(30), task).await;
+    assert!(gone.is_ok(), "the aborted consumer task ended");
+    // Its partition workers stopped with it: no record runs in the background.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = runs.total();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(runs.total(), after, "records still handled after the consumer was dropped");
+    assert!(runs.keys() < 300, "the abort came mid-stream");
+}

@@ -37,9 +37,22 @@ pub fn payload(key: u64, poison: bool) -> Vec<u8> {
 /// A ledger handler: credits the account and marks the key applied in transactional
 /// state (exactly once), and appends the key to an external effects log (at least once).
 pub fn ledger(effects: Arc<Mutex<std::fs::File>>) -> impl Handler<Output = ()> {
+    ledger_with_dependency(effects, None)
+}
+
+/// The ledger handler with a dependency that is down while the file `outage` exists:
+/// every message then fails with a transient error, as a handler whose database or API is
+/// unreachable does.
+pub fn ledger_with_dependency(
+    effects: Arc<Mutex<std::fs::File>>,
+    outage: Option<std::path::PathBuf>,
+) -> impl Handler<Output = ()> {
     handler_fn(move |msg: Message, ctx: Context| {
-        let effects = effects.clone();
+        let (effects, outage) = (effects.clone(), outage.clone());
         async move {
+            if outage.is_some_and(|o| o.exists()) {
+                return Err(HandlerError::transient("the ledger database is unreachable"));
+            }
             let c: Credit = msg.decode()?;
             let applied_key = format!("applied/{}", c.id);
             let applied: i64 = ctx.state().get_json(&applied_key).await?.unwrap_or(0);

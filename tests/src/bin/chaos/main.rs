@@ -66,6 +66,10 @@ struct Args {
     /// Broker connection cuts (RabbitMQ only: `rabbitmqctl close_all_connections`).
     #[arg(long, default_value_t = 1)]
     cuts: u32,
+    /// Dependency outages: for a few seconds every message fails with a transient error
+    /// (the handler's database is "unreachable"); the breaker must pause, not dead-letter.
+    #[arg(long, default_value_t = 0)]
+    outages: u32,
     /// Disk faults: the store's filesystem (a tmpfs per consumer, so this needs root)
     /// filled up, or made read-only, for a few seconds.
     #[arg(long, default_value_t = 0)]
@@ -94,6 +98,8 @@ struct Args {
 /// One consumer process and its directory.
 struct Consumer {
     dir: PathBuf,
+    /// While this file exists the handler's dependency is down.
+    outage: PathBuf,
     /// The store's filesystem, with --disk-faults.
     disk: Option<disk::Tmpfs>,
     port: u16,
@@ -106,6 +112,7 @@ impl Consumer {
         let child = Command::new(app)
             .env("EXACTLY_CONFIG", &self.config)
             .env("EFFECTS", self.dir.join("effects.log"))
+            .env("OUTAGE", &self.outage)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
@@ -190,6 +197,7 @@ struct Faults {
     cuts: u32,
     disk_full: u32,
     read_only: u32,
+    outages: u32,
     exits: u32,
 }
 
@@ -275,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
             0 => None,
             _ => Some(disk::Tmpfs::mount(&dir.join("store-fs"), args.tmpfs_mb)?),
         };
-        let mut c = Consumer { dir, disk, port, child: None, config };
+        let mut c = Consumer { dir, outage: root.join("outage"), disk, port, child: None, config };
         let store = c.store();
         std::fs::write(
             &c.config,
@@ -316,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
         .chain(std::iter::repeat_n("stop", args.stops as usize))
         .chain(std::iter::repeat_n("cut", if args.broker == Kind::Amqp { args.cuts as usize } else { 0 }))
         .chain((0..args.disk_faults).map(|i| if i % 2 == 0 { "full" } else { "read-only" }))
+        .chain(std::iter::repeat_n("outage", args.outages as usize))
         .collect();
     while !todo.is_empty() {
         let wait = rng.random_range(args.fault_every_ms / 4..=args.fault_every_ms * 7 / 4);
@@ -357,6 +366,17 @@ async fn main() -> anyhow::Result<()> {
                 d.restore()?;
                 c.disk = Some(d);
                 faults.exits += u32::from(c.revive(&app)?);
+            }
+            "outage" => {
+                let outage = c.outage.clone();
+                let pause = Duration::from_millis(rng.random_range(3_000..10_000));
+                let before = effects(&consumers).len();
+                std::fs::write(&outage, b"down")?;
+                tokio::time::sleep(pause).await;
+                let during = effects(&consumers).len() - before;
+                std::fs::remove_file(&outage)?;
+                eprintln!("chaos: dependency down for {pause:.1?}: {during} keys handled meanwhile (before: {before})");
+                faults.outages += 1;
             }
             "read-only" => {
                 // A filesystem with files open for writing cannot be remounted read-only:
@@ -448,11 +468,11 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "| broker | sent | duplicates | poison keys | consumers | SIGKILL | SIGSTOP | cuts | disk full | read-only | \
-         exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"
+         outages | exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"
     );
-    println!("|{}", "---|".repeat(18));
+    println!("|{}", "---|".repeat(19));
     println!(
-        "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
+        "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
         args.broker,
         keys.len(),
         keys.len() as u64 - unique,
@@ -463,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
         faults.cuts,
         faults.disk_full,
         faults.read_only,
+        faults.outages,
         faults.exits,
         lost.len(),
         doubled_tx.len(),

@@ -1,9 +1,8 @@
 //! The short version of the reliability harness (tests/src/bin/chaos), for every
 //! submission: a few thousand messages per broker under SIGKILLs, a SIGSTOP, the store's
 //! disk full and read-only (a tmpfs per consumer: the tests run as root, as CI does), a
-//! dependency outage, and
-//! for RabbitMQ connection cuts; one run with two consumer processes per broker. The long
-//! runs and their figures are in docs/RELIABILITY.md.
+//! dependency outage, and for RabbitMQ connection cuts; one run with two consumer processes
+//! per broker. The long runs and their figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;

@@ -18,9 +18,14 @@ pub(crate) struct Args {
     /// Where stores are created (must be on the disk under test, not tmpfs).
     #[arg(long, default_value = "target/bench-tmp")]
     dir: PathBuf,
-    /// Done keys in the store for the duplicate-lookup test.
+    /// Store sizes (done keys) at which duplicate lookups are measured, the store growing
+    /// from one to the next (default 10k,100k,1M; quick: 10k,50k).
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<u64>,
+    /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
+    /// throughput plot to `group-commit.svg` beside it.
     #[arg(long)]
-    keys: Option<u64>,
+    plot: Option<PathBuf>,
     /// Run only these sections (default: all).
     #[arg(long, value_enum)]
     only: Vec<Section>,
@@ -172,6 +177,11 @@ async fn group(args: &Args, n: u64, naive_n: u64) -> anyhow::Result<()> {
     }
     println!("{header}\n{rule}");
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let mut curves: Vec<(String, Vec<(u64, f64)>)> =
+        engines.iter().map(|e| (format!("exactly, {e:?}"), Vec::new())).collect();
+    if !args.no_naive {
+        curves.push(("naive insert+flush+fsync".into(), Vec::new()));
+    }
     for &c in &args.concurrency {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); engines.len()];
         let mut per_commit: Vec<Vec<u64>> = vec![Vec::new(); engines.len()];
@@ -191,6 +201,13 @@ async fn group(args: &Args, n: u64, naive_n: u64) -> anyhow::Result<()> {
                 synced.push(rate(naive_n, naive(&naive_dir.path().join("b"), naive_n, c, true).await?));
             }
         }
+        for i in 0..engines.len() {
+            curves[i].1.push((c, median(&mut rates[i])));
+        }
+        if !args.no_naive {
+            let last = curves.len() - 1;
+            curves[last].1.push((c, median(&mut synced)));
+        }
         let mut row = format!("| {c} |");
         for i in 0..engines.len() {
             row.push_str(&format!(" {} ({} per commit) |", spread(&mut rates[i]), median_u64(&mut per_commit[i])));
@@ -204,6 +221,11 @@ async fn group(args: &Args, n: u64, naive_n: u64) -> anyhow::Result<()> {
         println!("{row}");
     }
     println!("\nEach cell: median of {reps} runs of {n} records (naive: {naive_n}), with the range.");
+    if let Some(dir) = args.plot.as_ref().and_then(|p| p.parent()) {
+        let out = dir.join("group-commit.svg");
+        crate::plot::throughput_vs_concurrency(&out, "Durable done-records/s vs records in flight", &curves)?;
+        println!("\nplot: {}", out.display());
+    }
     if !args.no_naive {
         // The usual hand-written consumer: one message at a time, insert, flush, ack.
         let (mut plain, mut synced) = (Vec::new(), Vec::new());
@@ -257,50 +279,70 @@ async fn overhead(n: u64) -> anyhow::Result<()> {
 }
 
 async fn lookup(args: &Args) -> anyhow::Result<()> {
-    let keys = args.keys.unwrap_or(if args.quick { 50_000 } else { 1_000_000 });
-    println!("\nDuplicate lookups in a sled store holding {keys} done keys: `process` of a random existing");
-    println!("key, answered from the store without running the handler.\n");
+    let mut sizes = args.keys.clone();
+    if sizes.is_empty() {
+        sizes = if args.quick { vec![10_000, 50_000] } else { vec![10_000, 100_000, 1_000_000] };
+    }
+    sizes.sort_unstable();
+    println!("\nDuplicate lookups as a sled store grows: `process` of a random existing key, answered");
+    println!("from the store without running the handler. The store is filled to each size (64 in");
+    println!("flight), reopened, then asked; sequential latency, and the rate with 8 tasks.\n");
+    println!(
+        "| done keys | filled at | sequential p50 / p99 / p999 (µs) | 8 tasks | on disk |\n|---:|---:|---:|---:|---:|"
+    );
     let dir = tempfile::tempdir_in(&args.dir)?;
     let path = dir.path().join("s");
-    let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
-    let fill = process_all(&p, 0..keys, 64).await;
-    drop(p);
-    let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
-    let lookups: u64 = if args.quick { 20_000 } else { 200_000 };
-    let mut h = histogram();
-    let mut rng = rand::rng();
-    for _ in 0..lookups {
-        let m = msg(rng.random_range(0..keys));
-        let t = Instant::now();
-        let out = p.process(m).await?;
-        record(&mut h, t.elapsed());
-        anyhow::ensure!(out.outcome == Outcome::Duplicate, "expected a duplicate, got {:?}", out.outcome);
+    let mut filled = 0u64;
+    let mut points = Vec::new();
+    for keys in sizes {
+        let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
+        let fill = process_all(&p, filled..keys, 64).await;
+        let fill_rate = rate(keys - filled, fill);
+        filled = keys;
+        drop(p);
+        let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
+        let lookups: u64 = if args.quick { 20_000 } else { 200_000 };
+        let mut h = histogram();
+        let mut rng = rand::rng();
+        for _ in 0..lookups {
+            let m = msg(rng.random_range(0..keys));
+            let t = Instant::now();
+            let out = p.process(m).await?;
+            record(&mut h, t.elapsed());
+            anyhow::ensure!(out.outcome == Outcome::Duplicate, "expected a duplicate, got {:?}", out.outcome);
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::from_os_rng();
+                for _ in 0..lookups / 8 {
+                    let out = p.process(msg(rng.random_range(0..keys))).await.expect("store");
+                    assert_eq!(out.outcome, Outcome::Duplicate);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let concurrent = rate(lookups / 8 * 8, started.elapsed());
+        let disk = p.store().stats().disk_bytes.unwrap_or(0);
+        println!(
+            "| {keys} | {} | {} | {} | {:.0} MiB |",
+            fmt_rate(fill_rate),
+            percentiles(&h),
+            fmt_rate(concurrent),
+            disk as f64 / (1024.0 * 1024.0)
+        );
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        points.push((keys as f64, us(0.5), us(0.99), us(0.999)));
+        p.flush().await?;
     }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::from_os_rng();
-            for _ in 0..lookups / 8 {
-                let out = p.process(msg(rng.random_range(0..keys))).await.expect("store");
-                assert_eq!(out.outcome, Outcome::Duplicate);
-            }
-        }));
+    if let Some(out) = &args.plot {
+        crate::plot::latency_vs_size(out, &points)?;
+        println!("\nplot: {}", out.display());
     }
-    for t in tasks {
-        t.await?;
-    }
-    let concurrent = rate(lookups / 8 * 8, started.elapsed());
-    let disk = p.store().stats().disk_bytes.unwrap_or(0);
-    println!("| store | filled at | sequential p50 / p99 / p999 (µs) | 8 tasks | on disk |\n|---|---:|---:|---:|---:|");
-    println!(
-        "| {keys} keys | {} | {} | {} | {:.0} MiB |",
-        fmt_rate(rate(keys, fill)),
-        percentiles(&h),
-        fmt_rate(concurrent),
-        disk as f64 / (1024.0 * 1024.0)
-    );
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::{Runs, committed, counting, eventually, read_all, unique};
+use common::{Runs, committed, counting, eventually, read_all, slow_counting, unique};
 use exactly_core::{
     Context, DedupStore, HandlerError, MemoryStore, Message, Processor, RetryPolicy, StoreKey, handler_fn,
 };
@@ -455,21 +455,11 @@ async fn second_consumer_joins(strategy: Option<&str>) {
     // One store for both, as two consumers of one process would share it: the dedup
     // state covers records a rebalance hands from one to the other.
     let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
-    let slow = |runs: Runs| {
-        let inner = Arc::new(counting(runs));
-        handler_fn(move |m: Message, ctx: Context| {
-            let inner = inner.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                exactly_core::Handler::handle(&*inner, m, ctx).await
-            }
-        })
-    };
     let a = consumer(
         &kafka,
         &group,
         &topic,
-        Processor::builder("rebal", slow(runs.clone())).shared_store(store.clone()).build().unwrap(),
+        Processor::builder("rebal", slow_counting(runs.clone())).shared_store(store.clone()).build().unwrap(),
     );
     let (stop_a, stats_a) = (a.shutdown_handle(), a.stats());
     let task_a = tokio::spawn(a.run());
@@ -480,7 +470,7 @@ async fn second_consumer_joins(strategy: Option<&str>) {
         &kafka,
         &group,
         &topic,
-        Processor::builder("rebal", slow(runs.clone())).shared_store(store.clone()).build().unwrap(),
+        Processor::builder("rebal", slow_counting(runs.clone())).shared_store(store.clone()).build().unwrap(),
     );
     let (stop_b, stats_b) = (b.shutdown_handle(), b.stats());
     let task_b = tokio::spawn(b.run());
@@ -585,17 +575,7 @@ async fn an_aborted_consumer_task_lets_go_without_hanging() {
     kafka.create_topic(&topic, 3).unwrap();
     produce_keys(&kafka, &topic, (0..300).map(|i| format!("a{i}"))).await;
     let runs = Runs::default();
-    let slow = {
-        let inner = Arc::new(counting(runs.clone()));
-        handler_fn(move |m: Message, ctx: Context| {
-            let inner = inner.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                exactly_core::Handler::handle(&*inner, m, ctx).await
-            }
-        })
-    };
-    let p = Processor::builder("abort", slow).store(MemoryStore::new()).build().unwrap();
+    let p = Processor::builder("abort", slow_counting(runs.clone())).store(MemoryStore::new()).build().unwrap();
     let task = tokio::spawn(consumer(&kafka, &group, &topic, p).run());
     eventually("records flowing", Duration::from_secs(30), || runs.keys() >= 20).await;
     task.abort();

@@ -30,6 +30,18 @@ pub fn unique(name: &str) -> String {
 pub use exactly_core::testing::Runs;
 
 /// Counts runs; payloads "poison" fail to decode.
+/// [`counting`], after a 20 ms pause per record: slow enough to keep records in flight.
+pub fn slow_counting(runs: Runs) -> impl Handler<Output = ()> {
+    let inner = std::sync::Arc::new(counting(runs));
+    handler_fn(move |m: Message, ctx: Context| {
+        let inner = inner.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Handler::handle(&*inner, m, ctx).await
+        }
+    })
+}
+
 pub fn counting(runs: Runs) -> impl Handler<Output = ()> {
     handler_fn(move |m: Message, ctx: Context| {
         let runs = runs.clone();

@@ -1,0 +1,65 @@
+//! SVG plots of the measurements, for docs/PERFORMANCE.md.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// Lookup latency (p50, p99, p999 in µs) against the number of done keys, both log scale.
+pub(crate) fn latency_vs_size(out: &Path, points: &[(f64, f64, f64, f64)]) -> anyhow::Result<()> {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else { return Ok(()) };
+    let top = points.iter().map(|p| p.3).fold(1.0, f64::max) * 2.0;
+    let root = SVGBackend::new(out, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Duplicate lookup latency vs store size (sled)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((first.0 / 2.0..last.0 * 2.0).log_scale(), (1.0..top).log_scale())?;
+    chart.configure_mesh().x_desc("done keys in the store").y_desc("latency (µs)").draw()?;
+    let series: [(&str, fn(&(f64, f64, f64, f64)) -> f64, RGBColor); 3] =
+        [("p50", |p| p.1, BLUE), ("p99", |p| p.2, RED), ("p999", |p| p.3, BLACK)];
+    for (name, pick, color) in series {
+        let line: Vec<(f64, f64)> = points.iter().map(|p| (p.0, pick(p))).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Throughput (records/s) against records in flight, one line per series.
+pub(crate) fn throughput_vs_concurrency(
+    out: &Path,
+    title: &str,
+    series: &[(String, Vec<(u64, f64)>)],
+) -> anyhow::Result<()> {
+    let xs: Vec<u64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
+    let (Some(&lo), Some(&hi)) = (xs.iter().min(), xs.iter().max()) else { return Ok(()) };
+    let top = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(out, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((lo as f64 / 1.5..hi as f64 * 1.5).log_scale(), 0.0..top)?;
+    chart.configure_mesh().x_desc("records in flight").y_desc("records/s").draw()?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x as f64, y)).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -89,18 +89,20 @@ impl Broker {
             Self::Kafka { brokers, topic } => {
                 let producer: FutureProducer = ClientConfig::new()
                     .set("bootstrap.servers", brokers)
-                    .set("linger.ms", "5")
-                    .set("enable.idempotence", "true")
+                    .set("linger.ms", "20")
+                    .set("batch.num.messages", "10000")
+                    .set("compression.type", "lz4")
                     .create()?;
                 for batch in msgs.chunks(2_000) {
                     let mut pending = Vec::with_capacity(batch.len());
                     for (key, body) in batch {
                         let headers = OwnedHeaders::new().insert(Header { key: "idempotency-key", value: Some(key) });
                         let rec = FutureRecord::to(topic).key(key).payload(body).headers(headers);
-                        pending.push(producer.send(rec, Duration::from_secs(60)));
+                        // Enqueued now (`send` would only enqueue when awaited, one by one).
+                        pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
                     }
                     for p in pending {
-                        p.await.map_err(|(e, _)| e)?;
+                        p.await?.map_err(|(e, _)| e)?;
                     }
                 }
                 Ok(())

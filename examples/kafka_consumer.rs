@@ -10,7 +10,9 @@
 //! ```
 //!
 //! It produces a few demo orders (some twice, one undecodable) to `exactly-demo-orders`,
-//! consumes them in the group `exactly-demo`, prints what happened and exits.
+//! consumes them in the group `exactly-demo`, prints what happened and exits. On a real
+//! broker the topic and the group outlive the run: records an earlier, interrupted run left
+//! uncommitted are handled too (`KAFKA_TOPIC` and `KAFKA_GROUP` choose others).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +34,6 @@ struct Order {
     quantity: u32,
 }
 
-const TOPIC: &str = "exactly-demo-orders";
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).init();
@@ -46,9 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(m), b)
         }
     };
+    let topic = std::env::var("KAFKA_TOPIC").unwrap_or_else(|_| "exactly-demo-orders".into());
+    let group = std::env::var("KAFKA_GROUP").unwrap_or_else(|_| "exactly-demo".into());
     match &mock {
-        Some(m) => m.create_topic(TOPIC, 3)?,
-        None => create_topic(&brokers, TOPIC, 3).await?,
+        Some(m) => m.create_topic(&topic, 3)?,
+        None => create_topic(&brokers, &topic, 3).await?,
     }
     let store_dir = std::env::var("EXACTLY_STORE").unwrap_or_else(|_| "target/exactly-demo-orders-store".into());
 
@@ -66,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let processor = Processor::builder("orders", recorder).store(SledStore::open(&store_dir)?).build()?;
-    let consumer = Consumer::builder(&brokers, "exactly-demo").topic(TOPIC).build(processor)?;
+    let consumer = Consumer::builder(&brokers, &group).topic(&topic).build(processor)?;
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let running = tokio::spawn(consumer.run());
 
@@ -78,11 +80,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = serde_json::to_vec(&serde_json::json!({"sku": sku, "quantity": quantity}))?;
         let copies = if i % 2 == 0 { 2 } else { 1 }; // a producer retry sends it twice
         for _ in 0..copies {
-            send(&producer, &format!("order-{run}-{i}"), &body).await?;
+            send(&producer, &topic, &format!("order-{run}-{i}"), &body).await?;
             sent += 1;
         }
     }
-    send(&producer, &format!("order-{run}-poison"), b"{ not json").await?;
+    send(&producer, &topic, &format!("order-{run}-poison"), b"{ not json").await?;
     sent += 1;
 
     // Every record is either handled, a duplicate, or dead-lettered; wait for all of them.
@@ -97,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stop.shutdown();
     running.await??;
     println!(
-        "\nproduced {sent} records: the handler ran {} times, {} dead-lettered to {TOPIC}.dlq (reason in header x-exactly-reason)",
+        "\nproduced {sent} records: the handler ran {} times, {} dead-lettered to {topic}.dlq (reason in header x-exactly-reason)",
         handled.load(Ordering::Relaxed),
         stats.dead_lettered.load(Ordering::Relaxed),
     );
@@ -105,9 +107,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn send(producer: &FutureProducer, key: &str, body: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<(), Box<dyn std::error::Error>> {
     let headers = OwnedHeaders::new().insert(Header { key: "idempotency-key", value: Some(key) });
-    let rec = FutureRecord::to(TOPIC).key(key).payload(body).headers(headers);
+    let rec = FutureRecord::to(topic).key(key).payload(body).headers(headers);
     producer.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
     Ok(())
 }

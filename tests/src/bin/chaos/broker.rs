@@ -65,7 +65,8 @@ impl Broker {
             }
             Self::Kafka { brokers, topic } => format!(
                 "[kafka.ledger]\nbrokers = \"{brokers}\"\ngroup = \"{name}\"\ntopics = [\"{topic}\"]\nmax_in_flight = {IN_FLIGHT}\n\
-                 [kafka.ledger.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
+                 [kafka.ledger.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+                 \"max.poll.interval.ms\" = \"20000\"\n"
             ),
         }
     }

@@ -382,8 +382,8 @@ async fn main() -> anyhow::Result<()> {
                 // A filesystem with files open for writing cannot be remounted read-only:
                 // stop the consumer, make the store read-only, start it again (it must
                 // refuse to start, with an error), then make it writable and start again.
-                c.stop()?;
                 let Some(d) = c.disk.take() else { continue };
+                c.stop()?;
                 d.read_only()?;
                 c.start(&app)?;
                 let until = Instant::now() + Duration::from_secs(20);

@@ -131,7 +131,17 @@ macro_rules! durable_store_tests {
                 let commits = store.stats().commits - commits_before;
                 assert!(commits < n / 2, "{n} concurrent completions took {commits} group commits");
                 drop(store);
-                let store = Store::open(&path).unwrap();
+                // The last clones of the store can still be dropping on tokio's worker
+                // threads when the join handles resolve: give the file lock a moment.
+                let mut reopened = Store::open(&path);
+                for _ in 0..100 {
+                    if reopened.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    reopened = Store::open(&path);
+                }
+                let store = reopened.unwrap();
                 for i in 0..n {
                     let view = store.inspect(&StoreKey::new("c", &format!("k{i}"))).unwrap().expect("durable after reopen");
                     assert!(matches!(view.state, RecordState::Done { .. }));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AMQP_URL as URL, App, free_port, get, outcomes, until};
+use common::{AMQP_URL as URL, App, free_port, get, outcomes, ready, until};
 use exactly::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use exactly::amqp::lapin::types::FieldTable;
 use exactly::amqp::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -50,7 +50,7 @@ async fn metrics_count_what_was_sent_and_sigterm_under_load_loses_nothing() {
     let channel = conn.create_channel().await.unwrap();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mut app = App::spawn(&config, &effects);
-    until("/readyz", Duration::from_secs(30), async || matches!(get(port, "/readyz").await, Some((200, _)))).await;
+    ready(port, Duration::from_secs(30)).await;
     assert_eq!(get(port, "/healthz").await.map(|r| r.0), Some(200));
 
     // 250 keys, the first 50 sent twice.

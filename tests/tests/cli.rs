@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AMQP_URL, App, cli, free_port, outcomes, until};
+use common::{AMQP_URL, App, cli, free_port, outcomes, ready, until};
 use exactly::amqp::lapin::{Connection, ConnectionProperties};
 use exactly::kafka::rdkafka::ClientConfig;
 use exactly::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -33,6 +33,13 @@ fn messages(dir: &Path) -> std::path::PathBuf {
         .collect();
     std::fs::write(&file, text).unwrap();
     file
+}
+
+/// `exactly produce --file file --duplicates 0.2 --seed seed <target...>`: (sent, sent twice).
+fn produce(file: &Path, seed: &str, target: &[&str]) -> (u64, u64) {
+    let mut args = vec!["produce", "--file", file.to_str().unwrap(), "--duplicates", "0.2", "--seed", seed];
+    args.extend_from_slice(target);
+    sent(&cli(&args))
 }
 
 /// "sent N messages: L lines, D of them twice" -> (N, D)
@@ -64,19 +71,14 @@ fn config(dir: &Path, port: u16, subscription: &str) -> std::path::PathBuf {
 /// with SIGTERM.
 async fn consume(config: &Path, effects: &Path, port: u16, total: u64) -> std::collections::HashMap<String, u64> {
     let app = App::spawn(config, effects);
-    let t = std::time::Instant::now();
-    until("/readyz", Duration::from_secs(60), async || matches!(common::get(port, "/readyz").await, Some((200, _))))
-        .await;
-    eprintln!("ready after {:?}", t.elapsed());
+    ready(port, Duration::from_secs(60)).await;
     until(&format!("{total} outcomes"), Duration::from_secs(90), async || {
         let seen = outcomes(port).await;
         ["handled", "duplicate"].iter().filter_map(|o| seen.get(*o)).sum::<u64>() >= total
     })
     .await;
     let seen = outcomes(port).await;
-    eprintln!("{total} outcomes after {:?}", t.elapsed());
     app.stop(Duration::from_secs(20));
-    eprintln!("stopped after {:?}", t.elapsed());
     seen
 }
 
@@ -103,20 +105,7 @@ async fn kafka_produce_consume_stats_and_a_replayed_range_has_no_second_effect()
         r.unwrap();
     }
     let file = messages(tmp.path());
-    let (n, twice) = sent(&cli(&[
-        "produce",
-        "--file",
-        file.to_str().unwrap(),
-        "--duplicates",
-        "0.2",
-        "--seed",
-        "7",
-        "kafka",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &topic,
-    ]));
+    let (n, twice) = produce(&file, "7", &["kafka", "--brokers", &brokers, "--topic", &topic]);
     assert_eq!(n, KEYS + twice);
     assert!(twice > 20, "the duplicate share was applied: {twice}");
 
@@ -169,28 +158,12 @@ async fn amqp_produce_consume_stats_and_the_same_file_again_has_no_second_effect
     let effects = tmp.path().join("effects.log");
     // The consumer declares its queue: start it once so the messages have somewhere to go.
     let app = App::spawn(&config, &effects);
-    until("/readyz", Duration::from_secs(30), async || matches!(common::get(port, "/readyz").await, Some((200, _))))
-        .await;
+    ready(port, Duration::from_secs(30)).await;
     app.stop(Duration::from_secs(20));
 
     let file = messages(tmp.path());
-    let produce = |seed: &str| {
-        sent(&cli(&[
-            "produce",
-            "--file",
-            file.to_str().unwrap(),
-            "--duplicates",
-            "0.2",
-            "--seed",
-            seed,
-            "amqp",
-            "--url",
-            AMQP_URL,
-            "--routing-key",
-            &queue,
-        ]))
-    };
-    let (n, twice) = produce("7");
+    let target = ["amqp", "--url", AMQP_URL, "--routing-key", &queue];
+    let (n, twice) = produce(&file, "7", &target);
     assert_eq!(n, KEYS + twice);
     let seen = consume(&config, &effects, port, n).await;
     assert_eq!((seen.get("handled"), seen.get("duplicate")), (Some(&KEYS), Some(&twice)), "{seen:?}");
@@ -199,7 +172,7 @@ async fn amqp_produce_consume_stats_and_the_same_file_again_has_no_second_effect
     assert_eq!(ledger_row(&store), [KEYS, 0, 0], "store stats: every key done");
 
     // The same file again, with another duplicate draw: all duplicates, no effect.
-    let (again, _) = produce("8");
+    let (again, _) = produce(&file, "8", &target);
     let seen = consume(&config, &effects, port, again).await;
     assert_eq!(seen.get("duplicate"), Some(&again), "{seen:?}");
     assert_eq!(seen.get("handled").copied().unwrap_or(0), 0, "{seen:?}");

@@ -49,6 +49,11 @@ pub async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> b
     }
 }
 
+/// Waits until `/readyz` answers 200, failing the test after `limit`.
+pub async fn ready(port: u16, limit: Duration) {
+    until("/readyz", limit, async || matches!(get(port, "/readyz").await, Some((200, _)))).await;
+}
+
 /// A free local port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -2,7 +2,8 @@
 //! submission: a few thousand messages per broker under SIGKILLs, a SIGSTOP, the store's
 //! disk full and read-only (a tmpfs per consumer: the tests run as root, as CI does), a
 //! dependency outage, and for RabbitMQ connection cuts; one run with two consumer processes
-//! per broker. The long runs and their figures are in docs/RELIABILITY.md.
+//! per broker; and on librdkafka's mock cluster (served over TCP by the harness) Kafka
+//! brokers taken down and brought back while the consumer runs. The long runs and their figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -30,6 +31,8 @@ fn amqp_one_consumer_under_kills_a_stop_connection_cuts_and_disk_faults() {
         "2",
         "--disk-faults",
         "2",
+        "--outages",
+        "1",
         "--seed",
         "11",
     ]);
@@ -68,6 +71,8 @@ fn kafka_one_consumer_under_kills_a_stop_and_disk_faults() {
         "1",
         "--disk-faults",
         "2",
+        "--outages",
+        "1",
         "--seed",
         "13",
     ]);
@@ -88,5 +93,27 @@ fn kafka_two_consumers_in_one_group() {
         "2",
         "--seed",
         "14",
+    ]);
+}
+
+#[test]
+fn kafka_mock_cluster_with_brokers_going_down() {
+    chaos(&[
+        "--broker",
+        "kafka",
+        "--kafka",
+        "mock",
+        "--messages",
+        "4000",
+        "--kills",
+        "3",
+        "--stops",
+        "1",
+        "--cuts",
+        "4",
+        "--outages",
+        "1",
+        "--seed",
+        "15",
     ]);
 }

@@ -12,6 +12,7 @@ use exactly::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicR
 use exactly::kafka::rdkafka::client::DefaultClientContext;
 use exactly::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use exactly::kafka::rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use exactly::kafka::rdkafka::mocking::MockCluster;
 use exactly::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use exactly::kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
@@ -25,8 +26,16 @@ const REASON_HEADER: &str = "x-exactly-reason";
 /// One broker, with the queue or topic of this run.
 #[derive(Clone)]
 pub(crate) enum Broker {
-    Amqp { queue: String },
-    Kafka { brokers: String, topic: String },
+    Amqp {
+        queue: String,
+    },
+    /// `mock`: on librdkafka's mock cluster, whose topics go with it (it has no
+    /// DeleteTopics API).
+    Kafka {
+        brokers: String,
+        topic: String,
+        mock: bool,
+    },
 }
 
 impl Broker {
@@ -45,7 +54,17 @@ impl Broker {
         for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
             r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
         }
-        Ok(Self::Kafka { brokers: brokers.to_owned(), topic: name.to_owned() })
+        Ok(Self::Kafka { brokers: brokers.to_owned(), topic: name.to_owned(), mock: false })
+    }
+
+    /// The topics on librdkafka's mock cluster (which has no CreateTopics API).
+    pub(crate) fn kafka_mock<C: exactly::kafka::rdkafka::producer::ProducerContext>(
+        mock: &MockCluster<'_, C>,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        mock.create_topic(name, PARTITIONS, 1)?;
+        mock.create_topic(&format!("{name}.dlq"), 1, 1)?;
+        Ok(Self::Kafka { brokers: mock.bootstrap_servers(), topic: name.to_owned(), mock: true })
     }
 
     /// Messages one consumer process can hold between the handler's effect and the
@@ -63,7 +82,7 @@ impl Broker {
             Self::Amqp { queue } => {
                 format!("[amqp.ledger]\nurl = \"{AMQP_URL}\"\nqueue = \"{queue}\"\nprefetch = {IN_FLIGHT}\n")
             }
-            Self::Kafka { brokers, topic } => format!(
+            Self::Kafka { brokers, topic, .. } => format!(
                 "[kafka.ledger]\nbrokers = \"{brokers}\"\ngroup = \"{name}\"\ntopics = [\"{topic}\"]\nmax_in_flight = {IN_FLIGHT}\n\
                  [kafka.ledger.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
                  \"max.poll.interval.ms\" = \"20000\"\n"
@@ -87,7 +106,7 @@ impl Broker {
                 }
                 Ok(())
             }
-            Self::Kafka { brokers, topic } => {
+            Self::Kafka { brokers, topic, .. } => {
                 let producer: FutureProducer = ClientConfig::new()
                     .set("bootstrap.servers", brokers)
                     .set("linger.ms", "20")
@@ -128,7 +147,7 @@ impl Broker {
                 let _ = conn.close(200, "bye".into()).await;
                 Ok(u64::from(q.message_count()))
             }
-            Self::Kafka { brokers, topic } => {
+            Self::Kafka { brokers, topic, .. } => {
                 let c: BaseConsumer =
                     ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", topic.as_str()).create()?;
                 let mut tpl = TopicPartitionList::new();
@@ -169,7 +188,7 @@ impl Broker {
                 }
                 let _ = conn.close(200, "bye".into()).await;
             }
-            Self::Kafka { brokers, topic } => {
+            Self::Kafka { brokers, topic, .. } => {
                 let c: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", brokers)
                     .set("group.id", format!("{topic}-dlq-reader"))
@@ -207,7 +226,8 @@ impl Broker {
                     }
                 }
             }
-            Self::Kafka { brokers, topic } => {
+            Self::Kafka { mock: true, .. } => {}
+            Self::Kafka { brokers, topic, .. } => {
                 if let Ok(admin) =
                     ClientConfig::new().set("bootstrap.servers", brokers).create::<AdminClient<DefaultClientContext>>()
                 {

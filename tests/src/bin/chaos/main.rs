@@ -5,6 +5,7 @@
 //! cargo build --release -p exactly-tests --bins
 //! target/release/chaos --broker amqp --messages 100000 --kills 20 --stops 3 --cuts 3 --seed 7
 //! target/release/chaos --broker kafka --messages 100000 --kills 20 --consumers 2 --seed 7
+//! target/release/chaos --broker kafka --kafka mock --messages 100000 --kills 20 --cuts 5 --seed 7
 //! ```
 //!
 //! It publishes `--messages` ledger credits (a `--duplicates` share of them are copies of
@@ -12,8 +13,11 @@
 //! arrive after the first copy was handled; a `--poison` share of keys do not decode),
 //! runs `app_child` (the app runner with the ledger handler on a sled store, appending
 //! each key to an effects log) as `--consumers` processes, and meanwhile injects faults
-//! at random moments drawn from `--seed`: SIGKILL (then a restart), SIGSTOP for a few
-//! seconds then SIGCONT, and for RabbitMQ `rabbitmqctl close_all_connections`.
+//! at random moments drawn from `--seed`: SIGKILL (then a restart; a kill waits until
+//! the process has handled a message since it started, so it lands mid-stream), SIGSTOP
+//! for a few seconds then SIGCONT, connection cuts (RabbitMQ `rabbitmqctl
+//! close_all_connections`; a broker of the Kafka mock cluster down for a few seconds),
+//! disk full, a read-only store and dependency outages.
 //! When the fault budget is spent it lets the consumers finish, stops them with SIGTERM
 //! and checks: every good key credited exactly once in the transactional state, every
 //! poison key in the dead-letter destination with reason `decode`, nothing left unacked
@@ -37,6 +41,10 @@ mod broker;
 mod disk;
 
 use broker::Broker;
+use exactly::kafka::rdkafka::mocking::MockCluster;
+
+/// Brokers of the Kafka mock cluster (`--kafka mock`).
+const MOCK_BROKERS: i32 = 3;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Kind {
@@ -63,7 +71,9 @@ struct Args {
     /// SIGSTOPs (each followed by a SIGCONT a few seconds later).
     #[arg(long, default_value_t = 1)]
     stops: u32,
-    /// Broker connection cuts (RabbitMQ only: `rabbitmqctl close_all_connections`).
+    /// Broker connection cuts: RabbitMQ `rabbitmqctl close_all_connections`; on the
+    /// Kafka mock cluster one of its brokers down (connections dropped, new ones
+    /// refused) for 1-5 s. Not done on an external Kafka broker.
     #[arg(long, default_value_t = 1)]
     cuts: u32,
     /// Dependency outages: for a few seconds every message fails with a transient error
@@ -86,7 +96,9 @@ struct Args {
     /// Mean time between faults, in milliseconds.
     #[arg(long, default_value_t = 700)]
     fault_every_ms: u64,
-    /// Kafka bootstrap servers (default: $EXACTLY_KAFKA_BROKER).
+    /// Kafka bootstrap servers (default: $EXACTLY_KAFKA_BROKER), or `mock`: librdkafka's
+    /// mock cluster (3 brokers) run inside this process, which the consumer processes
+    /// reach over TCP like any broker.
     #[arg(long)]
     kafka: Option<String>,
     /// Where the stores and logs go (default: a new temporary directory, removed after
@@ -105,6 +117,8 @@ struct Consumer {
     port: u16,
     child: Option<Child>,
     config: PathBuf,
+    /// Size of the effects log when the process was last started.
+    progress_at_start: u64,
 }
 
 impl Consumer {
@@ -118,7 +132,27 @@ impl Consumer {
             .spawn()
             .context("starting app_child")?;
         self.child = Some(child);
+        self.progress_at_start = self.progress();
         Ok(())
+    }
+
+    /// Size of its effects log: it grows while the consumer handles messages.
+    fn progress(&self) -> u64 {
+        std::fs::metadata(self.dir.join("effects.log")).map_or(0, |m| m.len())
+    }
+
+    /// Waits (up to `limit`) until it has handled a message since it was last started:
+    /// a kill then lands while it is working, not while it is still joining the group
+    /// or connecting. Whether it did.
+    async fn working(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.progress() <= self.progress_at_start {
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     fn pid(&self) -> Option<Pid> {
@@ -193,6 +227,8 @@ impl Drop for Consumer {
 #[derive(Default, Debug)]
 struct Faults {
     kills: u32,
+    /// Kills that fell after the process had handled a message since its last start.
+    kills_working: u32,
     stops: u32,
     cuts: u32,
     disk_full: u32,
@@ -209,14 +245,15 @@ fn is_poison(seed: u64, key: u64, share: f64) -> bool {
 /// The keys of the messages to send, in order: every key once, and copies of earlier ones.
 fn plan(args: &Args, rng: &mut StdRng) -> (Vec<u64>, u64) {
     let unique = ((args.messages as f64) / (1.0 + args.duplicates)).round().max(1.0) as u64;
-    let mut keys: Vec<u64> = (0..unique).collect();
-    let copies = args.messages.saturating_sub(unique);
-    for _ in 0..copies {
-        let pos = rng.random_range(1..=keys.len());
-        let of = keys[rng.random_range(0..pos)];
-        keys.insert(pos, of);
+    // Key k goes at position k; a copy at a random later position, after its original.
+    let mut placed: Vec<(f64, u64)> = (0..unique).map(|k| (k as f64, k)).collect();
+    for _ in 0..args.messages.saturating_sub(unique) {
+        let at = rng.random_range(0.0..unique as f64);
+        let of = rng.random_range(0..=at as u64);
+        placed.push((at + 0.5, of));
     }
-    (keys, unique)
+    placed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (placed.into_iter().map(|(_, k)| k).collect(), unique)
 }
 
 fn app_path() -> anyhow::Result<PathBuf> {
@@ -262,9 +299,16 @@ async fn main() -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let name = format!("chaos-{}-{}", args.seed, std::process::id());
     let kafka = args.kafka.clone().or_else(|| std::env::var("EXACTLY_KAFKA_BROKER").ok());
-    let broker = match args.broker {
-        Kind::Amqp => Broker::amqp(&name).await?,
-        Kind::Kafka => Broker::kafka(kafka.as_deref().context("--kafka or EXACTLY_KAFKA_BROKER")?, &name).await?,
+    let mock = match (args.broker, kafka.as_deref()) {
+        (Kind::Kafka, Some("mock")) => Some(MockCluster::new(MOCK_BROKERS)?),
+        _ => None,
+    };
+    let broker = match (args.broker, &mock) {
+        (Kind::Amqp, _) => Broker::amqp(&name).await?,
+        (Kind::Kafka, Some(mock)) => Broker::kafka_mock(mock, &name)?,
+        (Kind::Kafka, None) => {
+            Broker::kafka(kafka.as_deref().context("--kafka or EXACTLY_KAFKA_BROKER")?, &name).await?
+        }
     };
 
     let (keys, unique) = plan(&args, &mut rng);
@@ -283,7 +327,8 @@ async fn main() -> anyhow::Result<()> {
             0 => None,
             _ => Some(disk::Tmpfs::mount(&dir.join("store-fs"), args.tmpfs_mb)?),
         };
-        let mut c = Consumer { dir, outage: root.join("outage"), disk, port, child: None, config };
+        let mut c =
+            Consumer { dir, outage: root.join("outage"), disk, port, child: None, config, progress_at_start: 0 };
         let store = c.store();
         std::fs::write(
             &c.config,
@@ -322,7 +367,10 @@ async fn main() -> anyhow::Result<()> {
     let mut faults = Faults::default();
     let mut todo: Vec<&str> = std::iter::repeat_n("kill", args.kills as usize)
         .chain(std::iter::repeat_n("stop", args.stops as usize))
-        .chain(std::iter::repeat_n("cut", if args.broker == Kind::Amqp { args.cuts as usize } else { 0 }))
+        .chain(std::iter::repeat_n(
+            "cut",
+            if args.broker == Kind::Amqp || mock.is_some() { args.cuts as usize } else { 0 },
+        ))
         .chain((0..args.disk_faults).map(|i| if i % 2 == 0 { "full" } else { "read-only" }))
         .chain(std::iter::repeat_n("outage", args.outages as usize))
         .collect();
@@ -337,6 +385,11 @@ async fn main() -> anyhow::Result<()> {
         let c = &mut consumers[victim];
         match fault {
             "kill" => {
+                if c.working(Duration::from_secs(30)).await {
+                    faults.kills_working += 1;
+                    // Somewhere in what it is doing, not right at the first effect.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..args.fault_every_ms))).await;
+                }
                 c.signal(Signal::SIGKILL);
                 if let Some(mut child) = c.child.take() {
                     child.wait()?;
@@ -397,6 +450,16 @@ async fn main() -> anyhow::Result<()> {
                 d.restore()?;
                 c.disk = Some(d);
                 faults.exits += u32::from(c.revive(&app)?);
+            }
+            "cut" if mock.is_some() => {
+                let Some(mock) = &mock else { continue };
+                let id = rng.random_range(1..=MOCK_BROKERS);
+                let down = Duration::from_millis(rng.random_range(1_000..5_000));
+                mock.broker_down(id)?;
+                tokio::time::sleep(down).await;
+                mock.broker_up(id)?;
+                eprintln!("chaos: Kafka broker {id} was down for {down:.1?}");
+                faults.cuts += 1;
             }
             _ => {
                 let out = Command::new("rabbitmqctl").args(["-q", "close_all_connections", "chaos"]).output()?;
@@ -472,13 +535,14 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|{}", "---|".repeat(19));
     println!(
-        "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
+        "| {:?} | {} | {} | {} | {} | {} ({} working) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
         args.broker,
         keys.len(),
         keys.len() as u64 - unique,
         poison.len(),
         args.consumers,
         faults.kills,
+        faults.kills_working,
         faults.stops,
         faults.cuts,
         faults.disk_full,

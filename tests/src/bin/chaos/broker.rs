@@ -11,6 +11,7 @@ use exactly::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
 use exactly::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use exactly::kafka::rdkafka::client::DefaultClientContext;
 use exactly::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use exactly::kafka::rdkafka::error::KafkaError;
 use exactly::kafka::rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use exactly::kafka::rdkafka::mocking::MockCluster;
 use exactly::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
@@ -200,10 +201,20 @@ impl Broker {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&dlq, 0, Offset::Beginning)?;
                 c.assign(&tpl)?;
+                // Until the end of the partition, which may be past the high watermark
+                // the broker reported first (tansu once reported 43 for a log of 44).
                 let mut read = 0;
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while read < high && std::time::Instant::now() < deadline {
-                    let Some(Ok(m)) = c.poll(Duration::from_millis(500)) else { continue };
+                loop {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "reading {dlq} did not reach its end within 60 s (offset {read}, high watermark {high})"
+                    );
+                    let m = match c.poll(Duration::from_millis(500)) {
+                        Some(Ok(m)) => m,
+                        Some(Err(KafkaError::PartitionEOF(_))) if read >= high => break,
+                        _ => continue,
+                    };
                     read = m.offset() + 1;
                     let mut h: HashMap<String, String> = HashMap::new();
                     for x in m.headers().iter().flat_map(|hs| hs.iter()) {

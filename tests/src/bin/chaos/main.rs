@@ -527,7 +527,6 @@ async fn main() -> anyhow::Result<()> {
     let dead_keys: HashSet<String> = dead.into_iter().map(|(k, _)| k).collect();
     let missing_dead: Vec<&String> = want_dead.difference(&dead_keys).collect();
     let leftover = broker.leftover().await?;
-    broker.cleanup().await;
 
     println!(
         "| broker | sent | duplicates | poison keys | consumers | SIGKILL | SIGSTOP | cuts | disk full | read-only | \
@@ -579,15 +578,18 @@ async fn main() -> anyhow::Result<()> {
     }
     if !missing_dead.is_empty() || !wrong_reason.is_empty() {
         failures.push(format!(
-            "dead-letters: {} missing, {} with a wrong reason",
+            "dead-letters: {} missing (e.g. {:?}), {} with a wrong reason (e.g. {:?})",
             missing_dead.len(),
-            wrong_reason.len()
+            &missing_dead[..missing_dead.len().min(5)],
+            wrong_reason.len(),
+            &wrong_reason[..wrong_reason.len().min(5)],
         ));
     }
     if leftover > 0 {
         failures.push(format!("{leftover} messages left unacknowledged or uncommitted"));
     }
     if failures.is_empty() {
+        broker.cleanup().await;
         eprintln!("chaos: PASS (seed {})", args.seed);
         Ok(())
     } else {
@@ -595,7 +597,11 @@ async fn main() -> anyhow::Result<()> {
         for f in &failures {
             eprintln!("chaos: FAIL: {f}");
         }
-        eprintln!("chaos: replay with --seed {}; logs and stores kept in {}", args.seed, root.display());
+        eprintln!(
+            "chaos: replay with --seed {}; logs and stores kept in {}, the queues or topics {name}*",
+            args.seed,
+            root.display()
+        );
         std::process::exit(1);
     }
 }

@@ -63,6 +63,7 @@ enum Variant {
     Redb,
     NaiveSled,
     RedisSetNx,
+    MqBridge,
 }
 
 impl Variant {
@@ -74,6 +75,7 @@ impl Variant {
             Variant::Redb => "exactly-kafka, redb store (durable)",
             Variant::NaiveSled => "hand-rolled: bare loop + sled get, insert, flush per record",
             Variant::RedisSetNx => "hand-rolled: bare loop + Redis SET NX EX per record",
+            Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
         }
     }
 }
@@ -172,6 +174,9 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) ->
         c.commit_consumer_state(CommitMode::Sync)?;
         return Ok((started.elapsed(), cpu_time().saturating_sub(cpu)));
     }
+    if v == Variant::MqBridge {
+        return mq_bridge_route(args, brokers, topic, &group, n).await;
+    }
     let dir = tempfile::tempdir_in(&args.dir)?;
     let store: Arc<dyn DedupStore> = match v {
         Variant::Memory => Arc::new(MemoryStore::new()),
@@ -213,6 +218,78 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) ->
     stop.shutdown();
     task.await??;
     Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
+}
+
+/// The closest Rust peer: an mq-bridge route from the topic to its null output, with the
+/// deduplication middleware on a sled store flushed before each source ack
+/// (`durable=true`), keyed like the other variants, and a handler that counts.
+#[cfg(feature = "mq-bridge")]
+async fn mq_bridge_route(
+    args: &Args,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    use mq_bridge::traits::{AsyncHandler, BoxFuture, SimpleHandler};
+    use mq_bridge::{CanonicalMessage, Handled, HandlerError};
+
+    struct Count(Arc<AtomicU64>);
+    impl AsyncHandler for Count {
+        fn handle<'a>(&'a self, _m: CanonicalMessage) -> BoxFuture<'a, Result<Handled, HandlerError>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Ok(Handled::Ack) })
+        }
+    }
+
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
+    let mut dedup = serde_json::json!({ "store": store, "ttl_seconds": 7 * 24 * 3600 });
+    if args.headers {
+        // Without it the key is the record's position (partition << 64 | offset).
+        dedup["key"] = "${metadata:idempotency-key}".into();
+    }
+    let route: mq_bridge::Route = serde_json::from_value(serde_json::json!({
+        "input": {
+            "middlewares": [{ "deduplication": dedup }],
+            "kafka": {
+                "url": brokers,
+                "topic": topic,
+                "group_id": group,
+                "consumer_options": [["auto.offset.reset", "earliest"]],
+            },
+        },
+        "output": { "null": null },
+    }))?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let route = route.with_handler(SimpleHandler(Count(handled.clone())));
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let handle = route.run(group).await?;
+    let (mut last, mut progress) = (0, Instant::now());
+    loop {
+        let now = handled.load(Ordering::Relaxed);
+        if now >= n {
+            break;
+        }
+        if now != last {
+            (last, progress) = (now, Instant::now());
+        }
+        anyhow::ensure!(
+            progress.elapsed() < STALL,
+            "mq-bridge: only {now} of {n} records were handled; no progress for {STALL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Measured until the last record is handled; the stop then acks what is left.
+    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    handle.stop().await;
+    handle.join().await?;
+    Ok(took)
+}
+
+#[cfg(not(feature = "mq-bridge"))]
+async fn mq_bridge_route(_: &Args, _: &str, _: &str, _: &str, _: u64) -> anyhow::Result<(Duration, Duration)> {
+    anyhow::bail!("built without the mq-bridge feature")
 }
 
 /// The dedup a team writes without a framework, in front of the bare loop.
@@ -265,6 +342,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     match redis::Client::open(args.redis.as_str()) {
         Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
         _ => eprintln!("Redis at {} does not answer: the SET NX variant is left out", args.redis),
+    }
+    if cfg!(feature = "mq-bridge") {
+        variants.push(Variant::MqBridge);
+    } else {
+        eprintln!("built without the mq-bridge feature: the mq-bridge variant is left out");
     }
     println!("## Kafka ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
     println!(

@@ -22,6 +22,9 @@ pub(crate) struct Args {
     /// from one to the next (default 10k,100k,1M; quick: 10k,50k).
     #[arg(long, value_delimiter = ',')]
     keys: Vec<u64>,
+    /// sled's page cache in the lookup section, MiB (the store's default is 256).
+    #[arg(long, default_value_t = 256)]
+    cache_mb: u64,
     /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
     /// throughput plot to `group-commit.svg` beside it.
     #[arg(long)]
@@ -286,7 +289,8 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
     sizes.sort_unstable();
     println!("\nDuplicate lookups as a sled store grows: `process` of a random existing key, answered");
     println!("from the store without running the handler. The store is filled to each size (64 in");
-    println!("flight), reopened, then asked; sequential latency, and the rate with 8 tasks.\n");
+    println!("flight), reopened, then asked; sequential latency, and the rate with 8 tasks.");
+    println!("sled cache: {} MiB.\n", args.cache_mb);
     println!(
         "| done keys | filled at | sequential p50 / p99 / p999 (µs) | 8 tasks | on disk |\n|---:|---:|---:|---:|---:|"
     );
@@ -294,13 +298,14 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
     let path = dir.path().join("s");
     let mut filled = 0u64;
     let mut points = Vec::new();
+    let open = || SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024).open();
     for keys in sizes {
-        let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
+        let p = Processor::builder("bench", noop()).store(open()?).build()?;
         let fill = process_all(&p, filled..keys, 64).await;
         let fill_rate = rate(keys - filled, fill);
         filled = keys;
         drop(p);
-        let p = Processor::builder("bench", noop()).store(SledStore::open(&path)?).build()?;
+        let p = Processor::builder("bench", noop()).store(open()?).build()?;
         let lookups: u64 = if args.quick { 20_000 } else { 200_000 };
         let mut h = histogram();
         let mut rng = rand::rng();

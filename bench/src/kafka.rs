@@ -44,19 +44,27 @@ pub(crate) struct Args {
     /// Give each record an idempotency-key header (else the key is its position).
     #[arg(long)]
     headers: bool,
+    /// Share of records whose idempotency-key header repeats an earlier record's (a
+    /// duplicate-heavy load; needs --headers). The mq-bridge variant is left out then:
+    /// its handler does not see duplicates, so the bench cannot tell when it is done.
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
     /// Where stores are created.
     #[arg(long, default_value = "target/bench-tmp")]
     dir: PathBuf,
     /// exactly-kafka's max_in_flight (records queued per partition).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Run only these consumers (default: all; the first is the one ratios are taken to).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Variant>,
     /// Redis for the SET NX variant (skipped with a note when it does not answer).
     #[arg(long, env = "EXACTLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Variant {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Variant {
     Bare,
     Memory,
     Sled,
@@ -87,7 +95,11 @@ async fn produce(
     size: usize,
     partitions: i32,
     headers: bool,
-) -> anyhow::Result<()> {
+    duplicates: f64,
+) -> anyhow::Result<u64> {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut unique = 0u64;
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -100,7 +112,12 @@ async fn produce(
     let payload = vec![b'x'; size];
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..n {
-        let key = format!("k{i}");
+        let key = if unique > 0 && rng.random_bool(duplicates.clamp(0.0, 1.0)) {
+            format!("k{}", rng.random_range(0..unique))
+        } else {
+            unique += 1;
+            format!("k{}", unique - 1)
+        };
         let part = i32::try_from(i % u64::try_from(partitions)?)?;
         let mut rec = FutureRecord::to(topic).payload(&payload).key(key.as_bytes()).partition(part);
         if headers {
@@ -117,7 +134,7 @@ async fn produce(
         d.await?.map_err(|(e, _)| e)?;
     }
     p.flush(Duration::from_secs(30))?;
-    Ok(())
+    Ok(unique)
 }
 
 async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, partitions: i32) -> anyhow::Result<()> {
@@ -136,7 +153,16 @@ async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, part
 }
 
 /// Consumes `n` records in a fresh group, the last offsets committed; (elapsed, CPU).
-async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+/// Reads the `n` records (`unique` distinct keys) with variant `v`: the time until the
+/// last one is finished and its offset committed, and the CPU time.
+async fn consume(
+    v: Variant,
+    args: &Args,
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    unique: u64,
+) -> anyhow::Result<(Duration, Duration)> {
     let group =
         format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128);
     if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
@@ -196,12 +222,15 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64) ->
     }
     let consumer = builder.build(processor)?;
     let stop = consumer.shutdown_handle();
+    let stats = consumer.stats();
     let (started, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(consumer.run());
     let (mut last, mut progress) = (0, Instant::now());
     loop {
         let now = handled.load(Ordering::Relaxed);
-        if now >= n {
+        // Every key handled once, and every record (duplicates too) handed to a worker:
+        // the graceful stop below finishes those and commits their offsets.
+        if now >= unique && stats.records.load(Ordering::Relaxed) >= n {
             break;
         }
         anyhow::ensure!(!task.is_finished(), "the consumer stopped early");
@@ -343,11 +372,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
         _ => eprintln!("Redis at {} does not answer: the SET NX variant is left out", args.redis),
     }
-    if cfg!(feature = "mq-bridge") {
+    anyhow::ensure!(args.duplicates == 0.0 || args.headers, "--duplicates needs --headers");
+    if cfg!(feature = "mq-bridge") && args.duplicates == 0.0 {
         variants.push(Variant::MqBridge);
     } else {
-        eprintln!("built without the mq-bridge feature: the mq-bridge variant is left out");
+        eprintln!("the mq-bridge variant is left out (built without the mq-bridge feature, or --duplicates)");
     }
+    if !args.only.is_empty() {
+        variants.retain(|v| args.only.contains(v));
+    }
+    anyhow::ensure!(!variants.is_empty(), "no variant left to run");
     println!("## Kafka ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
     println!(
         "{n} records of {} bytes over {} partitions, keyed {}; each consumer in a fresh group reads all of them,",
@@ -355,6 +389,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.partitions,
         if args.headers { "by an idempotency-key header" } else { "by position (topic/partition/offset)" }
     );
+    if args.duplicates > 0.0 {
+        println!("{:.0} % of the records repeat the key of an earlier one.", args.duplicates * 100.0);
+    }
     println!(
         "measured until the last offset is committed. Median of {reps} runs (range). CPU is the bench process's:\nthe client, and with the mock cluster the in-process broker too.\n"
     );
@@ -368,16 +405,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         };
         let topic = format!("bench-{}-{broker}", std::process::id());
         create_topic(&brokers, mock.as_ref(), &topic, args.partitions).await?;
-        produce(&brokers, &topic, n, args.size, args.partitions, args.headers).await?;
+        let unique = produce(&brokers, &topic, n, args.size, args.partitions, args.headers, args.duplicates).await?;
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..reps {
             for (i, &v) in variants.iter().enumerate() {
-                let (took, cpu) = consume(v, &args, &brokers, &topic, n).await?;
+                let (took, cpu) = consume(v, &args, &brokers, &topic, n, unique).await?;
                 rates[i].push(rate(n, took));
                 cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
             }
         }
+        // The first variant run is the reference (the bare client unless --only left it out).
         let bare = median(&mut rates[0].clone());
         let name = if mock.is_some() {
             "librdkafka mock cluster (in process)"

@@ -638,7 +638,8 @@ async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_on
     assert_eq!(first.processed().disposition, Disposition::Ack);
     assert!(!first.is_durable(), "the done-record is still on its way to disk");
 
-    // The same key meanwhile: not a duplicate yet (it could still be lost), so busy.
+    // The same key meanwhile: not a duplicate yet (it could still be lost). The copy waits
+    // for the done-record (here it never comes: the gate is shut), then is busy.
     let again = p.process(msg("a", "5")).await.unwrap();
     assert_eq!(again.outcome, Outcome::Busy);
 
@@ -653,6 +654,28 @@ async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_on
     assert_eq!(second.durable().await.unwrap().outcome, Outcome::Handled);
     assert_eq!(p.process(msg("a", "5")).await.unwrap().outcome, Outcome::Duplicate);
     assert_eq!((runs.get("a"), runs.get("b")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_copy_that_comes_while_the_done_record_is_on_its_way_is_a_duplicate_once_it_is_durable() {
+    use exactly_core::store::LocalStore;
+    let store = Arc::new(LocalStore::with_backend(GatedBackend::default(), 3_600_000));
+    let runs = Runs::default();
+    let p = Processor::builder("c", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
+
+    let first = p.process_staged(msg("a", "5")).await.unwrap();
+    assert!(!first.is_durable());
+    let copy = tokio::spawn({
+        let p = p.clone();
+        async move { p.process(msg("a", "5")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!copy.is_finished(), "the copy waits for the first delivery's done-record");
+    assert_eq!(store.backend().open_gate(), 1);
+    assert_eq!(first.durable().await.unwrap().outcome, Outcome::Handled);
+    let copy = tokio::time::timeout(Duration::from_millis(500), copy).await.unwrap().unwrap().unwrap();
+    assert_eq!(copy.outcome, Outcome::Duplicate, "answered without a retry");
+    assert_eq!(runs.get("a"), 1);
 }
 
 #[tokio::test]

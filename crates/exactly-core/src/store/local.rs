@@ -132,8 +132,15 @@ pub trait KvBackend: Send + Sync + fmt::Debug + 'static {
 pub struct LocalStore<B> {
     pub(crate) backend: B,
     pub(crate) leases: std::sync::Arc<LeaseTable>,
+    /// Woken whenever a completing claim leaves the table (its done-record is durable, or
+    /// its write failed): a claim that found the key completing looks again then.
+    completed: std::sync::Arc<tokio::sync::Notify>,
     bucket_width: Millis,
 }
+
+/// How long a claim waits for another delivery's completion of the same key (normally
+/// one group commit) before it answers `Busy` and lets the caller retry later.
+const COMPLETING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<B: fmt::Debug> fmt::Debug for LocalStore<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,7 +157,12 @@ pub const DEFAULT_BUCKET_WIDTH_MS: Millis = 3_600_000;
 impl<B: KvBackend> LocalStore<B> {
     /// A store over a backend, with expiry buckets `bucket_width` milliseconds wide.
     pub fn with_backend(backend: B, bucket_width: Millis) -> Self {
-        Self { backend, leases: std::sync::Arc::new(LeaseTable::new()), bucket_width: bucket_width.max(1) }
+        Self {
+            backend,
+            leases: std::sync::Arc::new(LeaseTable::new()),
+            completed: std::sync::Arc::new(tokio::sync::Notify::new()),
+            bucket_width: bucket_width.max(1),
+        }
     }
 
     /// The backend.
@@ -241,21 +253,16 @@ impl<B: KvBackend> LocalStore<B> {
     }
 }
 
-fn state_batch(state: StateChanges) -> WriteBatch {
-    WriteBatch { expect: state.reads, ops: state.writes, expiring: vec![] }
-}
-
-#[async_trait]
-impl<B: KvBackend> DedupStore for LocalStore<B> {
-    async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim> {
+impl<B: KvBackend> LocalStore<B> {
+    /// One look at the key: the answer, or `None` while another delivery's completion of
+    /// it is being committed.
+    async fn claim_once(&self, req: ClaimRequest<'_>) -> Result<Option<Claim>> {
         let lease = {
             let mut shard = self.leases.lock(req.key);
             let lease = match shard.get(req.key) {
-                Some(Entry::Completing(_)) => {
-                    return Ok(Claim::Busy { lease_until: req.now });
-                }
+                Some(Entry::Completing(_)) => return Ok(None),
                 Some(Entry::Held(h)) if h.lease_until > req.now => {
-                    return Ok(Claim::Busy { lease_until: h.lease_until });
+                    return Ok(Some(Claim::Busy { lease_until: h.lease_until }));
                 }
                 Some(Entry::Held(h)) => {
                     tracing::warn!(key = %req.key, token = h.token, "lease expired; taking the key over");
@@ -268,14 +275,14 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
                     None => self.fresh(0, None, None, false)?,
                     Some(r) => match r.state {
                         RecordState::Done { output, emitted } => {
-                            return Ok(if r.fingerprint == req.fingerprint {
+                            return Ok(Some(if r.fingerprint == req.fingerprint {
                                 Claim::Done { output, emitted, origin: r.origin }
                             } else {
                                 Claim::Conflict { stored: r.fingerprint }
-                            });
+                            }));
                         }
                         RecordState::DeadLettered { reason } if !req.redrive => {
-                            return Ok(Claim::DeadLettered { reason });
+                            return Ok(Some(Claim::DeadLettered { reason }));
                         }
                         RecordState::DeadLettered { .. } => self.fresh(0, None, None, false)?,
                         RecordState::InFlight { epoch, token } => {
@@ -319,7 +326,36 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
                 return Err(e);
             }
         }
-        Ok(Claim::Acquired(lease))
+        Ok(Some(Claim::Acquired(lease)))
+    }
+}
+
+fn state_batch(state: StateChanges) -> WriteBatch {
+    WriteBatch { expect: state.reads, ops: state.writes, expiring: vec![] }
+}
+
+#[async_trait]
+impl<B: KvBackend> DedupStore for LocalStore<B> {
+    async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim> {
+        // A copy that comes while the key's done-record is on its way to disk waits for
+        // it (one group commit) and is then answered as a duplicate, rather than sent
+        // back to retry later.
+        let deadline = tokio::time::Instant::now() + COMPLETING_WAIT;
+        loop {
+            if let Some(claim) = self.claim_once(req).await? {
+                return Ok(claim);
+            }
+            let completed = self.completed.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            // Registered before this look: a completion from now on wakes it.
+            if !matches!(self.leases.lock(req.key).get(req.key), Some(Entry::Completing(_))) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, completed).await.is_err() {
+                return Ok(Claim::Busy { lease_until: req.now });
+            }
+        }
     }
 
     fn renew(&self, key: &StoreKey, token: FencingToken, lease_until: Millis) -> bool {
@@ -393,11 +429,15 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         batch.ops.push((layout::record_key(&c.key), Some(Bytes::from(record.encode()?))));
         batch.expiring.push((layout::bucket_end(c.expires_at, self.bucket_width), c.key.clone()));
         // The claim stays "completing" (duplicates wait) until the record is durable.
-        let (leases, key, token) = (self.leases.clone(), c.key.clone(), c.token);
+        let (leases, completed, key, token) = (self.leases.clone(), self.completed.clone(), c.key.clone(), c.token);
         let on_durable: OnDurable = Box::new(move |_durable| {
-            let mut shard = leases.lock(&key);
-            if matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token) {
-                shard.remove(&key);
+            let removed = {
+                let mut shard = leases.lock(&key);
+                let ours = matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token);
+                ours && shard.remove(&key).is_some()
+            };
+            if removed {
+                completed.notify_waiters();
             }
         });
         // Without state, nothing can conflict and nobody reads it back under a lock: do
@@ -408,10 +448,13 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             self.backend.stage(batch, Some(on_durable)).await
         };
         if !matches!(result, Ok(Staged { applied: true, .. })) {
-            let mut shard = self.leases.lock(&c.key);
-            if matches!(shard.get(&c.key), Some(Entry::Completing(h)) if h.token == c.token) {
-                shard.insert(c.key, Entry::Held(held));
+            {
+                let mut shard = self.leases.lock(&c.key);
+                if matches!(shard.get(&c.key), Some(Entry::Completing(h)) if h.token == c.token) {
+                    shard.insert(c.key, Entry::Held(held));
+                }
             }
+            self.completed.notify_waiters();
         }
         match result? {
             Staged { applied: true, durable } => Ok(StagedCompletion { committed: Committed::Ok, durable }),

@@ -25,22 +25,23 @@
 //! one row of the table in docs/RELIABILITY.md and exits 1 if the verdict fails.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use exactly_tests::{ACCOUNTS, count_lines, payload, state_i64};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 mod broker;
+mod consumer;
 mod disk;
 
 use broker::Broker;
+use consumer::Consumer;
 use exactly::kafka::rdkafka::mocking::MockCluster;
 
 /// Brokers of the Kafka mock cluster (`--kafka mock`).
@@ -105,122 +106,6 @@ struct Args {
     /// a passing run).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-/// One consumer process and its directory.
-struct Consumer {
-    dir: PathBuf,
-    /// While this file exists the handler's dependency is down.
-    outage: PathBuf,
-    /// The store's filesystem, with --disk-faults.
-    disk: Option<disk::Tmpfs>,
-    port: u16,
-    child: Option<Child>,
-    config: PathBuf,
-    /// Size of the effects log when the process was last started.
-    progress_at_start: u64,
-}
-
-impl Consumer {
-    fn start(&mut self, app: &Path) -> anyhow::Result<()> {
-        let child = Command::new(app)
-            .env("EXACTLY_CONFIG", &self.config)
-            .env("EFFECTS", self.dir.join("effects.log"))
-            .env("OUTAGE", &self.outage)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting app_child")?;
-        self.child = Some(child);
-        self.progress_at_start = self.progress();
-        Ok(())
-    }
-
-    /// Size of its effects log: it grows while the consumer handles messages.
-    fn progress(&self) -> u64 {
-        std::fs::metadata(self.dir.join("effects.log")).map_or(0, |m| m.len())
-    }
-
-    /// Waits (up to `limit`) until it has handled a message since it was last started:
-    /// a kill then lands while it is working, not while it is still joining the group
-    /// or connecting. Whether it did.
-    async fn working(&self, limit: Duration) -> bool {
-        let until = Instant::now() + limit;
-        while self.progress() <= self.progress_at_start {
-            if Instant::now() > until {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()).map(Pid::from_raw)
-    }
-
-    fn signal(&self, s: Signal) {
-        if let Some(pid) = self.pid() {
-            let _ = kill(pid, s);
-        }
-    }
-
-    /// The store directory.
-    fn store(&self) -> PathBuf {
-        self.disk.as_ref().map_or_else(|| self.dir.join("store"), |d| d.path().join("store"))
-    }
-
-    /// Whether the process has exited (it stays reaped; see [`Consumer::revive`]).
-    fn exited(&mut self) -> anyhow::Result<bool> {
-        Ok(match &mut self.child {
-            Some(c) => c.try_wait()?.is_some(),
-            None => true,
-        })
-    }
-
-    /// Restarts it if it exited on its own (a store or broker error it gave up on).
-    fn revive(&mut self, app: &Path) -> anyhow::Result<bool> {
-        if let Some(c) = &mut self.child {
-            if let Some(status) = c.try_wait()? {
-                eprintln!("chaos: consumer {} exited on its own ({status}); restarting it", self.port);
-                self.start(app)?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// SIGTERM and a clean exit within 60 s.
-    fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else { return Ok(()) };
-        self.signal(Signal::SIGCONT);
-        if let Ok(pid) = i32::try_from(c.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let start = Instant::now();
-        loop {
-            if let Some(status) = c.try_wait()? {
-                if !status.success() {
-                    eprintln!("chaos: consumer {} exited with {status} after SIGTERM", self.port);
-                }
-                return Ok(());
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = c.kill();
-                bail!("consumer {} did not stop within 60 s of SIGTERM", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// What happened, for the report.

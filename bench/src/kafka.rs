@@ -389,12 +389,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.partitions,
         if args.headers { "by an idempotency-key header" } else { "by position (topic/partition/offset)" }
     );
-    if args.duplicates > 0.0 {
-        println!("{:.0} % of the records repeat the key of an earlier one.", args.duplicates * 100.0);
-    }
     println!(
         "measured until the last offset is committed. Median of {reps} runs (range). CPU is the bench process's:\nthe client, and with the mock cluster the in-process broker too.\n"
     );
+    if args.duplicates > 0.0 {
+        println!("{:.0} % of the records repeat the key of an earlier one.\n", args.duplicates * 100.0);
+    }
     for broker in &args.brokers {
         let mock = if broker == "mock" { Some(MockKafka::new(3)?) } else { None };
         let brokers = match &mock {

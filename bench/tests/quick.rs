@@ -1,0 +1,47 @@
+//! The bench binary's quick modes still run and print their tables (the figures
+//! themselves are only meaningful in release builds on a quiet machine; see
+//! docs/PERFORMANCE.md).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bench")).args(args).arg("--dir").arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "bench {args:?}: {}\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// One row's records/s cell, parsed: it must be a positive rate.
+fn rate_of(table: &str, row: &str) -> f64 {
+    let line =
+        table.lines().find(|l| l.starts_with(&format!("| {row}"))).unwrap_or_else(|| panic!("no row {row}:\n{table}"));
+    let cell = line.split('|').nth(2).unwrap().trim();
+    let number = cell.split_whitespace().next().unwrap();
+    let (value, unit) = number.trim_end_matches("/s").split_at(number.trim_end_matches("/s").len() - 1);
+    let scale = match unit {
+        "k" => 1e3,
+        "M" => 1e6,
+        _ => return number.trim_end_matches("/s").parse().unwrap(),
+    };
+    value.parse::<f64>().unwrap() * scale
+}
+
+#[test]
+fn kafka_on_the_mock_cluster_against_the_bare_client() {
+    let only = if cfg!(feature = "mq-bridge") { "bare,sled,mq-bridge" } else { "bare,sled" };
+    let args = ["kafka", "--quick", "--brokers", "mock", "--headers", "--records", "3000", "--only", only];
+    let out = bench(&args);
+    assert!(rate_of(&out, "bare rdkafka") > 0.0);
+    assert!(rate_of(&out, "exactly-kafka, sled store") > 0.0);
+    if cfg!(feature = "mq-bridge") {
+        assert!(rate_of(&out, "mq-bridge") > 0.0, "{out}");
+    }
+}
+
+#[test]
+fn store_overhead_quick() {
+    let out = bench(&["store", "--quick", "--only", "overhead"]);
+    assert!(out.contains("| `Processor::process`, memory store |"), "{out}");
+}

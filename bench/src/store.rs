@@ -76,6 +76,8 @@ pub(crate) enum Section {
     Overhead,
     /// Duplicate lookups in a large store.
     Lookup,
+    /// Latency at half the durable store's throughput, against the memory store.
+    Load,
 }
 
 fn noop() -> impl exactly::Handler<Output = ()> {
@@ -162,6 +164,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if on(Section::Lookup) {
         lookup(&args).await?;
+    }
+    if on(Section::Load) {
+        load(&args).await?;
     }
     Ok(())
 }
@@ -366,3 +371,72 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
 }
 
 use rand::SeedableRng;
+
+/// The latency a durable store adds at half of its throughput: messages offered at a
+/// steady rate (open loop), each timed from when it was due to when `process` returned
+/// (its done-record durable), on the sled store and on the memory store.
+async fn load(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let secs: u64 = if args.quick { 1 } else { 10 };
+    let n_max: u64 = if args.quick { 10_000 } else { 100_000 };
+    let ceiling = Processor::builder("bench", noop()).store(SledStore::open(dir.path().join("ceiling"))?).build()?;
+    let max = rate(n_max, process_all(&ceiling, 0..n_max, 256).await);
+    drop(ceiling);
+    let offered = max / 2.0;
+    println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight");
+    println!(
+        "was {}; {} messages/s are offered for {secs} s (open loop), each timed from when it",
+        fmt_rate(max),
+        fmt_rate(offered)
+    );
+    println!("was due until `process` returned with its done-record durable.\n");
+    println!("| store | offered | achieved | p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|");
+    let stores: [(&str, Arc<dyn exactly::DedupStore>); 3] = [
+        ("memory", Arc::new(MemoryStore::new())),
+        ("sled (durable)", Arc::new(SledStore::open(dir.path().join("load"))?)),
+        ("redb (durable)", Arc::new(exactly::store::RedbStore::open(dir.path().join("load-redb"))?)),
+    ];
+    let mut p99s = Vec::new();
+    for (name, store) in stores {
+        let p = Processor::builder("bench", noop()).shared_store(store).build()?;
+        let (h, achieved) = open_loop(&p, offered, secs).await?;
+        println!("| {name} | {} | {} | {} |", fmt_rate(offered), fmt_rate(achieved), percentiles(&h));
+        p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
+    }
+    println!(
+        "\np99 added by the durable store: sled {:.0} µs, redb {:.0} µs (the memory store's p99 includes up to 1 ms of the\n1 ms ticks that release the messages).",
+        p99s[1] - p99s[0],
+        p99s[2] - p99s[0]
+    );
+    Ok(())
+}
+
+async fn open_loop(p: &Processor, per_sec: f64, secs: u64) -> anyhow::Result<(hdrhistogram::Histogram<u64>, f64)> {
+    let total = (per_sec * secs as f64) as u64;
+    let hist = Arc::new(std::sync::Mutex::new(histogram()));
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    while sent < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * per_sec) as u64).min(total);
+        while sent < due {
+            let (p, h, k) = (p.clone(), hist.clone(), sent);
+            let at = started + Duration::from_secs_f64(k as f64 / per_sec);
+            tasks.spawn(async move {
+                let out = p.process(msg(k)).await?;
+                record(&mut h.lock().unwrap_or_else(|e| e.into_inner()), at.elapsed());
+                anyhow::ensure!(out.outcome == Outcome::Handled, "expected a new key, got {:?}", out.outcome);
+                Ok(())
+            });
+            sent += 1;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let achieved = rate(total, started.elapsed());
+    let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok((h, achieved))
+}

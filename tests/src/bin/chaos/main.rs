@@ -308,8 +308,10 @@ async fn main() -> anyhow::Result<()> {
             "outage" => {
                 let outage = c.outage.clone();
                 let pause = Duration::from_millis(rng.random_range(3_000..10_000));
-                let before = effects(&consumers).len();
                 std::fs::write(&outage, b"down")?;
+                // Counted once the dependency is down: reading the logs takes a while, and
+                // what the consumer handles meanwhile must not count as "during".
+                let before = effects(&consumers).len();
                 tokio::time::sleep(pause).await;
                 let during = effects(&consumers).len() - before;
                 std::fs::remove_file(&outage)?;

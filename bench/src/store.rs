@@ -26,6 +26,10 @@ pub(crate) struct Args {
     /// warm cache; without it, the first reads of each page after the reopen are measured).
     #[arg(long)]
     warm: bool,
+    /// Write-ahead-log segment size in the load section, MiB (the stores' default is 16;
+    /// each full segment ends with a checkpoint of the engine).
+    #[arg(long, default_value_t = 16)]
+    segment_mb: u64,
     /// sled's page cache in the lookup section, MiB (the store's default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
@@ -383,18 +387,27 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let max = rate(n_max, process_all(&ceiling, 0..n_max, 256).await);
     drop(ceiling);
     let offered = max / 2.0;
+    let segment = args.segment_mb * 1024 * 1024;
     println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight");
     println!(
         "was {}; {} messages/s are offered for {secs} s (open loop), each timed from when it",
         fmt_rate(max),
         fmt_rate(offered)
     );
-    println!("was due until `process` returned with its done-record durable.\n");
+    println!(
+        "was due until `process` returned with its done-record durable. Log segments of {} MiB.\n",
+        args.segment_mb
+    );
     println!("| store | offered | achieved | p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|");
     let stores: [(&str, Arc<dyn exactly::DedupStore>); 3] = [
         ("memory", Arc::new(MemoryStore::new())),
-        ("sled (durable)", Arc::new(SledStore::open(dir.path().join("load"))?)),
-        ("redb (durable)", Arc::new(exactly::store::RedbStore::open(dir.path().join("load-redb"))?)),
+        ("sled (durable)", Arc::new(SledStore::builder(dir.path().join("load")).wal_segment_size(segment).open()?)),
+        (
+            "redb (durable)",
+            Arc::new(
+                exactly::store::RedbStore::builder(dir.path().join("load-redb")).wal_segment_size(segment).open()?,
+            ),
+        ),
     ];
     let mut p99s = Vec::new();
     for (name, store) in stores {

@@ -225,28 +225,32 @@ async fn consume(
     let stats = consumer.stats();
     let (started, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(consumer.run());
-    let (mut last, mut progress) = (0, Instant::now());
-    loop {
-        let now = handled.load(Ordering::Relaxed);
-        // Every key handled once, and every record (duplicates too) handed to a worker:
-        // the graceful stop below finishes those and commits their offsets.
-        if now >= unique && stats.records.load(Ordering::Relaxed) >= n {
-            break;
-        }
-        anyhow::ensure!(!task.is_finished(), "the consumer stopped early");
-        if now != last {
-            (last, progress) = (now, Instant::now());
-        }
-        anyhow::ensure!(
-            progress.elapsed() < STALL,
-            "only {now} of {n} records were handled; no progress for {STALL:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Every key handled once, and every record (duplicates too) handed to a worker: the
+    // graceful stop below finishes those and commits their offsets.
+    wait_for(&handled, |now| now >= unique && stats.records.load(Ordering::Relaxed) >= n, || task.is_finished())
+        .await?;
     // The stop waits for the last records to be durable and commits their offsets.
     stop.shutdown();
     task.await??;
     Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
+}
+
+/// Polls the handler's counter until `done`; fails if the consumer task `ended` first
+/// or the counter stops moving for [`STALL`].
+async fn wait_for(handled: &AtomicU64, done: impl Fn(u64) -> bool, ended: impl Fn() -> bool) -> anyhow::Result<()> {
+    let (mut last, mut progress) = (0, Instant::now());
+    loop {
+        let now = handled.load(Ordering::Relaxed);
+        if done(now) {
+            return Ok(());
+        }
+        anyhow::ensure!(!ended(), "the consumer stopped early, after {now} records");
+        if now != last {
+            (last, progress) = (now, Instant::now());
+        }
+        anyhow::ensure!(progress.elapsed() < STALL, "only {now} records were handled; no progress for {STALL:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The closest Rust peer: an mq-bridge route from the topic to its null output, with the
@@ -294,21 +298,7 @@ async fn mq_bridge_route(
     let route = route.with_handler(SimpleHandler(Count(handled.clone())));
     let (started, cpu) = (Instant::now(), cpu_time());
     let handle = route.run(group).await?;
-    let (mut last, mut progress) = (0, Instant::now());
-    loop {
-        let now = handled.load(Ordering::Relaxed);
-        if now >= n {
-            break;
-        }
-        if now != last {
-            (last, progress) = (now, Instant::now());
-        }
-        anyhow::ensure!(
-            progress.elapsed() < STALL,
-            "mq-bridge: only {now} of {n} records were handled; no progress for {STALL:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_for(&handled, |now| now >= n, || handle.outcome().is_some()).await?;
     // Measured until the last record is handled; the stop then acks what is left.
     let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
     handle.stop().await;

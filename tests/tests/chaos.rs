@@ -3,7 +3,8 @@
 //! disk full and read-only (a tmpfs per consumer: the tests run as root, as CI does), a
 //! dependency outage, and for RabbitMQ connection cuts; one run with two consumer processes
 //! per broker; and on librdkafka's mock cluster (served over TCP by the harness) Kafka
-//! brokers taken down and brought back while the consumer runs. The long runs and their figures are in docs/RELIABILITY.md.
+//! brokers taken down and brought back while the consumer runs. The long runs and their
+//! figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;

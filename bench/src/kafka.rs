@@ -65,12 +65,19 @@ pub(crate) struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Variant {
+    /// rdkafka StreamConsumer committing offsets (the ceiling).
     Bare,
+    /// exactly with the memory store.
     Memory,
+    /// exactly with the sled store (the default).
     Sled,
+    /// exactly with the redb store.
     Redb,
+    /// The bare loop with a sled get, insert and flush per record.
     NaiveSled,
+    /// The bare loop with a Redis SET NX EX per record.
     RedisSetNx,
+    /// mq-bridge's deduplication middleware (with --features mq-bridge).
     MqBridge,
 }
 

@@ -55,6 +55,13 @@ pub(crate) struct Args {
     /// exactly-kafka's max_in_flight (records queued per partition).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Instead of the table: throughput on the mock cluster as the topic's partitions go
+    /// through these counts (e.g. 1,4,16,64), one topic per count.
+    #[arg(long, value_delimiter = ',')]
+    sweep_partitions: Vec<i32>,
+    /// With --sweep-partitions, write the throughput-vs-partitions plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Run only these consumers (default: all; the first is the one ratios are taken to).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Variant>,
@@ -392,6 +399,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if args.duplicates > 0.0 {
         println!("{:.0} % of the records repeat the key of an earlier one.\n", args.duplicates * 100.0);
     }
+    if !args.sweep_partitions.is_empty() {
+        return sweep(&args, &variants, n, reps).await;
+    }
     for broker in &args.brokers {
         let mock = if broker == "mock" { Some(MockKafka::new(3)?) } else { None };
         let brokers = match &mock {
@@ -431,6 +441,42 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         println!();
+    }
+    Ok(())
+}
+
+/// Throughput against the number of partitions, on the mock cluster.
+async fn sweep(args: &Args, variants: &[Variant], n: u64, reps: usize) -> anyhow::Result<()> {
+    let mock = MockKafka::new(3)?;
+    let brokers = mock.bootstrap_servers().to_owned();
+    println!("### librdkafka mock cluster: records/s as partitions grow (median of {reps})\n");
+    let mut header = String::from("| partitions |");
+    for v in variants {
+        header.push_str(&format!(" {} |", v.label()));
+    }
+    println!("{header}\n|---:|{}", "---:|".repeat(variants.len()));
+    let mut series: Vec<(String, Vec<(u64, f64)>)> =
+        variants.iter().map(|v| (v.label().to_owned(), Vec::new())).collect();
+    for &partitions in &args.sweep_partitions {
+        let topic = format!("bench-{}-p{partitions}", std::process::id());
+        create_topic(&brokers, Some(&mock), &topic, partitions).await?;
+        let unique = produce(&brokers, &topic, n, args.size, partitions, args.headers, args.duplicates).await?;
+        let mut row = format!("| {partitions} |");
+        for (i, &v) in variants.iter().enumerate() {
+            let mut rates = Vec::new();
+            for _ in 0..reps {
+                let (took, _) = consume(v, args, &brokers, &topic, n, unique).await?;
+                rates.push(rate(n, took));
+            }
+            let m = median(&mut rates);
+            row.push_str(&format!(" {} |", crate::report::fmt_rate(m)));
+            series[i].1.push((u64::try_from(partitions)?, m));
+        }
+        println!("{row}");
+    }
+    if let Some(out) = &args.plot {
+        crate::plot::throughput_vs(out, "Kafka mock cluster: records/s vs partitions", "partitions", &series)?;
+        println!("\nplot: {}", out.display());
     }
     Ok(())
 }

@@ -41,6 +41,16 @@ pub(crate) fn throughput_vs_concurrency(
     title: &str,
     series: &[(String, Vec<(u64, f64)>)],
 ) -> anyhow::Result<()> {
+    throughput_vs(out, title, "records in flight", series)
+}
+
+/// Throughput (records/s) against `x` (log scale), one line per series.
+pub(crate) fn throughput_vs(
+    out: &Path,
+    title: &str,
+    x: &str,
+    series: &[(String, Vec<(u64, f64)>)],
+) -> anyhow::Result<()> {
     let xs: Vec<u64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
     let (Some(&lo), Some(&hi)) = (xs.iter().min(), xs.iter().max()) else { return Ok(()) };
     let top = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.15;
@@ -52,7 +62,7 @@ pub(crate) fn throughput_vs_concurrency(
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d((lo as f64 / 1.5..hi as f64 * 1.5).log_scale(), 0.0..top)?;
-    chart.configure_mesh().x_desc("records in flight").y_desc("records/s").draw()?;
+    chart.configure_mesh().x_desc(x).y_desc("records/s").draw()?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let line: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x as f64, y)).collect();

@@ -455,8 +455,12 @@ async fn sweep(args: &Args, variants: &[Variant], n: u64, reps: usize) -> anyhow
         header.push_str(&format!(" {} |", v.label()));
     }
     println!("{header}\n|---:|{}", "---:|".repeat(variants.len()));
-    let mut series: Vec<(String, Vec<(u64, f64)>)> =
-        variants.iter().map(|v| (v.label().to_owned(), Vec::new())).collect();
+    // Short names in the plot's legend: the --only names.
+    let short = |v: &Variant| {
+        use clap::ValueEnum as _;
+        v.to_possible_value().map_or_else(|| format!("{v:?}"), |p| p.get_name().to_owned())
+    };
+    let mut series: Vec<(String, Vec<(u64, f64)>)> = variants.iter().map(|v| (short(v), Vec::new())).collect();
     for &partitions in &args.sweep_partitions {
         let topic = format!("bench-{}-p{partitions}", std::process::id());
         create_topic(&brokers, Some(&mock), &topic, partitions).await?;

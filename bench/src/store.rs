@@ -378,7 +378,7 @@ use rand::SeedableRng;
 
 /// The latency a durable store adds at half of its throughput: messages offered at a
 /// steady rate (open loop), each timed from when it was due to when `process` returned
-/// (its done-record durable), on the sled store and on the memory store.
+/// (its done-record durable), on the memory, sled and redb stores.
 async fn load(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(&args.dir)?;
     let secs: u64 = if args.quick { 1 } else { 10 };
@@ -390,7 +390,7 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let segment = args.segment_mb * 1024 * 1024;
     println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight");
     println!(
-        "was {}; {} messages/s are offered for {secs} s (open loop), each timed from when it",
+        "was {}; {} are offered for {secs} s (open loop), each message timed from when it",
         fmt_rate(max),
         fmt_rate(offered)
     );

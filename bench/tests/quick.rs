@@ -13,11 +13,16 @@ fn bench(args: &[&str]) -> String {
     text
 }
 
-/// One row's records/s cell, parsed: it must be a positive rate.
+/// One row's records/s cell (the first after the name), parsed.
 fn rate_of(table: &str, row: &str) -> f64 {
+    rate_in(table, row, 2)
+}
+
+/// The rate in column `col` (1 is the row's name) of the row starting with `row`.
+fn rate_in(table: &str, row: &str, col: usize) -> f64 {
     let line =
         table.lines().find(|l| l.starts_with(&format!("| {row}"))).unwrap_or_else(|| panic!("no row {row}:\n{table}"));
-    let cell = line.split('|').nth(2).unwrap().trim();
+    let cell = line.split('|').nth(col).unwrap().trim();
     let number = cell.split_whitespace().next().unwrap();
     let (value, unit) = number.trim_end_matches("/s").split_at(number.trim_end_matches("/s").len() - 1);
     let scale = match unit {
@@ -41,7 +46,10 @@ fn kafka_on_the_mock_cluster_against_the_bare_client() {
 }
 
 #[test]
-fn store_overhead_quick() {
-    let out = bench(&["store", "--quick", "--only", "overhead"]);
+fn store_overhead_and_load_quick() {
+    let out = bench(&["store", "--quick", "--only", "overhead", "--only", "load"]);
     assert!(out.contains("| `Processor::process`, memory store |"), "{out}");
+    for store in ["memory", "sled (durable)", "redb (durable)"] {
+        assert!(rate_in(&out, store, 3) > 0.0, "achieved: {out}");
+    }
 }

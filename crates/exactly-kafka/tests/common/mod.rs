@@ -29,7 +29,6 @@ pub fn unique(name: &str) -> String {
 
 pub use exactly_core::testing::Runs;
 
-/// Counts runs; payloads "poison" fail to decode.
 /// [`counting`], after a 20 ms pause per record: slow enough to keep records in flight.
 pub fn slow_counting(runs: Runs) -> impl Handler<Output = ()> {
     let inner = std::sync::Arc::new(counting(runs));
@@ -42,6 +41,7 @@ pub fn slow_counting(runs: Runs) -> impl Handler<Output = ()> {
     })
 }
 
+/// Counts runs; payloads "poison" fail to decode.
 pub fn counting(runs: Runs) -> impl Handler<Output = ()> {
     handler_fn(move |m: Message, ctx: Context| {
         let runs = runs.clone();

@@ -627,12 +627,18 @@ impl exactly_core::store::KvBackend for GatedBackend {
     }
 }
 
-#[tokio::test]
-async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_once() {
-    use exactly_core::store::LocalStore;
-    let store = Arc::new(LocalStore::with_backend(GatedBackend::default(), 3_600_000));
+/// A crediting processor on a store whose writes stay on their way to disk until the
+/// test opens the gate.
+fn gated() -> (Arc<exactly_core::store::LocalStore<GatedBackend>>, Runs, Processor) {
+    let store = Arc::new(exactly_core::store::LocalStore::with_backend(GatedBackend::default(), 3_600_000));
     let runs = Runs::default();
     let p = Processor::builder("c", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    (store, runs, p)
+}
+
+#[tokio::test]
+async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_once() {
+    let (store, runs, p) = gated();
 
     let first = p.process_staged(msg("a", "5")).await.unwrap();
     assert_eq!(first.processed().disposition, Disposition::Ack);
@@ -658,10 +664,7 @@ async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_on
 
 #[tokio::test]
 async fn a_copy_that_comes_while_the_done_record_is_on_its_way_is_a_duplicate_once_it_is_durable() {
-    use exactly_core::store::LocalStore;
-    let store = Arc::new(LocalStore::with_backend(GatedBackend::default(), 3_600_000));
-    let runs = Runs::default();
-    let p = Processor::builder("c", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
+    let (store, runs, p) = gated();
 
     let first = p.process_staged(msg("a", "5")).await.unwrap();
     assert!(!first.is_durable());

@@ -151,23 +151,14 @@ fn app_path() -> anyhow::Result<PathBuf> {
 
 /// Waits for `/readyz` to answer 200.
 async fn wait_ready(port: u16) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let mut raw = String::new();
-            if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.is_ok()
-                && s.read_to_string(&mut raw).await.is_ok()
-                && raw.starts_with("HTTP/1.1 200")
-            {
-                return Ok(());
-            }
-        }
+    while !matches!(exactly_tests::http_get(port, "/readyz").await, Some((200, _))) {
         if Instant::now() > deadline {
             bail!("the consumer on port {port} was not ready within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {

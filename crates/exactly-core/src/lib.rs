@@ -56,6 +56,7 @@ pub mod names;
 mod processor;
 pub mod shutdown;
 pub mod store;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 
 use super::FencingToken;
 use crate::StoreKey;
 use crate::clock::Millis;
+use crate::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
 

@@ -140,6 +140,7 @@ pub struct LocalStore<B> {
 
 /// How long a claim waits for another delivery's completion of the same key (normally
 /// one group commit) before it answers `Busy` and lets the caller retry later.
+#[cfg(not(exactly_loom))]
 const COMPLETING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<B: fmt::Debug> fmt::Debug for LocalStore<B> {
@@ -340,11 +341,16 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         // A copy that comes while the key's done-record is on its way to disk waits for
         // it (one group commit) and is then answered as a duplicate, rather than sent
         // back to retry later.
+        #[cfg(not(exactly_loom))]
         let deadline = tokio::time::Instant::now() + COMPLETING_WAIT;
         loop {
             if let Some(claim) = self.claim_once(req).await? {
                 return Ok(claim);
             }
+            // Under loom, a point where another thread may complete the key: the
+            // window a lost wake-up would fall into.
+            #[cfg(exactly_loom)]
+            loom::thread::yield_now();
             let completed = self.completed.notified();
             tokio::pin!(completed);
             completed.as_mut().enable();
@@ -352,9 +358,13 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             if !matches!(self.leases.lock(req.key).get(req.key), Some(Entry::Completing(_))) {
                 continue;
             }
+            // Loom's model has no timers: there the wait ends only with a completion.
+            #[cfg(not(exactly_loom))]
             if tokio::time::timeout_at(deadline, completed).await.is_err() {
                 return Ok(Claim::Busy { lease_until: req.now });
             }
+            #[cfg(exactly_loom)]
+            completed.await;
         }
     }
 

@@ -28,3 +28,7 @@ trap './scripts/services.sh down' EXIT
 cargo nextest run --workspace --all-features --no-fail-fast
 # nextest does not run doctests.
 cargo test --workspace --all-features --doc
+# Loom model checks of the claim/lease protocol and the group-commit threads: a build of
+# exactly-core with loom's locks and threads (its own target dir; about two minutes).
+RUSTFLAGS="--cfg exactly_loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p exactly-core --no-default-features --release --test loom

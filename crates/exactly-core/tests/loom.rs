@@ -1,32 +1,39 @@
-//! Model checks of the claim/lease protocol with [loom]: every interleaving (up to loom's
-//! preemption bound) of two deliveries of one key, a lease expiring under its holder,
-//! and a completion whose write is refused, over a backend whose durability is answered
-//! later by a third thread, as the group-commit log answers it.
+//! Model checks with [loom]: every interleaving (up to a preemption bound) of
 //!
-//! The lease table's locks are loom's under `--cfg exactly_loom`, so loom switches
-//! threads at every lock of a key's shard. Run (about a minute):
+//! - the claim/lease protocol: two deliveries of one key, a lease expiring under its
+//!   holder, a release racing a claim, a completion whose write is refused; over a
+//!   backend whose durability is answered later by another thread, as the log's is;
+//! - the group-commit log: clients staging writes and flushes against the commit, sync
+//!   and checkpoint threads, with log segments so small that every group fills one.
+//!
+//! The lease table's locks and the log's threads and channels are loom's under
+//! `--cfg exactly_loom`, so loom switches threads at each of their operations. Run
+//! (about a minute, bounded to three preemptions per run):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg exactly_loom" CARGO_TARGET_DIR=target/loom \
 //!     cargo test -p exactly-core --no-default-features --release --test loom
 //! ```
 //!
-//! A lost wake-up (a claim waiting for a completion nobody announces) shows as loom's
-//! deadlock report; two holders at once or a second effect fails an assertion.
+//! A lost wake-up (a claim or a commit waiting for an answer nobody sends) shows as
+//! loom's deadlock report; two holders, a second effect, or an answer before its fsync
+//! fails an assertion.
 //!
 //! [loom]: https://docs.rs/loom
 
 #![cfg(exactly_loom)]
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use exactly_core::store::{
-    BackendStats, Claim, ClaimRequest, Committed, Completion, Durable, FencingToken, Final, KvBackend, LocalStore,
-    MemoryBackend, OnDurable, RecordState, Staged, StateChanges, WriteBatch,
+    BackendStats, Claim, ClaimRequest, Committed, Completion, Durable, Engine, FencingToken, Final, KvBackend,
+    LocalStore, LogBackend, LogOptions, MemoryBackend, OnDurable, RecordState, Staged, StateChanges, WriteBatch,
 };
 use exactly_core::{DedupStore, Fingerprint, Result, StoreKey};
 use loom::future::block_on;
@@ -281,5 +288,147 @@ fn a_refused_completion_wakes_the_claims_that_waited_for_it() {
         assert!(matches!(claim(&store, 0, 100), Claim::Busy { .. }), "the holder still holds the key");
         a.join().unwrap();
         assert!(!is_done(&store));
+    });
+}
+
+type Map = Arc<std::sync::Mutex<BTreeMap<Vec<u8>, Bytes>>>;
+
+/// An engine in memory that remembers what its last checkpoint made durable; clones
+/// share the maps, so a test can look at them after the log is closed.
+#[derive(Debug, Default, Clone)]
+struct Snapshots {
+    live: Map,
+    durable: Map,
+}
+
+impl Engine for Snapshots {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.live.lock().unwrap().get(key).cloned())
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let live = self.live.lock().unwrap();
+        Ok(live.range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn apply(&self, ops: &[(Vec<u8>, Option<Bytes>)]) -> Result<()> {
+        let mut live = self.live.lock().unwrap();
+        for (k, v) in ops {
+            match v {
+                Some(v) => live.insert(k.clone(), v.clone()),
+                None => live.remove(k),
+            };
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<u64> {
+        let copy = self.live.lock().unwrap().clone();
+        *self.durable.lock().unwrap() = copy;
+        Ok(1)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The log over [`Snapshots`] in a fresh directory (on tmpfs when there is one), with
+/// 64-byte segments: every group fills one and hands a checkpoint to its thread.
+fn log(dir: &Path, fsyncs: Arc<std::sync::atomic::AtomicUsize>) -> LogBackend<Snapshots> {
+    let observer = move |_: &Path| {
+        fsyncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    let options = LogOptions { segment_size: 64, max_batch: 4096, observer: Some(Arc::new(observer)) };
+    LogBackend::open(Snapshots::default(), dir, options).unwrap()
+}
+
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap()
+}
+
+fn model(body: impl Fn() + Sync + Send + 'static) {
+    // The log's three threads and two clients: a bound keeps the run to about a minute.
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(body);
+}
+
+/// A write is "applied" when its expectations held and it is visible; "durable" (and
+/// its `on_durable`) only after an fsync of the log. Of two writes that each expect the
+/// key absent, exactly one applies. At close the engine is checkpointed with it.
+#[test]
+fn group_commit_answers_after_the_fsync_and_admits_one_of_two_conflicting_writes() {
+    model(|| {
+        let dir = scratch();
+        let fsyncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let log = Arc::new(log(dir.path(), fsyncs.clone()));
+        let write = |log: Arc<LogBackend<Snapshots>>, fsyncs: Arc<std::sync::atomic::AtomicUsize>, v: &'static [u8]| {
+            move || {
+                let key = b"k".to_vec();
+                let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let on_durable: OnDurable = {
+                    let (seen, fsyncs) = (seen.clone(), fsyncs.clone());
+                    Box::new(move |ok| {
+                        assert!(ok);
+                        assert!(fsyncs.load(std::sync::atomic::Ordering::SeqCst) > 0, "durable before an fsync");
+                        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    })
+                };
+                let batch = WriteBatch {
+                    expect: vec![(key.clone(), None)],
+                    ops: vec![(key, Some(Bytes::from_static(v)))],
+                    expiring: vec![],
+                };
+                let staged = block_on(log.stage(batch, Some(on_durable))).unwrap();
+                if staged.applied {
+                    block_on(staged.durable.wait()).unwrap();
+                    assert!(seen.load(std::sync::atomic::Ordering::SeqCst), "answered before on_durable ran");
+                }
+                staged.applied
+            }
+        };
+        let a = thread::spawn(write(log.clone(), fsyncs.clone(), b"a"));
+        let b_applied = write(log.clone(), fsyncs.clone(), b"b")();
+        let a_applied = a.join().unwrap();
+        assert!(a_applied != b_applied, "exactly one of two conflicting writes applies");
+        let winner = Bytes::from_static(if a_applied { b"a" } else { b"b" });
+        assert_eq!(log.get(b"k").unwrap(), Some(winner.clone()));
+        let engine = log.engine().clone();
+        drop(Arc::into_inner(log).expect("the only handle"));
+        // Closing checkpoints the engine before the threads end: it covers every write.
+        let durable = engine.durable.lock().unwrap().clone();
+        assert_eq!(durable.get(&b"k"[..]), Some(&winner), "the close checkpoint misses a write");
+    });
+}
+
+/// A flush is answered only after a checkpoint that covers every write applied before
+/// it was asked, while writes go on and segments fill.
+#[test]
+fn a_flush_is_answered_after_a_checkpoint_covering_what_was_applied_before_it() {
+    model(|| {
+        let dir = scratch();
+        let fsyncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let log = Arc::new(log(dir.path(), fsyncs));
+        let writer = {
+            let log = log.clone();
+            thread::spawn(move || {
+                for k in [&b"x"[..], &b"y"[..]] {
+                    let batch =
+                        WriteBatch { ops: vec![(k.to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() };
+                    assert!(block_on(log.commit(batch)).unwrap());
+                }
+            })
+        };
+        // A point where the writer may go first: the flush then has writes to cover.
+        thread::yield_now();
+        let applied_before: Vec<Vec<u8>> = log.engine().live.lock().unwrap().keys().cloned().collect();
+        block_on(log.flush()).unwrap();
+        let durable = log.engine().durable.lock().unwrap().clone();
+        for k in applied_before {
+            assert!(durable.contains_key(&k), "{k:?} was applied before the flush and is not in its checkpoint");
+        }
+        writer.join().unwrap();
     });
 }

@@ -1,4 +1,4 @@
-//! The commit thread and the sync thread.
+//! The commit thread, the sync thread and the checkpoint thread.
 //!
 //! The commit thread builds a group from every waiting request, writes it to the log and
 //! applies it to the engine, and hands its replies to the sync thread. The sync thread
@@ -6,22 +6,29 @@
 //! and one fsync covers every group written before it started. At most two groups are
 //! written and not yet synced: beyond that the commit thread waits, so requests gather
 //! into larger groups instead of many small ones (each costs the engine a batch).
+//!
+//! When a log segment fills (or a flush asks), the commit thread hands a checkpoint to
+//! the sync thread behind the groups before it, and the sync thread passes it on to the
+//! checkpoint thread once those are synced. The checkpoint thread flushes the engine and
+//! recycles the full segments while the commit thread goes on writing into the next
+//! one: an engine flush takes tens of milliseconds, which every commit waited for when
+//! the commit thread made it.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::wal::{self, Wal};
+use super::wal::{self, Covered, Wal};
 use super::{Engine, FsyncObserver, LogOptions, Op};
 use crate::store::local::{WriteBatch, expiry_index_ops};
+use crate::sync::mpsc::{self, Receiver, Sender};
+use crate::sync::thread::{self, JoinHandle};
 use crate::{Error, Result, metrics};
 
 use crate::store::local::OnDurable;
@@ -81,17 +88,47 @@ impl Shared {
     }
 }
 
+/// A log segment written to, and its path.
+type LogFile = (Arc<File>, PathBuf);
+
 /// A written group waiting for its fsync.
 struct Written {
-    file: Option<(Arc<File>, PathBuf)>,
+    file: Option<LogFile>,
     owed: Vec<Owed>,
-    flushes: Vec<oneshot::Sender<Result<()>>>,
     started: Instant,
+}
+
+/// A checkpoint of the engine, and who waits for it.
+struct Checkpoint {
+    covered: Covered,
+    /// Flush requests, answered once the checkpoint is done.
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    /// The commit thread at close.
+    done: Option<Sender<Result<()>>>,
+}
+
+impl Checkpoint {
+    /// Answers everyone waiting: done, or failed with `failure`.
+    fn answer(self, failure: Option<&str>) {
+        let answer = || match failure {
+            None => Ok(()),
+            Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
+        };
+        for reply in self.flushes {
+            let _ = reply.send(answer());
+        }
+        if let Some(done) = self.done {
+            let _ = done.send(answer());
+        }
+    }
 }
 
 enum ToSync {
     Group(Written),
-    Barrier(mpsc::Sender<()>),
+    /// Passed on to the checkpoint thread once everything before it is synced.
+    Checkpoint(Checkpoint),
+    /// The last request: the sync thread stops the checkpoint thread, then itself.
+    Stop,
 }
 
 pub(super) fn start<E: Engine>(
@@ -104,9 +141,18 @@ pub(super) fn start<E: Engine>(
     let (req_tx, req_rx) = mpsc::channel();
     let (sync_tx, sync_rx) = mpsc::channel();
     let (synced_tx, synced_rx) = mpsc::channel();
-    let syncer =
-        Syncer { requests: sync_rx, synced: synced_tx, shared: shared.clone(), observer: options.observer.clone() };
-    let sync_thread = std::thread::Builder::new().name("exactly-log-sync".into()).spawn(move || syncer.run())?;
+    let (checkpoint_tx, checkpoint_rx) = mpsc::channel();
+    let checkpointer = Checkpointer { engine: engine.clone(), requests: checkpoint_rx, shared: shared.clone() };
+    let checkpoint_thread =
+        thread::Builder::new().name("exactly-log-checkpoint".into()).spawn(move || checkpointer.run())?;
+    let syncer = Syncer {
+        requests: sync_rx,
+        synced: synced_tx,
+        checkpoints: checkpoint_tx,
+        shared: shared.clone(),
+        observer: options.observer.clone(),
+    };
+    let sync_thread = thread::Builder::new().name("exactly-log-sync".into()).spawn(move || syncer.run())?;
     let committer = Committer {
         engine,
         wal,
@@ -118,8 +164,8 @@ pub(super) fn start<E: Engine>(
         max_batch: options.max_batch,
         epoch,
     };
-    let commit_thread = std::thread::Builder::new().name("exactly-log-commit".into()).spawn(move || committer.run())?;
-    Ok((req_tx, vec![commit_thread, sync_thread]))
+    let commit_thread = thread::Builder::new().name("exactly-log-commit".into()).spawn(move || committer.run())?;
+    Ok((req_tx, vec![commit_thread, sync_thread, checkpoint_thread]))
 }
 
 struct Committer<E> {
@@ -183,11 +229,16 @@ impl<E: Engine> Committer<E> {
         }
         // Requests that arrive after Stop are dropped; their senders see StoreClosed.
         if self.shared.poisoned().is_none() {
-            if let Err(e) = self.checkpoint(true) {
+            let (done, result) = mpsc::channel();
+            self.checkpoint(true, Vec::new(), Some(done));
+            if let Ok(Err(e)) = result.recv() {
                 tracing::warn!(error = %e, "checkpoint at close failed; the log will be replayed at the next open");
             }
         }
-        // Dropping `to_sync` ends the sync thread once it has answered everything.
+        // The sync thread answers everything before this, then stops the checkpoint
+        // thread and itself. (Explicitly, not by dropping channels: loom's channels do
+        // not model hang-ups.)
+        let _ = self.to_sync.send(ToSync::Stop);
     }
 
     fn group(&mut self, pending: &mut Vec<Request>) {
@@ -239,15 +290,18 @@ impl<E: Engine> Committer<E> {
             let n = self.shared.commits.load(Ordering::Relaxed) + 1;
             ops.extend(expiry_index_ops((self.epoch << 40) | (n & ((1 << 40) - 1)), &expiring));
         }
-        match self.write(&ops, !flushes.is_empty()) {
-            Ok(file) => {
+        match self.write(&ops) {
+            Ok((file, rotated)) => {
                 let mut owed = Vec::with_capacity(admitted.len());
                 for (applied, o) in admitted {
                     let _ = applied.send(Ok(true));
                     owed.push(o);
                 }
-                if self.to_sync.send(ToSync::Group(Written { file, owed, flushes, started })).is_ok() {
+                if self.to_sync.send(ToSync::Group(Written { file, owed, started })).is_ok() {
                     self.in_flight += 1;
+                }
+                if rotated || !flushes.is_empty() {
+                    self.checkpoint(!flushes.is_empty(), flushes, None);
                 }
             }
             Err(e) => {
@@ -278,48 +332,77 @@ impl<E: Engine> Committer<E> {
         Ok(true)
     }
 
-    /// Logs and applies a group; returns the log file the sync thread must fsync.
-    fn write(&mut self, ops: &[Op], flush: bool) -> Result<Option<(Arc<File>, PathBuf)>> {
-        let mut file = None;
-        if !ops.is_empty() {
-            let written = self.wal.write(&wal::encode(ops)).map_err(|e| Error::io("log write", e))?;
-            self.engine.apply(ops)?;
-            self.shared.commits.fetch_add(1, Ordering::Relaxed);
-            if written.rotated {
-                self.checkpoint(false)?;
-            }
-            file = Some((written.file, written.path));
+    /// Logs and applies a group; returns the log file the sync thread must fsync, and
+    /// whether a segment filled up (the engine wants a checkpoint).
+    fn write(&mut self, ops: &[Op]) -> Result<(Option<LogFile>, bool)> {
+        if ops.is_empty() {
+            return Ok((None, false));
         }
-        if flush {
-            self.checkpoint(true)?;
-        }
-        Ok(file)
+        let written = self.wal.write(&wal::encode(ops)).map_err(|e| Error::io("log write", e))?;
+        self.engine.apply(ops)?;
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        Ok((Some((written.file, written.path)), written.rotated))
     }
 
-    /// Waits until every group handed to the sync thread is synced, then flushes the
-    /// engine and recycles the log segments it now covers. With `rotate`, the current
-    /// segment is closed first, so it is covered too.
-    fn checkpoint(&mut self, rotate: bool) -> Result<()> {
-        let (tx, rx) = mpsc::channel();
-        if self.to_sync.send(ToSync::Barrier(tx)).is_ok() {
-            let _ = rx.recv();
+    /// Hands a checkpoint of everything applied so far to the sync thread, which passes
+    /// it to the checkpoint thread once the groups before it are synced. With `rotate`,
+    /// the current segment is closed first, so it is covered too (a flush, the close).
+    fn checkpoint(
+        &mut self,
+        rotate: bool,
+        flushes: Vec<oneshot::Sender<Result<()>>>,
+        done: Option<Sender<Result<()>>>,
+    ) {
+        let rotated = if rotate { self.wal.rotate_for_checkpoint() } else { Ok(()) };
+        let covered = self.wal.cover();
+        let job = Checkpoint { covered, flushes, done };
+        if let Err(e) = rotated {
+            let cause = format!("rotate log: {e}");
+            self.shared.poison(cause.clone());
+            job.answer(Some(&cause));
+            return;
         }
-        self.wait_in_flight(1);
-        if let Some(cause) = self.shared.poisoned() {
-            return Err(Error::StorePoisoned { cause });
+        if let Err(std::sync::mpsc::SendError(ToSync::Checkpoint(job))) = self.to_sync.send(ToSync::Checkpoint(job)) {
+            job.answer(Some("the sync thread has stopped"));
         }
-        if rotate {
-            self.wal.rotate_for_checkpoint().map_err(|e| Error::io("rotate log", e))?;
+    }
+}
+
+/// Flushes the engine and recycles the log segments it then covers, one checkpoint at a
+/// time, in order.
+struct Checkpointer<E> {
+    engine: Arc<E>,
+    /// `None` stops the thread.
+    requests: Receiver<Option<Checkpoint>>,
+    shared: Arc<Shared>,
+}
+
+impl<E: Engine> Checkpointer<E> {
+    fn run(self) {
+        while let Ok(Some(mut job)) = self.requests.recv() {
+            let failure = match self.shared.poisoned() {
+                Some(cause) => Some(cause),
+                None => self.checkpoint(&mut job).err().map(|e| {
+                    let cause = format!("checkpoint failed: {e}");
+                    self.shared.poison(cause.clone());
+                    cause
+                }),
+            };
+            job.answer(failure.as_deref());
         }
+    }
+
+    fn checkpoint(&self, job: &mut Checkpoint) -> Result<()> {
         let n = self.engine.checkpoint()?;
         self.shared.fsyncs.fetch_add(n, Ordering::Relaxed);
-        self.wal.checkpointed().map_err(|e| Error::io("checkpoint", e))
+        job.covered.finish().map_err(|e| Error::io("recycle log segments", e))
     }
 }
 
 struct Syncer {
     requests: Receiver<ToSync>,
     synced: Sender<()>,
+    checkpoints: Sender<Option<Checkpoint>>,
     shared: Arc<Shared>,
     observer: Option<Arc<dyn FsyncObserver>>,
 }
@@ -332,13 +415,18 @@ impl Syncer {
             while let Ok(more) = self.requests.try_recv() {
                 batch.push(more);
             }
+            let stop = batch.iter().any(|item| matches!(item, ToSync::Stop));
             self.sync(&mut batch);
+            if stop {
+                break;
+            }
         }
+        let _ = self.checkpoints.send(None);
     }
 
     fn sync(&self, batch: &mut Vec<ToSync>) {
         // One fsync per distinct file, in order; a group is durable once its file is.
-        let mut files: Vec<(Arc<File>, PathBuf)> = Vec::new();
+        let mut files: Vec<LogFile> = Vec::new();
         for item in batch.iter() {
             if let ToSync::Group(Written { file: Some((f, p)), .. }) = item {
                 if !files.iter().any(|(g, _)| Arc::ptr_eq(f, g)) {
@@ -373,17 +461,15 @@ impl Syncer {
                     for o in w.owed {
                         o.settle(failure.as_deref());
                     }
-                    for reply in w.flushes {
-                        let answer = match &failure {
-                            None => Ok(()),
-                            Some(cause) => Err(Error::StorePoisoned { cause: cause.clone() }),
-                        };
-                        let _ = reply.send(answer);
+                }
+                ToSync::Checkpoint(job) => {
+                    if failure.is_some() {
+                        job.answer(failure.as_deref());
+                    } else if let Err(std::sync::mpsc::SendError(Some(job))) = self.checkpoints.send(Some(job)) {
+                        job.answer(Some("the checkpoint thread has stopped"));
                     }
                 }
-                ToSync::Barrier(done) => {
-                    let _ = done.send(());
-                }
+                ToSync::Stop => {}
             }
         }
     }

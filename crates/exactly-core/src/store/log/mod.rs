@@ -11,8 +11,9 @@
 //!    memory, then goes on with the next group;
 //! 2. the sync thread `fdatasync`s the log, and only then answers the completions, so
 //!    one fsync serves every group written while the previous one was syncing;
-//! 3. when a log segment fills (and at close) the engine is checkpointed: flushed and
-//!    fsynced through its own files; then older segments are recycled;
+//! 3. when a log segment fills (and at close) the checkpoint thread checkpoints the
+//!    engine: flushes and fsyncs it through its own files, then recycles the older
+//!    segments, while the commit thread goes on writing into the next one;
 //! 4. opening replays the log into the engine.
 //!
 //! Nobody sees a completion's writes as done before they are durable: the claim of each
@@ -26,7 +27,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use bytes::Bytes;
 use self::committer::{Request, Shared};
 use super::FencingToken;
 use super::local::{BackendStats, Durable, KvBackend, OnDurable, Staged, WriteBatch, open_meta};
+use crate::sync::{mpsc, thread::JoinHandle};
 use crate::{Error, Result};
 
 /// One write of a group: a key and its new value, `None` to delete.
@@ -99,7 +100,7 @@ pub struct LogBackend<E> {
     path: PathBuf,
     epoch: u64,
     tokens: AtomicU64,
-    requests: std::sync::mpsc::Sender<Request>,
+    requests: mpsc::Sender<Request>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     shared: Arc<Shared>,
 }

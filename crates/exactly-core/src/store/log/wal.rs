@@ -29,7 +29,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -60,10 +60,37 @@ pub(super) struct Wal {
     dir: PathBuf,
     segment_size: u64,
     current: Segment,
-    /// Full segments whose records are applied to sled but not yet checkpointed.
+    /// Full segments whose records are applied to the engine but not yet checkpointed.
     retired: Vec<PathBuf>,
-    /// Checkpointed segments kept for reuse.
-    spare: Vec<PathBuf>,
+    /// Checkpointed segments kept for reuse; checkpoints (on their own thread) add to it.
+    spare: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+/// Segments to recycle once a checkpoint has made their records durable in the engine;
+/// made by [`Wal::cover`], finished on any thread.
+pub(super) struct Covered {
+    dir: PathBuf,
+    /// The first segment the checkpoint does not cover.
+    marker: u64,
+    retired: Vec<PathBuf>,
+    spare: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl Covered {
+    /// Everything in the covered segments is in the engine and fsynced: record that
+    /// durably, then keep the segments for reuse.
+    pub(super) fn finish(&mut self) -> io::Result<()> {
+        write_marker(&self.dir, self.marker)?;
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        for path in std::mem::take(&mut self.retired) {
+            if spare.len() < 2 {
+                spare.push(path);
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn seg_path(dir: &Path, seq: u64) -> PathBuf {
@@ -204,7 +231,7 @@ impl Wal {
         let spare: Vec<PathBuf> = found.into_iter().map(|(_, p)| p).collect();
         let current = Self::make_segment(dir, max_seq + 1, segment_size, None)?;
         sync_dir(dir)?;
-        Ok((Self { dir: dir.to_owned(), segment_size, current, retired: spare, spare: Vec::new() }, replay))
+        Ok((Self { dir: dir.to_owned(), segment_size, current, retired: spare, spare: Arc::default() }, replay))
     }
 
     /// Makes segment `seq`: reuses a spare file, or writes a zero-filled one.
@@ -235,14 +262,19 @@ impl Wal {
         Ok(Segment { file: Arc::new(file), path, seq, offset: HEADER })
     }
 
+    /// A spare segment file, if a checkpoint has freed one.
+    fn reuse(&self) -> Option<PathBuf> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
     /// Appends one record, not yet synced: sync the returned file before telling anyone
-    /// it is durable. If the previous segment filled up, checkpoint the engine and call
-    /// [`Wal::checkpointed`].
+    /// it is durable. If the previous segment filled up, checkpoint the engine and
+    /// [`finish`](Covered::finish) what [`Wal::cover`] returns.
     pub(super) fn write(&mut self, payload: &[u8]) -> io::Result<Appended> {
         let need = RECORD_HEADER + payload.len() as u64;
         let mut rotated = false;
         if self.current.offset + need > self.segment_size && self.current.offset > HEADER {
-            let reuse = self.spare.pop();
+            let reuse = self.reuse();
             let next = Self::make_segment(&self.dir, self.current.seq + 1, self.segment_size, reuse)?;
             sync_dir(&self.dir)?;
             let full = std::mem::replace(&mut self.current, next);
@@ -267,25 +299,21 @@ impl Wal {
         Ok((a.path, a.rotated))
     }
 
-    /// Everything in retired segments is in sled and fsynced: record that durably, then
-    /// keep them for reuse.
-    pub(super) fn checkpointed(&mut self) -> io::Result<()> {
-        write_marker(&self.dir, self.current.seq)?;
-        let retired = std::mem::take(&mut self.retired);
-        for path in retired {
-            if self.spare.len() < 2 {
-                self.spare.push(path);
-            } else {
-                let _ = std::fs::remove_file(path);
-            }
+    /// The full segments, for a checkpoint of everything applied to the engine so far:
+    /// once the engine is checkpointed, [`Covered::finish`] recycles them.
+    pub(super) fn cover(&mut self) -> Covered {
+        Covered {
+            dir: self.dir.clone(),
+            marker: self.current.seq,
+            retired: std::mem::take(&mut self.retired),
+            spare: self.spare.clone(),
         }
-        Ok(())
     }
 
     /// After replay and a checkpoint at open: everything older than the current segment
-    /// is in sled.
+    /// is in the engine.
     pub(super) fn reset(&mut self) -> io::Result<()> {
-        self.checkpointed()
+        self.cover().finish()
     }
 
     /// The current segment's file, synced on every append.
@@ -304,7 +332,7 @@ impl Wal {
         if !self.dirty() {
             return Ok(());
         }
-        let reuse = self.spare.pop();
+        let reuse = self.reuse();
         let next = Self::make_segment(&self.dir, self.current.seq + 1, self.segment_size, reuse)?;
         sync_dir(&self.dir)?;
         let full = std::mem::replace(&mut self.current, next);
@@ -357,7 +385,7 @@ mod tests {
             let (_, rotated) = wal.append(&encode(&[op(&format!("k{i}"), Some("0123456789"))])).unwrap();
             if rotated {
                 rotations += 1;
-                wal.checkpointed().unwrap();
+                wal.cover().finish().unwrap();
             }
         }
         assert!(rotations >= 4, "{rotations} rotations");

@@ -194,28 +194,51 @@ async fn a_slow_handler_times_out_and_a_panic_is_transient() {
     assert!(out.dead_letter().unwrap().last_error.as_deref().unwrap().contains("panicked: boom"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn concurrent_deliveries_of_one_key_run_the_handler_once() {
-    let runs = Runs::default();
+/// A processor whose handler counts runs and takes `run_for`.
+fn slow_processor(runs: &Runs, run_for: Duration) -> Processor {
     let r = runs.clone();
     let h = handler_fn(move |_m: Message, ctx: Context| {
         let r = r.clone();
         async move {
             r.hit(ctx.message_key());
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(run_for).await;
             Ok(())
         }
     });
-    let clock = TokioClock::shared();
-    let p = Processor::builder("c", h).store(MemoryStore::new()).clock(clock).build().unwrap();
+    Processor::builder("c", h).store(MemoryStore::new()).clock(TokioClock::shared()).build().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_of_a_key_being_handled_waits_for_it_and_is_a_duplicate() {
+    let runs = Runs::default();
+    let p = slow_processor(&runs, Duration::from_millis(500));
+    let started = tokio::time::Instant::now();
     let (a, b) = tokio::join!(p.process(msg("k", "x")), async {
         tokio::time::sleep(Duration::from_millis(10)).await;
         p.process(msg("k", "x")).await
     });
     assert_eq!(a.unwrap().outcome, Outcome::Handled);
     let b = b.unwrap();
+    assert_eq!((b.outcome, b.disposition), (Outcome::Duplicate, Disposition::Ack));
+    assert!(started.elapsed() < Duration::from_millis(600), "the copy waited {:?}", started.elapsed());
+    assert_eq!(runs.get("k"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_waits_at_most_a_second_for_a_long_handler_then_is_busy() {
+    let runs = Runs::default();
+    let p = slow_processor(&runs, Duration::from_secs(5));
+    let (a, b) = tokio::join!(p.process(msg("k", "x")), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let asked = tokio::time::Instant::now();
+        (p.process(msg("k", "x")).await, asked.elapsed())
+    });
+    assert_eq!(a.unwrap().outcome, Outcome::Handled);
+    let (b, waited) = b;
+    let b = b.unwrap();
     assert_eq!(b.outcome, Outcome::Busy);
     assert!(matches!(b.disposition, Disposition::Retry { after } if after >= Duration::from_millis(50)));
+    assert!((Duration::from_secs(1)..Duration::from_millis(1100)).contains(&waited), "waited {waited:?}");
     assert_eq!(p.process(msg("k", "x")).await.unwrap().outcome, Outcome::Duplicate);
     assert_eq!(runs.get("k"), 1);
 }

@@ -3,8 +3,12 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 use super::FencingToken;
 use crate::StoreKey;
@@ -23,6 +27,30 @@ pub(crate) struct Held {
     pub(crate) last_error: Option<String>,
     /// An `InFlight` record for this claim is on the backend.
     pub(crate) durable: bool,
+    /// Woken when this claim ends (its completion is durable, it is released, taken
+    /// over or forgotten); made by the first other delivery of the key that waits.
+    pub(crate) waiters: Option<Arc<Notify>>,
+}
+
+/// Resolves when the claim it was made for ends.
+pub(crate) type Ended = Pin<Box<OwnedNotified>>;
+
+impl Held {
+    /// Wakes every delivery waiting for this claim to end.
+    pub(crate) fn wake(&self) {
+        if let Some(waiters) = &self.waiters {
+            waiters.notify_waiters();
+        }
+    }
+
+    /// A future that resolves when this claim ends. Call it under the shard's lock: it
+    /// is registered at once, so an end from then on is not missed.
+    pub(crate) fn until_ended(&mut self) -> Ended {
+        let waiters = self.waiters.get_or_insert_with(Default::default).clone();
+        let mut ended = Box::pin(waiters.notified_owned());
+        ended.as_mut().enable();
+        ended
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +61,16 @@ pub(crate) enum Entry {
     Completing(Held),
     /// No holder; earlier attempts failed and a retry is expected.
     Idle { attempts: u32, first_error: Option<String>, last_error: Option<String> },
+}
+
+impl Entry {
+    /// Wakes the deliveries waiting for a live claim, when it leaves the table.
+    pub(crate) fn wake(&self) {
+        match self {
+            Entry::Held(h) | Entry::Completing(h) => h.wake(),
+            Entry::Idle { .. } => {}
+        }
+    }
 }
 
 pub(crate) type Shard = HashMap<StoreKey, Entry, RandomState>;
@@ -55,10 +93,12 @@ impl LeaseTable {
         self.shards[idx].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forgets every claim, as a crash of the process would.
+    /// Forgets every claim, as a crash of the process would (waking whoever waits).
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
-            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            for (_, entry) in shard.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+                entry.wake();
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::layout::{self, EXPIRY, StoreKey};
-use super::leases::{Entry, Held, LeaseTable};
+use super::leases::{Ended, Entry, Held, LeaseTable};
 use super::record::{Record, RecordState};
 use super::{
     Claim, ClaimRequest, Committed, Completion, DedupStore, FencingToken, Final, Lease, PurgeReport, RecordView,
@@ -132,16 +132,25 @@ pub trait KvBackend: Send + Sync + fmt::Debug + 'static {
 pub struct LocalStore<B> {
     pub(crate) backend: B,
     pub(crate) leases: std::sync::Arc<LeaseTable>,
-    /// Woken whenever a completing claim leaves the table (its done-record is durable, or
-    /// its write failed): a claim that found the key completing looks again then.
-    completed: std::sync::Arc<tokio::sync::Notify>,
     bucket_width: Millis,
 }
 
-/// How long a claim waits for another delivery's completion of the same key (normally
-/// one group commit) before it answers `Busy` and lets the caller retry later.
+/// How long a claim waits for another delivery's claim of the same key to end (its
+/// handler to finish and its done-record to be durable) before it answers `Busy` and
+/// lets the caller retry later.
 #[cfg(not(exactly_loom))]
-const COMPLETING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one look at a key found.
+enum Look {
+    Answer(Claim),
+    /// Another delivery holds the key (until `lease_until`) or is completing it.
+    Wait {
+        #[cfg_attr(exactly_loom, allow(dead_code))]
+        lease_until: Millis,
+        ended: Ended,
+    },
+}
 
 impl<B: fmt::Debug> fmt::Debug for LocalStore<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,12 +167,7 @@ pub const DEFAULT_BUCKET_WIDTH_MS: Millis = 3_600_000;
 impl<B: KvBackend> LocalStore<B> {
     /// A store over a backend, with expiry buckets `bucket_width` milliseconds wide.
     pub fn with_backend(backend: B, bucket_width: Millis) -> Self {
-        Self {
-            backend,
-            leases: std::sync::Arc::new(LeaseTable::new()),
-            completed: std::sync::Arc::new(tokio::sync::Notify::new()),
-            bucket_width: bucket_width.max(1),
-        }
+        Self { backend, leases: std::sync::Arc::new(LeaseTable::new()), bucket_width: bucket_width.max(1) }
     }
 
     /// The backend.
@@ -213,7 +217,9 @@ impl<B: KvBackend> LocalStore<B> {
     /// Removes a key's record and any claim on it, so its next delivery runs the handler
     /// again. For operators fixing a stuck or wrongly recorded key.
     pub async fn forget(&self, key: &StoreKey) -> Result<bool> {
-        self.leases.lock(key).remove(key);
+        if let Some(entry) = self.leases.lock(key).remove(key) {
+            entry.wake();
+        }
         let rk = layout::record_key(key);
         let existed = self.backend.get(&rk)?.is_some();
         if existed {
@@ -255,18 +261,22 @@ impl<B: KvBackend> LocalStore<B> {
 }
 
 impl<B: KvBackend> LocalStore<B> {
-    /// One look at the key: the answer, or `None` while another delivery's completion of
-    /// it is being committed.
-    async fn claim_once(&self, req: ClaimRequest<'_>) -> Result<Option<Claim>> {
+    /// One look at the key: the answer, or what to wait for while another delivery
+    /// holds it or its completion is being committed.
+    async fn claim_once(&self, req: ClaimRequest<'_>) -> Result<Look> {
         let lease = {
             let mut shard = self.leases.lock(req.key);
-            let lease = match shard.get(req.key) {
-                Some(Entry::Completing(_)) => return Ok(None),
+            let lease = match shard.get_mut(req.key) {
+                Some(Entry::Completing(h)) => {
+                    return Ok(Look::Wait { lease_until: h.lease_until, ended: h.until_ended() });
+                }
                 Some(Entry::Held(h)) if h.lease_until > req.now => {
-                    return Ok(Some(Claim::Busy { lease_until: h.lease_until }));
+                    return Ok(Look::Wait { lease_until: h.lease_until, ended: h.until_ended() });
                 }
                 Some(Entry::Held(h)) => {
                     tracing::warn!(key = %req.key, token = h.token, "lease expired; taking the key over");
+                    // Whoever waits for the old claim looks again (and waits for ours).
+                    h.wake();
                     self.fresh(h.attempts, h.first_error.clone(), h.last_error.clone(), true)?
                 }
                 Some(Entry::Idle { attempts, first_error, last_error }) => {
@@ -276,14 +286,14 @@ impl<B: KvBackend> LocalStore<B> {
                     None => self.fresh(0, None, None, false)?,
                     Some(r) => match r.state {
                         RecordState::Done { output, emitted } => {
-                            return Ok(Some(if r.fingerprint == req.fingerprint {
+                            return Ok(Look::Answer(if r.fingerprint == req.fingerprint {
                                 Claim::Done { output, emitted, origin: r.origin }
                             } else {
                                 Claim::Conflict { stored: r.fingerprint }
                             }));
                         }
                         RecordState::DeadLettered { reason } if !req.redrive => {
-                            return Ok(Some(Claim::DeadLettered { reason }));
+                            return Ok(Look::Answer(Claim::DeadLettered { reason }));
                         }
                         RecordState::DeadLettered { .. } => self.fresh(0, None, None, false)?,
                         RecordState::InFlight { epoch, token } => {
@@ -302,6 +312,7 @@ impl<B: KvBackend> LocalStore<B> {
                     first_error: lease.first_error.clone(),
                     last_error: lease.last_error.clone(),
                     durable: req.durable,
+                    waiters: None,
                 }),
             );
             lease
@@ -322,12 +333,14 @@ impl<B: KvBackend> LocalStore<B> {
             if let Err(e) = self.backend.commit(batch).await {
                 let mut shard = self.leases.lock(req.key);
                 if matches!(shard.get(req.key), Some(Entry::Held(h)) if h.token == lease.token) {
-                    shard.remove(req.key);
+                    if let Some(entry) = shard.remove(req.key) {
+                        entry.wake();
+                    }
                 }
                 return Err(e);
             }
         }
-        Ok(Some(Claim::Acquired(lease)))
+        Ok(Look::Answer(Claim::Acquired(lease)))
     }
 }
 
@@ -338,33 +351,28 @@ fn state_batch(state: StateChanges) -> WriteBatch {
 #[async_trait]
 impl<B: KvBackend> DedupStore for LocalStore<B> {
     async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim> {
-        // A copy that comes while the key's done-record is on its way to disk waits for
-        // it (one group commit) and is then answered as a duplicate, rather than sent
-        // back to retry later.
+        // A copy of a key another delivery holds waits for that claim to end (normally
+        // a handler run and one group commit) and is then answered from the record,
+        // rather than sent back to retry later.
         #[cfg(not(exactly_loom))]
-        let deadline = tokio::time::Instant::now() + COMPLETING_WAIT;
+        let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
         loop {
-            if let Some(claim) = self.claim_once(req).await? {
-                return Ok(claim);
+            match self.claim_once(req).await? {
+                Look::Answer(claim) => return Ok(claim),
+                // Loom's model has no timers: there the wait ends only when the claim does.
+                // The yield lets loom end the claim between the look and the wait.
+                #[cfg(exactly_loom)]
+                Look::Wait { ended, .. } => {
+                    loom::thread::yield_now();
+                    ended.await
+                }
+                #[cfg(not(exactly_loom))]
+                Look::Wait { lease_until, ended } => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        return Ok(Claim::Busy { lease_until });
+                    }
+                }
             }
-            // Under loom, a point where another thread may complete the key: the
-            // window a lost wake-up would fall into.
-            #[cfg(exactly_loom)]
-            loom::thread::yield_now();
-            let completed = self.completed.notified();
-            tokio::pin!(completed);
-            completed.as_mut().enable();
-            // Registered before this look: a completion from now on wakes it.
-            if !matches!(self.leases.lock(req.key).get(req.key), Some(Entry::Completing(_))) {
-                continue;
-            }
-            // Loom's model has no timers: there the wait ends only with a completion.
-            #[cfg(not(exactly_loom))]
-            if tokio::time::timeout_at(deadline, completed).await.is_err() {
-                return Ok(Claim::Busy { lease_until: req.now });
-            }
-            #[cfg(exactly_loom)]
-            completed.await;
         }
     }
 
@@ -390,6 +398,7 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             }
             let durable = h.durable;
             let first_error = h.first_error.clone().or_else(|| error.clone());
+            h.wake();
             shard.insert(key.clone(), Entry::Idle { attempts, first_error, last_error: error });
             durable
         };
@@ -439,15 +448,13 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         batch.ops.push((layout::record_key(&c.key), Some(Bytes::from(record.encode()?))));
         batch.expiring.push((layout::bucket_end(c.expires_at, self.bucket_width), c.key.clone()));
         // The claim stays "completing" (duplicates wait) until the record is durable.
-        let (leases, completed, key, token) = (self.leases.clone(), self.completed.clone(), c.key.clone(), c.token);
+        let (leases, key, token) = (self.leases.clone(), c.key.clone(), c.token);
         let on_durable: OnDurable = Box::new(move |_durable| {
-            let removed = {
-                let mut shard = leases.lock(&key);
-                let ours = matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token);
-                ours && shard.remove(&key).is_some()
-            };
-            if removed {
-                completed.notify_waiters();
+            let mut shard = leases.lock(&key);
+            if matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token) {
+                if let Some(entry) = shard.remove(&key) {
+                    entry.wake();
+                }
             }
         });
         // Without state, nothing can conflict and nobody reads it back under a lock: do
@@ -458,13 +465,14 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             self.backend.stage(batch, Some(on_durable)).await
         };
         if !matches!(result, Ok(Staged { applied: true, .. })) {
-            {
-                let mut shard = self.leases.lock(&c.key);
-                if matches!(shard.get(&c.key), Some(Entry::Completing(h)) if h.token == c.token) {
-                    shard.insert(c.key, Entry::Held(held));
+            // Back to held: whoever waits keeps waiting for this claim to end.
+            let mut shard = self.leases.lock(&c.key);
+            if let Some(Entry::Completing(h)) = shard.get(&c.key) {
+                if h.token == c.token {
+                    let waiters = h.waiters.clone();
+                    shard.insert(c.key, Entry::Held(Held { waiters, ..held }));
                 }
             }
-            self.completed.notify_waiters();
         }
         match result? {
             Staged { applied: true, durable } => Ok(StagedCompletion { committed: Committed::Ok, durable }),

@@ -47,6 +47,12 @@ pub(crate) struct Args {
     /// Skip the bare consumer (for profiling one variant; no ratios then).
     #[arg(long, hide = true)]
     no_bare: bool,
+    /// Measure throughput at each of these prefetch counts (e.g. 1,4,16,64,256) instead.
+    #[arg(long, value_delimiter = ',')]
+    sweep_prefetch: Vec<u16>,
+    /// With --sweep-prefetch, write the throughput-vs-prefetch plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -93,12 +99,12 @@ async fn prefill(conn: &Connection, queue: &str, n: u64, size: usize) -> anyhow:
     Ok(())
 }
 
-/// Consumes `n` messages; returns (elapsed, client CPU used).
-async fn consume(v: Variant, args: &Args, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+/// Consumes `n` messages with `prefetch`; returns (elapsed, client CPU used).
+async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
     if v == Variant::BareBatched {
         let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
-        ch.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let mut deliveries = ch
             .basic_consume(queue.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
@@ -137,7 +143,7 @@ async fn consume(v: Variant, args: &Args, queue: &str, n: u64) -> anyhow::Result
     if v == Variant::Bare {
         let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
-        ch.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let mut deliveries = ch
             .basic_consume(queue.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
@@ -172,7 +178,7 @@ async fn consume(v: Variant, args: &Args, queue: &str, n: u64) -> anyhow::Result
     let handler = handler_fn(|_m: Message, _c: Context| async { Ok(()) });
     let processor = Processor::builder("bench", handler).shared_store(store).build()?;
     let consumer = Consumer::builder(&args.url, queue)
-        .prefetch(args.prefetch)
+        .prefetch(prefetch)
         .topology(Topology::existing("amq.direct"))
         .build(processor)?;
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
@@ -199,18 +205,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         variants.extend(args.variants.iter().copied().filter(|v| *v != Variant::Bare));
     }
     let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+    if !args.sweep_prefetch.is_empty() {
+        return sweep(&args, &conn, &variants, n, reps).await;
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for rep in 0..reps {
         for (i, &v) in variants.iter().enumerate() {
             let queue = format!("exactly-bench-{}-{rep}-{i}", std::process::id());
-            prefill(&conn, &queue, n, args.size).await?;
-            let (took, cpu) = consume(v, &args, &queue, n).await?;
+            let (took, cpu) = measure(&conn, v, &args, args.prefetch, &queue, n).await?;
             rates[i].push(rate(n, took));
             cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
-            let ch = conn.create_channel().await?;
-            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-            let _ = ch.close(200, "ok".into()).await;
         }
     }
     let bare = if args.no_bare { f64::NAN } else { median(&mut rates[0].clone()) };
@@ -227,6 +232,52 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let m = median(&mut rates[i].clone());
         println!("| {} | {} | {:.2} | {:.1} µs |", v.label(), spread(&mut rates[i]), m / bare, median(&mut cpus[i]));
     }
-    let _ = fmt_rate;
+    Ok(())
+}
+
+/// Fills a queue, consumes it with one variant, deletes it.
+async fn measure(
+    conn: &Connection,
+    v: Variant,
+    args: &Args,
+    prefetch: u16,
+    queue: &str,
+    n: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    prefill(conn, queue, n, args.size).await?;
+    let took = consume(v, args, prefetch, queue, n).await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(took)
+}
+
+/// Throughput of every variant at each prefetch count, as a table and optionally a plot.
+async fn sweep(args: &Args, conn: &Connection, variants: &[Variant], n: u64, reps: usize) -> anyhow::Result<()> {
+    println!("### RabbitMQ: messages/s as the prefetch grows (median of {reps})\n");
+    println!(
+        "{n} prefilled persistent messages of {} bytes per run; exactly-amqp handles up to `prefetch` at once.\n",
+        args.size
+    );
+    let mut series = crate::report::sweep_start("prefetch", variants, |v| v.label());
+    for &prefetch in &args.sweep_prefetch {
+        let mut row = format!("| {prefetch} |");
+        for (i, &v) in variants.iter().enumerate() {
+            let mut rates = Vec::new();
+            for rep in 0..reps {
+                let queue = format!("exactly-bench-{}-q{prefetch}-{rep}-{i}", std::process::id());
+                let (took, _) = measure(conn, v, args, prefetch, &queue, n).await?;
+                rates.push(rate(n, took));
+            }
+            let m = median(&mut rates);
+            row.push_str(&format!(" {} |", fmt_rate(m)));
+            series[i].1.push((u64::from(prefetch), m));
+        }
+        println!("{row}");
+    }
+    if let Some(out) = &args.plot {
+        crate::plot::throughput_vs(out, "RabbitMQ: messages/s vs prefetch", "prefetch", &series)?;
+        println!("\nplot: {}", out.display());
+    }
     Ok(())
 }

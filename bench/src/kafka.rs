@@ -450,17 +450,7 @@ async fn sweep(args: &Args, variants: &[Variant], n: u64, reps: usize) -> anyhow
     let mock = MockKafka::new(3)?;
     let brokers = mock.bootstrap_servers().to_owned();
     println!("### librdkafka mock cluster: records/s as partitions grow (median of {reps})\n");
-    let mut header = String::from("| partitions |");
-    for v in variants {
-        header.push_str(&format!(" {} |", v.label()));
-    }
-    println!("{header}\n|---:|{}", "---:|".repeat(variants.len()));
-    // Short names in the plot's legend: the --only names.
-    let short = |v: &Variant| {
-        use clap::ValueEnum as _;
-        v.to_possible_value().map_or_else(|| format!("{v:?}"), |p| p.get_name().to_owned())
-    };
-    let mut series: Vec<(String, Vec<(u64, f64)>)> = variants.iter().map(|v| (short(v), Vec::new())).collect();
+    let mut series = crate::report::sweep_start("partitions", variants, |v| v.label());
     for &partitions in &args.sweep_partitions {
         let topic = format!("bench-{}-p{partitions}", std::process::id());
         create_topic(&brokers, Some(&mock), &topic, partitions).await?;

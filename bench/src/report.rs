@@ -19,6 +19,27 @@ pub(crate) fn percentiles(h: &Histogram<u64>) -> String {
     format!("{:.1} / {:.1} / {:.1}", us(0.5), us(0.99), us(0.999))
 }
 
+/// One plot line: a consumer's name and its (x, records/s) points.
+pub(crate) type Series = (String, Vec<(u64, f64)>);
+
+/// Prints the header of a sweep's table (one column per consumer, labelled by `label`)
+/// and returns one empty plot series per consumer, named by its command-line name.
+pub(crate) fn sweep_start<V: clap::ValueEnum + std::fmt::Debug>(
+    axis: &str,
+    variants: &[V],
+    label: impl Fn(&V) -> &'static str,
+) -> Vec<Series> {
+    let mut header = format!("| {axis} |");
+    for v in variants {
+        header.push_str(&format!(" {} |", label(v)));
+    }
+    println!("{header}\n|---:|{}", "---:|".repeat(variants.len()));
+    variants
+        .iter()
+        .map(|v| (v.to_possible_value().map_or_else(|| format!("{v:?}"), |p| p.get_name().to_owned()), Vec::new()))
+        .collect()
+}
+
 pub(crate) fn rate(n: u64, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }

@@ -16,6 +16,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+use crate::naive::Dedup;
 use crate::report::{cpu_time, fmt_rate, machine, median, rate, spread};
 
 #[derive(clap::Args)]
@@ -44,6 +45,9 @@ pub(crate) struct Args {
     /// Consumers to compare (default: all; bare is always measured, as the ceiling).
     #[arg(long, value_enum, value_delimiter = ',')]
     variants: Vec<Variant>,
+    /// Redis for the SET NX variant (skipped with a note when it does not answer).
+    #[arg(long, env = "EXACTLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
     /// Skip the bare consumer (for profiling one variant; no ratios then).
     #[arg(long, hide = true)]
     no_bare: bool,
@@ -62,6 +66,8 @@ enum Variant {
     Memory,
     Sled,
     Redb,
+    NaiveSled,
+    RedisSetNx,
 }
 
 impl Variant {
@@ -72,6 +78,8 @@ impl Variant {
             Variant::Memory => "exactly, memory store",
             Variant::Sled => "exactly, sled store (default, durable)",
             Variant::Redb => "exactly, redb store (durable)",
+            Variant::NaiveSled => "hand-rolled: bare lapin + sled get, insert, flush per message",
+            Variant::RedisSetNx => "hand-rolled: bare lapin + Redis SET NX EX per message",
         }
     }
 }
@@ -140,7 +148,13 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         let _ = conn.close(200, "ok".into()).await;
         return Ok(took);
     }
-    if v == Variant::Bare {
+    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
+        let dir = tempfile::tempdir_in(&args.dir)?;
+        let mut dedup = match v {
+            Variant::NaiveSled => Dedup::sled(&dir.path().join("naive"))?,
+            Variant::RedisSetNx => Dedup::redis(&args.redis, queue).await?,
+            _ => Dedup::None,
+        };
         let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
         ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -156,6 +170,9 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
             tokio::select! {
                 d = deliveries.next(), if seen < n => {
                     let d = d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+                    // The hand-rolled dedup records the message id before the ack.
+                    let id = d.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
+                    dedup.first_time(&id).await?;
                     acks.push(async move { d.ack(BasicAckOptions::default()).await });
                     seen += 1;
                 }
@@ -200,7 +217,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
     let mut variants = if args.no_bare { vec![] } else { vec![Variant::Bare] };
     if args.variants.is_empty() {
-        variants.extend([Variant::BareBatched, Variant::Memory, Variant::Sled, Variant::Redb]);
+        variants.extend([Variant::BareBatched, Variant::Memory, Variant::Sled, Variant::Redb, Variant::NaiveSled]);
+        match redis::Client::open(args.redis.as_str()) {
+            Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
+            _ => eprintln!("Redis does not answer at {}; the SET NX variant is skipped", args.redis),
+        }
     } else {
         variants.extend(args.variants.iter().copied().filter(|v| *v != Variant::Bare));
     }

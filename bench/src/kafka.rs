@@ -16,6 +16,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use crate::naive::Dedup;
 use crate::report::{cpu_time, machine, median, rate, spread};
 
 /// A run without progress for this long has lost records: it fails instead of hanging.
@@ -182,11 +183,8 @@ async fn consume(
     if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
         let dir = tempfile::tempdir_in(&args.dir)?;
         let mut dedup = match v {
-            Variant::NaiveSled => Dedup::Sled(sled::open(dir.path().join("naive"))?),
-            Variant::RedisSetNx => {
-                let client = redis::Client::open(args.redis.as_str())?;
-                Dedup::Redis(client.get_multiplexed_async_connection().await?, format!("bench:{group}:"))
-            }
+            Variant::NaiveSled => Dedup::sled(&dir.path().join("naive"))?,
+            Variant::RedisSetNx => Dedup::redis(&args.redis, &group).await?,
             _ => Dedup::None,
         };
         let c: StreamConsumer = ClientConfig::new()
@@ -203,7 +201,7 @@ async fn consume(
             let m = tokio::time::timeout(STALL, c.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("only {seen} of {n} records arrived within {STALL:?}"))??;
-            dedup.first_time(&m).await?;
+            dedup.first_time(&record_key(&m)).await?;
             c.store_offset_from_message(&m)?;
             seen += 1;
             if last_commit.elapsed() >= Duration::from_millis(200) {
@@ -320,51 +318,20 @@ async fn mq_bridge_route(
     Ok(took)
 }
 
+/// The record's idempotency key as a hand-rolled dedup finds it: the header, else the
+/// record's position.
+fn record_key(m: &rdkafka::message::BorrowedMessage<'_>) -> String {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == "idempotency-key").and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| format!("{}/{}/{}", m.topic(), m.partition(), m.offset()))
+}
+
 #[cfg(not(feature = "mq-bridge"))]
 async fn mq_bridge_route(_: &Args, _: &str, _: &str, _: &str, _: u64) -> anyhow::Result<(Duration, Duration)> {
     anyhow::bail!("built without the mq-bridge feature")
-}
-
-/// The dedup a team writes without a framework, in front of the bare loop.
-enum Dedup {
-    None,
-    Sled(sled::Db),
-    Redis(redis::aio::MultiplexedConnection, String),
-}
-
-impl Dedup {
-    /// Records the record's key; whether it was new (the handler would run).
-    async fn first_time(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<bool> {
-        use rdkafka::Message as _;
-        use rdkafka::message::Headers as _;
-        let key = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "idempotency-key").and_then(|h| h.value))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| format!("{}/{}/{}", m.topic(), m.partition(), m.offset()));
-        Ok(match self {
-            Dedup::None => true,
-            Dedup::Sled(db) => {
-                if db.get(&key)?.is_some() {
-                    return Ok(false);
-                }
-                db.insert(key.as_bytes(), b"done".as_slice())?;
-                db.flush_async().await?;
-                true
-            }
-            Dedup::Redis(conn, prefix) => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{prefix}{key}"))
-                    .arg("1")
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(7 * 24 * 3600)
-                    .query_async(conn)
-                    .await?;
-                set.is_some()
-            }
-        })
-    }
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@
 
 mod amqp;
 mod kafka;
+mod naive;
 mod plot;
 mod report;
 mod store;

@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// each full segment ends with a checkpoint of the engine).
     #[arg(long, default_value_t = 16)]
     segment_mb: u64,
+    /// Keys per `purge_expired` call in the sweeper section (default: the sweeper's).
+    #[arg(long)]
+    budget: Option<usize>,
     /// sled's page cache in the lookup section, MiB (the store's default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
@@ -82,6 +85,8 @@ pub(crate) enum Section {
     Lookup,
     /// Latency at half the durable store's throughput, against the memory store.
     Load,
+    /// The expiry sweeper's cost as the store grows.
+    Sweeper,
 }
 
 fn noop() -> impl exactly::Handler<Output = ()> {
@@ -168,6 +173,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if on(Section::Lookup) {
         lookup(&args).await?;
+    }
+    if on(Section::Sweeper) {
+        sweeper(&args).await?;
     }
     if on(Section::Load) {
         load(&args).await?;
@@ -295,11 +303,7 @@ async fn overhead(n: u64) -> anyhow::Result<()> {
 }
 
 async fn lookup(args: &Args) -> anyhow::Result<()> {
-    let mut sizes = args.keys.clone();
-    if sizes.is_empty() {
-        sizes = if args.quick { vec![10_000, 50_000] } else { vec![10_000, 100_000, 1_000_000] };
-    }
-    sizes.sort_unstable();
+    let sizes = sizes(args);
     println!("\nDuplicate lookups as a sled store grows: `process` of a random existing key, answered");
     println!("from the store without running the handler. The store is filled to each size (64 in");
     println!("flight), reopened, then asked; sequential latency, and the rate with 8 tasks.");
@@ -375,6 +379,73 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
 }
 
 use rand::SeedableRng;
+
+/// Store sizes for the lookup and sweeper sections.
+fn sizes(args: &Args) -> Vec<u64> {
+    let mut sizes = args.keys.clone();
+    if sizes.is_empty() {
+        sizes = if args.quick { vec![10_000, 50_000] } else { vec![10_000, 100_000, 1_000_000] };
+    }
+    sizes.sort_unstable();
+    sizes
+}
+
+/// What the expiry sweeper costs at each store size: a sled store filled with done keys
+/// that all expire, then purged the way [`exactly::Sweeper`] does it (calls of its
+/// budget of keys until nothing is left). A call reads and deletes on the calling task, so its
+/// duration is how long one sweeper step holds a runtime thread.
+async fn sweeper(args: &Args) -> anyhow::Result<()> {
+    let budget = args.budget.unwrap_or(exactly::Sweeper::default().budget);
+    println!("\nThe expiry sweeper as the store grows: a fresh sled store filled with done keys (64 in");
+    println!("flight, retention 1 h), the clock moved past their expiry, then `purge_expired` called");
+    println!("with a budget of {budget} keys per call until nothing is left.\n");
+    println!(
+        "| done keys | purge total | keys/s | per call p50 / max (ms) | on disk before / after |\n|---:|---:|---:|---:|---:|"
+    );
+    for keys in sizes(args) {
+        let dir = tempfile::tempdir_in(&args.dir)?;
+        let clock = exactly::ManualClock::new(1_000_000_000_000);
+        let p = Processor::builder("bench", noop())
+            .store(SledStore::open(dir.path().join("s"))?)
+            .clock(Arc::new(clock.clone()))
+            .retention(Duration::from_secs(3600))
+            .build()?;
+        process_all(&p, 0..keys, 64).await;
+        p.flush().await?;
+        let store = p.store().clone();
+        let before = store.stats().disk_bytes.unwrap_or(0);
+        clock.advance(Duration::from_secs(3 * 3600));
+        let now = p.clock().now();
+        let (mut removed, mut calls) = (0u64, Vec::new());
+        let started = Instant::now();
+        loop {
+            let t = Instant::now();
+            let r = store.purge_expired(now, budget).await?;
+            calls.push(t.elapsed());
+            removed += r.records_removed;
+            if !r.more {
+                break;
+            }
+        }
+        let total = started.elapsed();
+        anyhow::ensure!(removed == keys, "purged {removed} of {keys} expired keys");
+        store.flush().await?;
+        let after = store.stats().disk_bytes.unwrap_or(0);
+        calls.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "| {keys} | {:.2} s | {} | {:.1} / {:.1} | {:.0} / {:.0} MiB |",
+            total.as_secs_f64(),
+            fmt_rate(rate(keys, total)),
+            ms(calls[calls.len() / 2]),
+            ms(calls[calls.len() - 1]),
+            mib(before),
+            mib(after)
+        );
+    }
+    Ok(())
+}
 
 /// The latency a durable store adds at half of its throughput: messages offered at a
 /// steady rate (open loop), each timed from when it was due to when `process` returned

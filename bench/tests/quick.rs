@@ -53,3 +53,23 @@ fn store_overhead_and_load_quick() {
         assert!(rate_in(&out, store, 3) > 0.0, "achieved: {out}");
     }
 }
+
+#[test]
+fn store_sweeper_quick_purges_every_expired_key() {
+    // The bench itself fails unless every expired key is purged.
+    let out = bench(&["store", "--quick", "--only", "sweeper"]);
+    for keys in ["10000", "50000"] {
+        assert!(rate_in(&out, keys, 3) > 0.0, "keys/s: {out}");
+    }
+}
+
+#[test]
+fn amqp_prefetch_sweep_with_the_hand_rolled_dedup() {
+    let args = ["amqp", "--quick", "--messages", "1000", "--reps", "1", "--sweep-prefetch", "1,16"];
+    let out = bench(&[&args[..], &["--variants", "sled,naive-sled"]].concat());
+    for prefetch in ["1 |", "16 |"] {
+        for col in 2..=4 {
+            assert!(rate_in(&out, prefetch, col) > 0.0, "column {col} at prefetch {prefetch}: {out}");
+        }
+    }
+}

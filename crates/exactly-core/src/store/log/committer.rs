@@ -11,8 +11,9 @@
 //! the sync thread behind the groups before it, and the sync thread passes it on to the
 //! checkpoint thread once those are synced. The checkpoint thread flushes the engine and
 //! recycles the full segments while the commit thread goes on writing into the next
-//! one: an engine flush takes tens of milliseconds, which every commit waited for when
-//! the commit thread made it.
+//! one. (An engine flush takes tens of milliseconds; sled's blocks its own writers and
+//! redb's holds its write lock, so the commit thread can still wait on the engine then:
+//! docs/PERFORMANCE.md, "Latency at half load".)
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -68,6 +68,7 @@ enum Variant {
     Redb,
     NaiveSled,
     RedisSetNx,
+    MqBridge,
 }
 
 impl Variant {
@@ -80,6 +81,7 @@ impl Variant {
             Variant::Redb => "exactly, redb store (durable)",
             Variant::NaiveSled => "hand-rolled: bare lapin + sled get, insert, flush per message",
             Variant::RedisSetNx => "hand-rolled: bare lapin + Redis SET NX EX per message",
+            Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
         }
     }
 }
@@ -186,6 +188,9 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         let _ = conn.close(200, "ok".into()).await;
         return Ok(took);
     }
+    if v == Variant::MqBridge {
+        return mq_bridge_route(args, prefetch, queue, n).await;
+    }
     let dir = tempfile::tempdir_in(&args.dir)?;
     let store: Arc<dyn DedupStore> = match v {
         Variant::Memory => Arc::new(MemoryStore::new()),
@@ -222,6 +227,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
             _ => eprintln!("Redis does not answer at {}; the SET NX variant is skipped", args.redis),
         }
+        // mq-bridge's route is only run when asked for (`--variants mq-bridge`): on
+        // RabbitMQ it lost its consumer mid-run in some runs (docs/PERFORMANCE.md).
     } else {
         variants.extend(args.variants.iter().copied().filter(|v| *v != Variant::Bare));
     }
@@ -254,6 +261,61 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         println!("| {} | {} | {:.2} | {:.1} µs |", v.label(), spread(&mut rates[i]), m / bare, median(&mut cpus[i]));
     }
     Ok(())
+}
+
+/// mq-bridge's route from the queue to its `null` output with the deduplication
+/// middleware on sled (`durable=true`), keyed by the AMQP message id, and a counting
+/// handler; timed until the last message is handled.
+#[cfg(feature = "mq-bridge")]
+async fn mq_bridge_route(args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+    use mq_bridge::traits::{AsyncHandler, BoxFuture, SimpleHandler};
+    use mq_bridge::{CanonicalMessage, Handled, HandlerError};
+    use std::sync::atomic::AtomicU64;
+
+    struct Count(Arc<AtomicU64>);
+    impl AsyncHandler for Count {
+        fn handle<'a>(&'a self, _m: CanonicalMessage) -> BoxFuture<'a, Result<Handled, HandlerError>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Ok(Handled::Ack) })
+        }
+    }
+
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
+    let route: mq_bridge::Route = serde_json::from_value(serde_json::json!({
+        "input": {
+            "middlewares": [{ "deduplication": {
+                "store": store,
+                "ttl_seconds": 7 * 24 * 3600,
+                "key": "${metadata:amqp_message_id}",
+            } }],
+            "amqp": { "url": args.url, "queue": queue, "prefetch_count": prefetch },
+        },
+        "output": { "null": null },
+    }))?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let route = route.with_handler(SimpleHandler(Count(handled.clone())));
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let handle = route.run(queue).await?;
+    let (mut last, mut since) = (0, Instant::now());
+    while handled.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(handle.outcome().is_none(), "the mq-bridge route stopped early");
+        let now = handled.load(Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        anyhow::ensure!(since.elapsed() < Duration::from_secs(30), "the mq-bridge route stalled at {now} of {n}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    handle.stop().await;
+    handle.join().await?;
+    Ok(took)
+}
+
+#[cfg(not(feature = "mq-bridge"))]
+async fn mq_bridge_route(_: &Args, _: u16, _: &str, _: u64) -> anyhow::Result<(Duration, Duration)> {
+    anyhow::bail!("built without the mq-bridge feature")
 }
 
 /// Fills a queue, consumes it with one variant, deletes it.

@@ -228,7 +228,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             _ => eprintln!("Redis does not answer at {}; the SET NX variant is skipped", args.redis),
         }
         // mq-bridge's route is only run when asked for (`--variants mq-bridge`): on
-        // RabbitMQ it lost its consumer mid-run in some runs (docs/PERFORMANCE.md).
+        // RabbitMQ it stopped part way in four of five runs (docs/PERFORMANCE.md).
     } else {
         variants.extend(args.variants.iter().copied().filter(|v| *v != Variant::Bare));
     }

@@ -263,54 +263,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// mq-bridge's route from the queue to its `null` output with the deduplication
-/// middleware on sled (`durable=true`), keyed by the AMQP message id, and a counting
-/// handler; timed until the last message is handled.
+/// mq-bridge's route from the queue (`crate::mq_bridge`), keyed by the AMQP message id.
 #[cfg(feature = "mq-bridge")]
 async fn mq_bridge_route(args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
-    use mq_bridge::traits::{AsyncHandler, BoxFuture, SimpleHandler};
-    use mq_bridge::{CanonicalMessage, Handled, HandlerError};
-    use std::sync::atomic::AtomicU64;
-
-    struct Count(Arc<AtomicU64>);
-    impl AsyncHandler for Count {
-        fn handle<'a>(&'a self, _m: CanonicalMessage) -> BoxFuture<'a, Result<Handled, HandlerError>> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async { Ok(Handled::Ack) })
-        }
-    }
-
-    let dir = tempfile::tempdir_in(&args.dir)?;
-    let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
-    let route: mq_bridge::Route = serde_json::from_value(serde_json::json!({
-        "input": {
-            "middlewares": [{ "deduplication": {
-                "store": store,
-                "ttl_seconds": 7 * 24 * 3600,
-                "key": "${metadata:amqp_message_id}",
-            } }],
-            "amqp": { "url": args.url, "queue": queue, "prefetch_count": prefetch },
-        },
-        "output": { "null": null },
-    }))?;
-    let handled = Arc::new(AtomicU64::new(0));
-    let route = route.with_handler(SimpleHandler(Count(handled.clone())));
-    let (started, cpu) = (Instant::now(), cpu_time());
-    let handle = route.run(queue).await?;
-    let (mut last, mut since) = (0, Instant::now());
-    while handled.load(Ordering::Relaxed) < n {
-        anyhow::ensure!(handle.outcome().is_none(), "the mq-bridge route stopped early");
-        let now = handled.load(Ordering::Relaxed);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-        anyhow::ensure!(since.elapsed() < Duration::from_secs(30), "the mq-bridge route stalled at {now} of {n}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
-    handle.stop().await;
-    handle.join().await?;
-    Ok(took)
+    let input = serde_json::json!({ "url": args.url, "queue": queue, "prefetch_count": prefetch });
+    crate::mq_bridge::run(&args.dir, queue, ("amqp", input), Some("${metadata:amqp_message_id}"), n).await
 }
 
 #[cfg(not(feature = "mq-bridge"))]

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::naive::Dedup;
-use crate::report::{cpu_time, machine, median, rate, spread};
+use crate::report::{cpu_time, machine, median, rate, spread, wait_for};
 
 /// A run without progress for this long has lost records: it fails instead of hanging.
 const STALL: Duration = Duration::from_secs(30);
@@ -239,7 +239,7 @@ async fn consume(
     let task = tokio::spawn(consumer.run());
     // Every key handled once, and every record (duplicates too) handed to a worker: the
     // graceful stop below finishes those and commits their offsets.
-    wait_for(&handled, |now| now >= unique && stats.records.load(Ordering::Relaxed) >= n, || task.is_finished())
+    wait_for(&handled, |now| now >= unique && stats.records.load(Ordering::Relaxed) >= n, || task.is_finished(), STALL)
         .await?;
     // The stop waits for the last records to be durable and commits their offsets.
     stop.shutdown();
@@ -247,27 +247,8 @@ async fn consume(
     Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
 }
 
-/// Polls the handler's counter until `done`; fails if the consumer task `ended` first
-/// or the counter stops moving for [`STALL`].
-async fn wait_for(handled: &AtomicU64, done: impl Fn(u64) -> bool, ended: impl Fn() -> bool) -> anyhow::Result<()> {
-    let (mut last, mut progress) = (0, Instant::now());
-    loop {
-        let now = handled.load(Ordering::Relaxed);
-        if done(now) {
-            return Ok(());
-        }
-        anyhow::ensure!(!ended(), "the consumer stopped early, after {now} records");
-        if now != last {
-            (last, progress) = (now, Instant::now());
-        }
-        anyhow::ensure!(progress.elapsed() < STALL, "only {now} records were handled; no progress for {STALL:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The closest Rust peer: an mq-bridge route from the topic to its null output, with the
-/// deduplication middleware on a sled store flushed before each source ack
-/// (`durable=true`), keyed like the other variants, and a handler that counts.
+/// The closest Rust peer: an mq-bridge route from the topic (`crate::mq_bridge`), keyed
+/// like the other variants.
 #[cfg(feature = "mq-bridge")]
 async fn mq_bridge_route(
     args: &Args,
@@ -276,46 +257,15 @@ async fn mq_bridge_route(
     group: &str,
     n: u64,
 ) -> anyhow::Result<(Duration, Duration)> {
-    use mq_bridge::traits::{AsyncHandler, BoxFuture, SimpleHandler};
-    use mq_bridge::{CanonicalMessage, Handled, HandlerError};
-
-    struct Count(Arc<AtomicU64>);
-    impl AsyncHandler for Count {
-        fn handle<'a>(&'a self, _m: CanonicalMessage) -> BoxFuture<'a, Result<Handled, HandlerError>> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async { Ok(Handled::Ack) })
-        }
-    }
-
-    let dir = tempfile::tempdir_in(&args.dir)?;
-    let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
-    let mut dedup = serde_json::json!({ "store": store, "ttl_seconds": 7 * 24 * 3600 });
-    if args.headers {
-        // Without it the key is the record's position (partition << 64 | offset).
-        dedup["key"] = "${metadata:idempotency-key}".into();
-    }
-    let route: mq_bridge::Route = serde_json::from_value(serde_json::json!({
-        "input": {
-            "middlewares": [{ "deduplication": dedup }],
-            "kafka": {
-                "url": brokers,
-                "topic": topic,
-                "group_id": group,
-                "consumer_options": [["auto.offset.reset", "earliest"]],
-            },
-        },
-        "output": { "null": null },
-    }))?;
-    let handled = Arc::new(AtomicU64::new(0));
-    let route = route.with_handler(SimpleHandler(Count(handled.clone())));
-    let (started, cpu) = (Instant::now(), cpu_time());
-    let handle = route.run(group).await?;
-    wait_for(&handled, |now| now >= n, || handle.outcome().is_some()).await?;
-    // Measured until the last record is handled; the stop then acks what is left.
-    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
-    handle.stop().await;
-    handle.join().await?;
-    Ok(took)
+    let input = serde_json::json!({
+        "url": brokers,
+        "topic": topic,
+        "group_id": group,
+        "consumer_options": [["auto.offset.reset", "earliest"]],
+    });
+    // Without a key template mq-bridge keys by the record's position (partition << 64 | offset).
+    let key = args.headers.then_some("${metadata:idempotency-key}");
+    crate::mq_bridge::run(&args.dir, group, ("kafka", input), key, n).await
 }
 
 /// The record's idempotency key as a hand-rolled dedup finds it: the header, else the

@@ -10,6 +10,8 @@
 
 mod amqp;
 mod kafka;
+#[cfg(feature = "mq-bridge")]
+mod mq_bridge;
 mod naive;
 mod plot;
 mod report;

@@ -95,3 +95,26 @@ pub(crate) fn spread(v: &mut [f64]) -> String {
     }
     format!("{} ({}-{})", fmt_rate(m), fmt_rate(v[0]), fmt_rate(v[v.len() - 1]))
 }
+
+/// Polls the handler's counter until `done`; fails if the consumer task `ended` first
+/// or the counter stops moving for `stall`.
+pub(crate) async fn wait_for(
+    handled: &std::sync::atomic::AtomicU64,
+    done: impl Fn(u64) -> bool,
+    ended: impl Fn() -> bool,
+    stall: Duration,
+) -> anyhow::Result<()> {
+    let (mut last, mut progress) = (0, std::time::Instant::now());
+    loop {
+        let now = handled.load(std::sync::atomic::Ordering::Relaxed);
+        if done(now) {
+            return Ok(());
+        }
+        anyhow::ensure!(!ended(), "the consumer stopped early, after {now} records");
+        if now != last {
+            (last, progress) = (now, std::time::Instant::now());
+        }
+        anyhow::ensure!(progress.elapsed() < stall, "only {now} records were handled; no progress for {stall:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -391,9 +391,9 @@ fn sizes(args: &Args) -> Vec<u64> {
 }
 
 /// What the expiry sweeper costs at each store size: a sled store filled with done keys
-/// that all expire, then purged the way [`exactly::Sweeper`] does it (calls of its
-/// budget of keys until nothing is left). A call reads and deletes on the calling task, so its
-/// duration is how long one sweeper step holds a runtime thread.
+/// that all expire, then purged the way [`exactly::Sweeper`] does it (calls of its budget
+/// of keys until nothing is left). A call reads on the calling task, so its duration is
+/// how long one sweeper step holds a runtime thread.
 async fn sweeper(args: &Args) -> anyhow::Result<()> {
     let budget = args.budget.unwrap_or(exactly::Sweeper::default().budget);
     println!("\nThe expiry sweeper as the store grows: a fresh sled store filled with done keys (64 in");

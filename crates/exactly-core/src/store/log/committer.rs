@@ -50,6 +50,15 @@ pub(super) enum Request {
     Stop,
 }
 
+/// The answer to whoever waits for a write or a checkpoint: done, or failed with
+/// `failure` (the store is poisoned).
+fn answer(failure: Option<&str>) -> Result<()> {
+    match failure {
+        None => Ok(()),
+        Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
+    }
+}
+
 /// What the sync thread owes an applied write once its group is durable.
 struct Owed {
     durable: oneshot::Sender<Result<()>>,
@@ -61,11 +70,7 @@ impl Owed {
         if let Some(f) = self.on_durable {
             f(failure.is_none());
         }
-        let answer = match failure {
-            None => Ok(()),
-            Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
-        };
-        let _ = self.durable.send(answer);
+        let _ = self.durable.send(answer(failure));
     }
 }
 
@@ -111,15 +116,11 @@ struct Checkpoint {
 impl Checkpoint {
     /// Answers everyone waiting: done, or failed with `failure`.
     fn answer(self, failure: Option<&str>) {
-        let answer = || match failure {
-            None => Ok(()),
-            Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
-        };
         for reply in self.flushes {
-            let _ = reply.send(answer());
+            let _ = reply.send(answer(failure));
         }
         if let Some(done) = self.done {
-            let _ = done.send(answer());
+            let _ = done.send(answer(failure));
         }
     }
 }

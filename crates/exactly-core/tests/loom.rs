@@ -6,7 +6,9 @@
 //!   A claim of a key another delivery holds waits until that claim ends (up to a
 //!   second; loom has no timers, so here until it ends);
 //! - the group-commit log: clients staging writes and flushes against the commit, sync
-//!   and checkpoint threads, with log segments so small that every group fills one.
+//!   and engine threads (the engine thread applies groups behind the memtable that reads
+//!   look through, and checkpoints), with log segments so small that every group fills
+//!   one.
 //!
 //! The lease table's locks and the log's threads and channels are loom's under
 //! `--cfg exactly_loom`, so loom switches threads at each of their operations. Run
@@ -403,8 +405,9 @@ fn group_commit_answers_after_the_fsync_and_admits_one_of_two_conflicting_writes
     });
 }
 
-/// A flush is answered only after a checkpoint that covers every write applied before
-/// it was asked, while writes go on and segments fill.
+/// A flush is answered only after a checkpoint that covers a write applied before it was
+/// asked, while that write's group fills a segment and hands its own checkpoint on. (One
+/// write: with two, and the engine thread's messages per group, the model runs for hours.)
 #[test]
 fn a_flush_is_answered_after_a_checkpoint_covering_what_was_applied_before_it() {
     model(|| {
@@ -414,20 +417,19 @@ fn a_flush_is_answered_after_a_checkpoint_covering_what_was_applied_before_it() 
         let writer = {
             let log = log.clone();
             thread::spawn(move || {
-                for k in [&b"x"[..], &b"y"[..]] {
-                    let batch =
-                        WriteBatch { ops: vec![(k.to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() };
-                    assert!(block_on(log.commit(batch)).unwrap());
-                }
+                let batch =
+                    WriteBatch { ops: vec![(b"x".to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() };
+                assert!(block_on(log.commit(batch)).unwrap());
             })
         };
         // A point where the writer may go first: the flush then has writes to cover.
         thread::yield_now();
-        let applied_before: Vec<Vec<u8>> = log.engine().live.lock().unwrap().keys().cloned().collect();
+        // Applied means visible to reads (the engine itself may lag behind the memtable).
+        let applied_before = log.get(b"x").unwrap().is_some();
         block_on(log.flush()).unwrap();
         let durable = log.engine().durable.lock().unwrap().clone();
-        for k in applied_before {
-            assert!(durable.contains_key(&k), "{k:?} was applied before the flush and is not in its checkpoint");
+        if applied_before {
+            assert!(durable.contains_key(&b"x"[..]), "x was applied before the flush and is not in its checkpoint");
         }
         writer.join().unwrap();
     });

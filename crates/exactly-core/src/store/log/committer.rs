@@ -1,19 +1,22 @@
-//! The commit thread, the sync thread and the checkpoint thread.
+//! The commit thread, the sync thread and the engine thread.
 //!
-//! The commit thread builds a group from every waiting request, writes it to the log and
-//! applies it to the engine, and hands its replies to the sync thread. The sync thread
-//! fsyncs the log and answers them. While one group syncs, the next is being written,
-//! and one fsync covers every group written before it started. At most two groups are
-//! written and not yet synced: beyond that the commit thread waits, so requests gather
-//! into larger groups instead of many small ones (each costs the engine a batch).
+//! The commit thread builds a group from every waiting request, writes it to the log,
+//! puts it in the [`Memtable`] (where reads see it) and hands its replies to the sync
+//! thread and its writes to the engine thread. The sync thread fsyncs the log and
+//! answers them. While one group syncs, the next is being written, and one fsync covers
+//! every group written before it started. At most two groups are written and not yet
+//! synced: beyond that the commit thread waits, so requests gather into larger groups
+//! instead of many small ones.
 //!
-//! When a log segment fills (or a flush asks), the commit thread hands a checkpoint to
-//! the sync thread behind the groups before it, and the sync thread passes it on to the
-//! checkpoint thread once those are synced. The checkpoint thread flushes the engine and
-//! recycles the full segments while the commit thread goes on writing into the next
-//! one. (An engine flush takes tens of milliseconds; sled's blocks its own writers and
-//! redb's holds its write lock, so the commit thread can still wait on the engine then:
-//! docs/PERFORMANCE.md, "Latency at half load".)
+//! The engine thread applies the groups to the engine, as many as have come at once in
+//! one batch, and then retires them from the memtable. When a log segment fills (or a
+//! flush asks), the commit thread hands a checkpoint to the sync thread behind the groups
+//! before it, and the sync thread passes it on to the engine thread once those are
+//! synced; the engine thread, having applied them, flushes the engine and recycles the
+//! full segments. So neither applying to the engine nor its flush (tens of milliseconds;
+//! sled's blocks its own writers, redb's holds its write lock) holds up a commit: they
+//! hold up only the engine thread, and the commit thread waits for it only when
+//! [`MAX_UNAPPLIED`] groups are waiting for the engine.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::memtable::Memtable;
 use super::wal::{self, Covered, Wal};
 use super::{Engine, FsyncObserver, LogOptions, Op};
 use crate::store::local::{WriteBatch, expiry_index_ops};
@@ -127,14 +131,26 @@ impl Checkpoint {
 
 enum ToSync {
     Group(Written),
-    /// Passed on to the checkpoint thread once everything before it is synced.
+    /// Passed on to the engine thread once everything before it is synced.
     Checkpoint(Checkpoint),
-    /// The last request: the sync thread stops the checkpoint thread, then itself.
+    /// The last request: the sync thread stops the engine thread, then itself.
+    Stop,
+}
+
+enum ToEngine {
+    /// The writes of group `seq`, to apply and then retire from the memtable.
+    Apply {
+        seq: u64,
+        ops: Arc<Vec<Op>>,
+    },
+    /// Comes after the groups it covers.
+    Checkpoint(Checkpoint),
     Stop,
 }
 
 pub(super) fn start<E: Engine>(
     engine: Arc<E>,
+    memtable: Arc<Memtable>,
     wal: Wal,
     options: LogOptions,
     shared: Arc<Shared>,
@@ -143,35 +159,48 @@ pub(super) fn start<E: Engine>(
     let (req_tx, req_rx) = mpsc::channel();
     let (sync_tx, sync_rx) = mpsc::channel();
     let (synced_tx, synced_rx) = mpsc::channel();
-    let (checkpoint_tx, checkpoint_rx) = mpsc::channel();
-    let checkpointer = Checkpointer { engine: engine.clone(), requests: checkpoint_rx, shared: shared.clone() };
-    let checkpoint_thread =
-        thread::Builder::new().name("exactly-log-checkpoint".into()).spawn(move || checkpointer.run())?;
+    let (engine_tx, engine_rx) = mpsc::channel();
+    let (applied_tx, applied_rx) = mpsc::channel();
+    let applier = Applier {
+        engine: engine.clone(),
+        memtable: memtable.clone(),
+        requests: engine_rx,
+        applied: applied_tx,
+        shared: shared.clone(),
+    };
+    let engine_thread = thread::Builder::new().name("exactly-log-engine".into()).spawn(move || applier.run())?;
     let syncer = Syncer {
         requests: sync_rx,
         synced: synced_tx,
-        checkpoints: checkpoint_tx,
+        checkpoints: engine_tx.clone(),
         shared: shared.clone(),
         observer: options.observer.clone(),
     };
     let sync_thread = thread::Builder::new().name("exactly-log-sync".into()).spawn(move || syncer.run())?;
     let committer = Committer {
         engine,
+        memtable,
         wal,
         requests: req_rx,
         to_sync: sync_tx,
         synced: synced_rx,
         in_flight: 0,
+        to_engine: engine_tx,
+        applied: applied_rx,
+        unapplied: 0,
+        seq: 0,
         shared,
         max_batch: options.max_batch,
         epoch,
     };
     let commit_thread = thread::Builder::new().name("exactly-log-commit".into()).spawn(move || committer.run())?;
-    Ok((req_tx, vec![commit_thread, sync_thread, checkpoint_thread]))
+    Ok((req_tx, vec![commit_thread, sync_thread, engine_thread]))
 }
 
 struct Committer<E> {
+    /// Read (through the memtable) to check expectations; written by the engine thread.
     engine: Arc<E>,
+    memtable: Arc<Memtable>,
     wal: Wal,
     requests: Receiver<Request>,
     to_sync: Sender<ToSync>,
@@ -179,6 +208,13 @@ struct Committer<E> {
     synced: Receiver<()>,
     /// Groups handed to the sync thread and not yet answered.
     in_flight: usize,
+    to_engine: Sender<ToEngine>,
+    /// One message per group the engine thread has applied.
+    applied: Receiver<()>,
+    /// Groups handed to the engine thread and not yet applied.
+    unapplied: usize,
+    /// The number of the last group written.
+    seq: u64,
     shared: Arc<Shared>,
     max_batch: usize,
     epoch: u64,
@@ -187,21 +223,31 @@ struct Committer<E> {
 /// Groups written but not yet synced before the commit thread waits.
 const MAX_IN_FLIGHT: usize = 2;
 
+/// Groups written but not yet applied to the engine before the commit thread waits: what
+/// the memtable holds at most (up to `max_batch` completions each).
+pub(super) const MAX_UNAPPLIED: usize = 64;
+
+/// Waits until fewer than `limit` items counted in `pending` are unanswered on `answers`.
+fn wait_below(pending: &mut usize, answers: &Receiver<()>, limit: usize) {
+    while let Ok(()) = answers.try_recv() {
+        *pending = pending.saturating_sub(1);
+    }
+    while *pending >= limit.max(1) {
+        match answers.recv() {
+            Ok(()) => *pending -= 1,
+            Err(_) => {
+                *pending = 0;
+                break;
+            }
+        }
+    }
+}
+
 impl<E: Engine> Committer<E> {
     /// Waits until fewer than `limit` groups are waiting for their fsync.
     fn wait_in_flight(&mut self, limit: usize) {
-        while let Ok(()) = self.synced.try_recv() {
-            self.in_flight -= 1;
-        }
-        while self.in_flight >= limit.max(1) {
-            match self.synced.recv() {
-                Ok(()) => self.in_flight -= 1,
-                Err(_) => {
-                    self.in_flight = 0;
-                    break;
-                }
-            }
-        }
+        wait_below(&mut self.in_flight, &self.synced, limit);
+        wait_below(&mut self.unapplied, &self.applied, MAX_UNAPPLIED);
     }
 
     fn run(mut self) {
@@ -292,7 +338,7 @@ impl<E: Engine> Committer<E> {
             let n = self.shared.commits.load(Ordering::Relaxed) + 1;
             ops.extend(expiry_index_ops((self.epoch << 40) | (n & ((1 << 40) - 1)), &expiring));
         }
-        match self.write(&ops) {
+        match self.write(ops) {
             Ok((file, rotated)) => {
                 let mut owed = Vec::with_capacity(admitted.len());
                 for (applied, o) in admitted {
@@ -325,7 +371,7 @@ impl<E: Engine> Committer<E> {
         for (k, expected) in &b.expect {
             let current = match overlay.get(k) {
                 Some(v) => v.clone(),
-                None => self.engine.get(k)?,
+                None => self.memtable.get(&*self.engine, k)?,
             };
             if current != *expected {
                 return Ok(false);
@@ -334,20 +380,26 @@ impl<E: Engine> Committer<E> {
         Ok(true)
     }
 
-    /// Logs and applies a group; returns the log file the sync thread must fsync, and
-    /// whether a segment filled up (the engine wants a checkpoint).
-    fn write(&mut self, ops: &[Op]) -> Result<(Option<LogFile>, bool)> {
+    /// Logs a group, puts it in the memtable and hands it to the engine thread; returns
+    /// the log file the sync thread must fsync, and whether a segment filled up (the
+    /// engine wants a checkpoint).
+    fn write(&mut self, ops: Vec<Op>) -> Result<(Option<LogFile>, bool)> {
         if ops.is_empty() {
             return Ok((None, false));
         }
-        let written = self.wal.write(&wal::encode(ops)).map_err(|e| Error::io("log write", e))?;
-        self.engine.apply(ops)?;
+        let written = self.wal.write(&wal::encode(&ops)).map_err(|e| Error::io("log write", e))?;
+        self.seq += 1;
+        self.memtable.insert(self.seq, &ops);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        if self.to_engine.send(ToEngine::Apply { seq: self.seq, ops: Arc::new(ops) }).is_err() {
+            return Err(Error::StorePoisoned { cause: "the engine thread has stopped".into() });
+        }
+        self.unapplied += 1;
         Ok((Some((written.file, written.path)), written.rotated))
     }
 
-    /// Hands a checkpoint of everything applied so far to the sync thread, which passes
-    /// it to the checkpoint thread once the groups before it are synced. With `rotate`,
+    /// Hands a checkpoint of everything written so far to the sync thread, which passes
+    /// it to the engine thread once the groups before it are synced. With `rotate`,
     /// the current segment is closed first, so it is covered too (a flush, the close).
     fn checkpoint(
         &mut self,
@@ -370,27 +422,64 @@ impl<E: Engine> Committer<E> {
     }
 }
 
-/// Flushes the engine and recycles the log segments it then covers, one checkpoint at a
-/// time, in order.
-struct Checkpointer<E> {
+/// Applies groups to the engine and retires them from the memtable; runs checkpoints
+/// (flushes the engine and recycles the log segments it then covers), in order.
+struct Applier<E> {
     engine: Arc<E>,
-    /// `None` stops the thread.
-    requests: Receiver<Option<Checkpoint>>,
+    memtable: Arc<Memtable>,
+    requests: Receiver<ToEngine>,
+    /// One message per group applied.
+    applied: Sender<()>,
     shared: Arc<Shared>,
 }
 
-impl<E: Engine> Checkpointer<E> {
+impl<E: Engine> Applier<E> {
     fn run(self) {
-        while let Ok(Some(mut job)) = self.requests.recv() {
-            let failure = match self.shared.poisoned() {
-                Some(cause) => Some(cause),
-                None => self.checkpoint(&mut job).err().map(|e| {
-                    let cause = format!("checkpoint failed: {e}");
-                    self.shared.poison(cause.clone());
-                    cause
-                }),
+        let mut groups: Vec<(u64, Arc<Vec<Op>>)> = Vec::new();
+        loop {
+            // Gather every group waiting into one batch; apply it when none is left.
+            let next = if groups.is_empty() { self.requests.recv().ok() } else { self.requests.try_recv().ok() };
+            match next {
+                Some(ToEngine::Apply { seq, ops }) => groups.push((seq, ops)),
+                None if !groups.is_empty() => self.apply(&mut groups),
+                Some(ToEngine::Checkpoint(mut job)) => {
+                    self.apply(&mut groups);
+                    let failure = match self.shared.poisoned() {
+                        Some(cause) => Some(cause),
+                        None => self.checkpoint(&mut job).err().map(|e| {
+                            let cause = format!("checkpoint failed: {e}");
+                            self.shared.poison(cause.clone());
+                            cause
+                        }),
+                    };
+                    job.answer(failure.as_deref());
+                }
+                Some(ToEngine::Stop) | None => break,
+            }
+        }
+        self.apply(&mut groups);
+    }
+
+    /// Applies `groups` as one batch (the last write of a key wins), then retires them.
+    fn apply(&self, groups: &mut Vec<(u64, Arc<Vec<Op>>)>) {
+        let Some(&(last, _)) = groups.last() else { return };
+        if self.shared.poisoned().is_none() {
+            let result = if let [(_, ops)] = groups.as_slice() {
+                self.engine.apply(ops)
+            } else {
+                let all: Vec<Op> = groups.iter().flat_map(|(_, ops)| ops.iter().cloned()).collect();
+                self.engine.apply(&all)
             };
-            job.answer(failure.as_deref());
+            match result {
+                // Only now may reads go to the engine for these keys.
+                Ok(()) => groups.iter().for_each(|(_, ops)| self.memtable.retire(last, ops)),
+                // The groups are in the log (replayed at the next open) and stay in the
+                // memtable, so reads still see them; nothing more is written.
+                Err(e) => self.shared.poison(format!("applying to the engine failed: {e}")),
+            }
+        }
+        for _ in groups.drain(..) {
+            let _ = self.applied.send(());
         }
     }
 
@@ -404,7 +493,8 @@ impl<E: Engine> Checkpointer<E> {
 struct Syncer {
     requests: Receiver<ToSync>,
     synced: Sender<()>,
-    checkpoints: Sender<Option<Checkpoint>>,
+    /// The engine thread, for checkpoints.
+    checkpoints: Sender<ToEngine>,
     shared: Arc<Shared>,
     observer: Option<Arc<dyn FsyncObserver>>,
 }
@@ -423,7 +513,7 @@ impl Syncer {
                 break;
             }
         }
-        let _ = self.checkpoints.send(None);
+        let _ = self.checkpoints.send(ToEngine::Stop);
     }
 
     fn sync(&self, batch: &mut Vec<ToSync>) {
@@ -467,8 +557,10 @@ impl Syncer {
                 ToSync::Checkpoint(job) => {
                     if failure.is_some() {
                         job.answer(failure.as_deref());
-                    } else if let Err(std::sync::mpsc::SendError(Some(job))) = self.checkpoints.send(Some(job)) {
-                        job.answer(Some("the checkpoint thread has stopped"));
+                    } else if let Err(std::sync::mpsc::SendError(ToEngine::Checkpoint(job))) =
+                        self.checkpoints.send(ToEngine::Checkpoint(job))
+                    {
+                        job.answer(Some("the engine thread has stopped"));
                     }
                 }
                 ToSync::Stop => {}

@@ -7,11 +7,13 @@
 //! fsync per transaction. Instead:
 //!
 //! 1. the commit thread takes every completion waiting, checks their expectations,
-//!    appends them to the log as one record ([`wal`]) and applies them to the engine in
-//!    memory, then goes on with the next group;
+//!    appends them to the log as one record ([`wal`]) and puts them in the
+//!    [`memtable`](memtable::Memtable), where reads see them, then goes on with the
+//!    next group;
 //! 2. the sync thread `fdatasync`s the log, and only then answers the completions, so
 //!    one fsync serves every group written while the previous one was syncing;
-//! 3. when a log segment fills (and at close) the checkpoint thread checkpoints the
+//! 3. the engine thread applies the groups to the engine in memory and retires them
+//!    from the memtable; when a log segment fills (and at close) it checkpoints the
 //!    engine: flushes and fsyncs it through its own files, then recycles the older
 //!    segments, while the commit thread goes on writing into the next one;
 //! 4. opening replays the log into the engine.
@@ -21,6 +23,7 @@
 //! answered.
 
 mod committer;
+mod memtable;
 mod wal;
 
 use std::fmt;
@@ -32,6 +35,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use self::committer::{Request, Shared};
+use self::memtable::Memtable;
 use super::FencingToken;
 use super::local::{BackendStats, Durable, KvBackend, OnDurable, Staged, WriteBatch, open_meta};
 use crate::sync::{mpsc, thread::JoinHandle};
@@ -97,6 +101,8 @@ impl fmt::Debug for LogOptions {
 /// A [`KvBackend`] made of an [`Engine`] and a write-ahead log with group commit.
 pub struct LogBackend<E> {
     engine: Arc<E>,
+    /// Logged writes the engine may not have yet; reads look here first.
+    memtable: Arc<Memtable>,
     path: PathBuf,
     epoch: u64,
     tokens: AtomicU64,
@@ -120,8 +126,8 @@ impl<E: fmt::Debug> fmt::Debug for LogBackend<E> {
 const TOKEN_BITS: u32 = 40;
 
 impl<E: Engine> LogBackend<E> {
-    /// Replays the log in `dir/wal` into `engine`, checkpoints it, and starts the commit
-    /// and sync threads.
+    /// Replays the log in `dir/wal` into `engine`, checkpoints it, and starts the commit,
+    /// sync and engine threads.
     pub fn open(engine: E, dir: &Path, options: LogOptions) -> Result<Self> {
         let fail = |what: &str, e: std::io::Error| Error::StoreOpen {
             path: dir.to_owned(),
@@ -147,11 +153,13 @@ impl<E: Engine> LogBackend<E> {
             tracing::info!(path = %dir.display(), replayed, "replayed the write-ahead log");
         }
         let engine = Arc::new(engine);
+        let memtable = Arc::new(Memtable::default());
         let shared = Arc::new(Shared::default());
-        let (tx, threads) = committer::start(engine.clone(), wal, options, shared.clone(), epoch)
+        let (tx, threads) = committer::start(engine.clone(), memtable.clone(), wal, options, shared.clone(), epoch)
             .map_err(|e| fail("cannot start the commit threads", e))?;
         Ok(Self {
             engine,
+            memtable,
             path: dir.to_owned(),
             epoch,
             tokens: AtomicU64::new(0),
@@ -161,7 +169,8 @@ impl<E: Engine> LogBackend<E> {
         })
     }
 
-    /// The engine.
+    /// The engine. It may lag behind the log by the writes still in the memtable
+    /// (at most a few groups); [`KvBackend`] reads through both.
     pub fn engine(&self) -> &E {
         &self.engine
     }
@@ -175,14 +184,14 @@ impl<E: Engine> LogBackend<E> {
 #[async_trait]
 impl<E: Engine> KvBackend for LogBackend<E> {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.engine.get(key)
+        self.memtable.get(&*self.engine, key)
     }
 
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
         if from >= to {
             return Ok(Vec::new());
         }
-        self.engine.range(from, to, limit)
+        self.memtable.range(&*self.engine, from, to, limit)
     }
 
     async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {

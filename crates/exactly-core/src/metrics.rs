@@ -9,6 +9,7 @@
 //! | `exactly_dead_letters_total` | counter | `consumer`, `reason` |
 //! | `exactly_retries_total` | counter | `consumer`, `reason` |
 //! | `exactly_handler_duration_seconds` | histogram | `consumer` |
+//! | `exactly_processing_duration_seconds` | histogram | `consumer`: from the start of processing a delivery to when it may be acknowledged (claim, handler, durable record) |
 //! | `exactly_state_conflicts_total` | counter | `consumer` |
 //! | `exactly_breaker_state` | gauge | `consumer` (0 closed, 1 half-open, 2 open) |
 //! | `exactly_store_flush_duration_seconds` | histogram | |
@@ -25,6 +26,9 @@ pub const DEAD_LETTERS_TOTAL: &str = "exactly_dead_letters_total";
 pub const RETRIES_TOTAL: &str = "exactly_retries_total";
 /// `exactly_handler_duration_seconds`
 pub const HANDLER_DURATION: &str = "exactly_handler_duration_seconds";
+/// `exactly_processing_duration_seconds`: what the framework adds before a delivery may
+/// be acknowledged (its claim, the handler, and the wait for its record to be durable).
+pub const PROCESSING_DURATION: &str = "exactly_processing_duration_seconds";
 /// `exactly_state_conflicts_total`
 pub const STATE_CONFLICTS_TOTAL: &str = "exactly_state_conflicts_total";
 /// `exactly_breaker_state`
@@ -48,6 +52,7 @@ pub(crate) struct ConsumerMetrics {
     busy: metrics::Counter,
     paused: metrics::Counter,
     handler_duration: metrics::Histogram,
+    processing_duration: metrics::Histogram,
     conflicts: metrics::Counter,
     breaker: metrics::Gauge,
     consumer: std::sync::Arc<str>,
@@ -72,6 +77,7 @@ impl ConsumerMetrics {
             busy: outcome("busy"),
             paused: outcome("paused"),
             handler_duration: metrics::histogram!(HANDLER_DURATION, "consumer" => c.clone()),
+            processing_duration: metrics::histogram!(PROCESSING_DURATION, "consumer" => c.clone()),
             conflicts: metrics::counter!(STATE_CONFLICTS_TOTAL, "consumer" => c.clone()),
             breaker: metrics::gauge!(BREAKER_STATE, "consumer" => c.clone()),
             consumer: consumer.into(),
@@ -94,6 +100,10 @@ impl ConsumerMetrics {
 
     pub(crate) fn handler_time(&self, d: Duration) {
         self.handler_duration.record(d.as_secs_f64());
+    }
+
+    pub(crate) fn processing_time(&self, d: Duration) {
+        self.processing_duration.record(d.as_secs_f64());
     }
 
     pub(crate) fn conflict(&self) {

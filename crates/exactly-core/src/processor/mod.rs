@@ -57,6 +57,7 @@ pub const REDRIVE_HEADER: &str = "x-exactly-redrive";
 pub struct Staged {
     processed: Processed,
     processor: Processor,
+    started: std::time::Instant,
 }
 
 impl Staged {
@@ -76,6 +77,7 @@ impl Staged {
             d.wait().await?;
             self.processor.crash_point(CrashPoint::AfterDoneRecord, self.processed.key.as_deref())?;
         }
+        self.processor.inner.metrics.processing_time(self.started.elapsed());
         Ok(self.processed)
     }
 }
@@ -202,6 +204,7 @@ impl Processor {
             key = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let started = std::time::Instant::now();
         let processed = self.process_inner(msg).instrument(span.clone()).await?;
         span.record("outcome", processed.outcome.as_str());
         self.inner.metrics.outcome(processed.outcome);
@@ -211,7 +214,7 @@ impl Processor {
         } else {
             tracing::debug!(parent: &span, "processed");
         }
-        Ok(Staged { processed, processor: self.clone() })
+        Ok(Staged { processed, processor: self.clone(), started })
     }
 
     async fn process_inner(&self, msg: Message) -> Result<Processed> {

@@ -14,6 +14,7 @@ impl Processor {
     /// count attempts through [`Message::delivery_count`]. Any other key takes the
     /// ordinary path ([`Processor::process_staged`]).
     pub async fn process_positioned(&self, msg: Message, watermark: &str) -> Result<Staged> {
+        let started = std::time::Instant::now();
         let position = match (inner_key(&self.inner.keys, &msg), origin_of(&msg)) {
             (Some(k), Some(o)) if k == o => k,
             _ => return self.process_staged(msg).await,
@@ -26,7 +27,7 @@ impl Processor {
             self.inner.metrics.dead_letter(&dl.reason);
             tracing::warn!(parent: &span, reason = %dl.reason, attempts = dl.attempts, error = ?dl.last_error, "dead-lettering");
         }
-        Ok(Staged { processed, processor: self.clone() })
+        Ok(Staged { processed, processor: self.clone(), started })
     }
 
     async fn positioned(&self, msg: Message, position: &str, watermark: &str) -> Result<Processed> {

@@ -16,8 +16,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+use crate::latency;
 use crate::naive::Dedup;
-use crate::report::{cpu_time, fmt_rate, machine, median, rate, spread};
+use crate::report::{Run, Runs, cpu_time, fmt_rate, histogram, machine, median, rate, record};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -109,8 +110,9 @@ async fn prefill(conn: &Connection, queue: &str, n: u64, size: usize) -> anyhow:
     Ok(())
 }
 
-/// Consumes `n` messages with `prefetch`; returns (elapsed, client CPU used).
-async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+/// Consumes `n` messages with `prefetch`: the time to the last ack, the client CPU used,
+/// and each message's latency from its delivery to its ack being sent.
+async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<Run> {
     if v == Variant::BareBatched {
         let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
@@ -119,6 +121,7 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
             .basic_consume(queue.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         let (started, cpu) = (Instant::now(), cpu_time());
+        let (mut latency, mut unacked) = (histogram(), Vec::new());
         let mut seen = 0;
         let mut last = None;
         while seen < n {
@@ -133,20 +136,23 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
                     let d = d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
                     seen += 1;
                     last = Some(d);
+                    unacked.push(Instant::now());
                     if seen % 32 == 0 || seen == n {
                         if let Some(d) = last.take() {
                             d.ack(BasicAckOptions { multiple: true }).await?;
+                            unacked.drain(..).for_each(|t| record(&mut latency, t.elapsed()));
                         }
                     }
                 }
                 None => {
                     if let Some(d) = last.take() {
                         d.ack(BasicAckOptions { multiple: true }).await?;
+                        unacked.drain(..).for_each(|t| record(&mut latency, t.elapsed()));
                     }
                 }
             }
         }
-        let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+        let took = Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: Some(latency) };
         let _ = conn.close(200, "ok".into()).await;
         return Ok(took);
     }
@@ -167,14 +173,17 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         // Acks are pipelined (not awaited one by one), as in exactly-amqp: the fastest
         // bare consumer, so the ceiling is a fair one.
         let mut acks = futures_util::stream::FuturesUnordered::new();
+        let mut latency = histogram();
         let (mut seen, mut acked) = (0, 0);
         while acked < n {
             tokio::select! {
                 d = deliveries.next(), if seen < n => {
                     let d = d.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+                    let received = Instant::now();
                     // The hand-rolled dedup records the message id before the ack.
                     let id = d.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
                     dedup.first_time(&id).await?;
+                    record(&mut latency, received.elapsed());
                     acks.push(async move { d.ack(BasicAckOptions::default()).await });
                     seen += 1;
                 }
@@ -184,7 +193,7 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
                 }
             }
         }
-        let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+        let took = Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: Some(latency) };
         let _ = conn.close(200, "ok".into()).await;
         return Ok(took);
     }
@@ -204,13 +213,14 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         .topology(Topology::existing("amq.direct"))
         .build(processor)?;
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
+    latency::reset();
     let (started, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(consumer.run());
     while stats.acked.load(Ordering::Relaxed) < n {
         anyhow::ensure!(!task.is_finished(), "the consumer stopped early");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let took = Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: Some(latency::take()) };
     stop.shutdown();
     task.await??;
     Ok(took)
@@ -236,17 +246,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if !args.sweep_prefetch.is_empty() {
         return sweep(&args, &conn, &variants, n, reps).await;
     }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut runs = Runs::new(variants.len());
     for rep in 0..reps {
         for (i, &v) in variants.iter().enumerate() {
             let queue = format!("exactly-bench-{}-{rep}-{i}", std::process::id());
-            let (took, cpu) = measure(&conn, v, &args, args.prefetch, &queue, n).await?;
-            rates[i].push(rate(n, took));
-            cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
+            runs.add(i, n, measure(&conn, v, &args, args.prefetch, &queue, n).await?);
         }
     }
-    let bare = if args.no_bare { f64::NAN } else { median(&mut rates[0].clone()) };
     println!("## RabbitMQ ({}), {}\n", if args.quick { "quick" } else { "full" }, machine());
     println!(
         "{n} prefilled persistent messages of {} bytes, prefetch {}, consumed to the last ack; RabbitMQ on the same machine.",
@@ -255,23 +261,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     println!("Median of {reps} runs (range); client CPU is this process's user+system time per message.\n");
     println!("Ratios are to the first row, the bare consumer as a lapin user writes it (the issue's ceiling).");
     println!("exactly-amqp batches acks itself; the second row shows a bare consumer that does too.\n");
-    println!("| consumer | msgs/s | / bare | client CPU per msg |\n|---|---:|---:|---:|");
-    for (i, v) in variants.iter().enumerate() {
-        let m = median(&mut rates[i].clone());
-        println!("| {} | {} | {:.2} | {:.1} µs |", v.label(), spread(&mut rates[i]), m / bare, median(&mut cpus[i]));
-    }
+    println!("Latency: from a delivery to its ack being sent (exactly: its processing, from");
+    println!("`exactly_processing_duration_seconds`), over all runs.\n");
+    let labels: Vec<&str> = variants.iter().map(|v| v.label()).collect();
+    runs.print("msgs/s", "client CPU per msg", &labels, !args.no_bare);
     Ok(())
 }
 
 /// mq-bridge's route from the queue (`crate::mq_bridge`), keyed by the AMQP message id.
 #[cfg(feature = "mq-bridge")]
-async fn mq_bridge_route(args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+async fn mq_bridge_route(args: &Args, prefetch: u16, queue: &str, n: u64) -> anyhow::Result<Run> {
     let input = serde_json::json!({ "url": args.url, "queue": queue, "prefetch_count": prefetch });
     crate::mq_bridge::run(&args.dir, queue, ("amqp", input), Some("${metadata:amqp_message_id}"), n).await
 }
 
 #[cfg(not(feature = "mq-bridge"))]
-async fn mq_bridge_route(_: &Args, _: u16, _: &str, _: u64) -> anyhow::Result<(Duration, Duration)> {
+async fn mq_bridge_route(_: &Args, _: u16, _: &str, _: u64) -> anyhow::Result<Run> {
     anyhow::bail!("built without the mq-bridge feature")
 }
 
@@ -283,7 +288,7 @@ async fn measure(
     prefetch: u16,
     queue: &str,
     n: u64,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<Run> {
     prefill(conn, queue, n, args.size).await?;
     let took = consume(v, args, prefetch, queue, n).await?;
     let ch = conn.create_channel().await?;
@@ -306,8 +311,7 @@ async fn sweep(args: &Args, conn: &Connection, variants: &[Variant], n: u64, rep
             let mut rates = Vec::new();
             for rep in 0..reps {
                 let queue = format!("exactly-bench-{}-q{prefetch}-{rep}-{i}", std::process::id());
-                let (took, _) = measure(conn, v, args, prefetch, &queue, n).await?;
-                rates.push(rate(n, took));
+                rates.push(rate(n, measure(conn, v, args, prefetch, &queue, n).await?.took));
             }
             let m = median(&mut rates);
             row.push_str(&format!(" {} |", fmt_rate(m)));

@@ -16,8 +16,9 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use crate::latency;
 use crate::naive::Dedup;
-use crate::report::{cpu_time, machine, median, rate, spread, wait_for};
+use crate::report::{Run, cpu_time, machine, median, rate, wait_for};
 
 /// A run without progress for this long has lost records: it fails instead of hanging.
 const STALL: Duration = Duration::from_secs(30);
@@ -167,17 +168,10 @@ async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, part
     Ok(())
 }
 
-/// Consumes `n` records in a fresh group, the last offsets committed; (elapsed, CPU).
-/// Reads the `n` records (`unique` distinct keys) with variant `v`: the time until the
-/// last one is finished and its offset committed, and the CPU time.
-async fn consume(
-    v: Variant,
-    args: &Args,
-    brokers: &str,
-    topic: &str,
-    n: u64,
-    unique: u64,
-) -> anyhow::Result<(Duration, Duration)> {
+/// Reads the `n` records (`unique` distinct keys) with variant `v` in a fresh group: the
+/// time until the last one is finished and its offset committed, the CPU time, and each
+/// record's latency (from the consumer having it to its offset being stored).
+async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, unique: u64) -> anyhow::Result<Run> {
     let group =
         format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128);
     if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
@@ -195,14 +189,17 @@ async fn consume(
             .create()?;
         c.subscribe(&[topic])?;
         let (started, cpu) = (Instant::now(), cpu_time());
+        let mut latency = crate::report::histogram();
         let mut last_commit = Instant::now();
         let mut seen = 0;
         while seen < n {
             let m = tokio::time::timeout(STALL, c.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("only {seen} of {n} records arrived within {STALL:?}"))??;
+            let received = Instant::now();
             dedup.first_time(&record_key(&m)).await?;
             c.store_offset_from_message(&m)?;
+            crate::report::record(&mut latency, received.elapsed());
             seen += 1;
             if last_commit.elapsed() >= Duration::from_millis(200) {
                 c.commit_consumer_state(CommitMode::Async)?;
@@ -210,7 +207,7 @@ async fn consume(
             }
         }
         c.commit_consumer_state(CommitMode::Sync)?;
-        return Ok((started.elapsed(), cpu_time().saturating_sub(cpu)));
+        return Ok(Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: Some(latency) });
     }
     if v == Variant::MqBridge {
         return mq_bridge_route(args, brokers, topic, &group, n).await;
@@ -235,6 +232,7 @@ async fn consume(
     let consumer = builder.build(processor)?;
     let stop = consumer.shutdown_handle();
     let stats = consumer.stats();
+    latency::reset();
     let (started, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(consumer.run());
     // Every key handled once, and every record (duplicates too) handed to a worker: the
@@ -244,19 +242,13 @@ async fn consume(
     // The stop waits for the last records to be durable and commits their offsets.
     stop.shutdown();
     task.await??;
-    Ok((started.elapsed(), cpu_time().saturating_sub(cpu)))
+    Ok(Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: Some(latency::take()) })
 }
 
 /// The closest Rust peer: an mq-bridge route from the topic (`crate::mq_bridge`), keyed
 /// like the other variants.
 #[cfg(feature = "mq-bridge")]
-async fn mq_bridge_route(
-    args: &Args,
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    n: u64,
-) -> anyhow::Result<(Duration, Duration)> {
+async fn mq_bridge_route(args: &Args, brokers: &str, topic: &str, group: &str, n: u64) -> anyhow::Result<Run> {
     let input = serde_json::json!({
         "url": brokers,
         "topic": topic,
@@ -280,7 +272,7 @@ fn record_key(m: &rdkafka::message::BorrowedMessage<'_>) -> String {
 }
 
 #[cfg(not(feature = "mq-bridge"))]
-async fn mq_bridge_route(_: &Args, _: &str, _: &str, _: &str, _: u64) -> anyhow::Result<(Duration, Duration)> {
+async fn mq_bridge_route(_: &Args, _: &str, _: &str, _: &str, _: u64) -> anyhow::Result<Run> {
     anyhow::bail!("built without the mq-bridge feature")
 }
 
@@ -311,7 +303,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         if args.headers { "by an idempotency-key header" } else { "by position (topic/partition/offset)" }
     );
     println!(
-        "measured until the last offset is committed. Median of {reps} runs (range). CPU is the bench process's:\nthe client, and with the mock cluster the in-process broker too.\n"
+        "measured until the last offset is committed. Median of {reps} runs (range). CPU is the bench process's:\nthe client, and with the mock cluster the in-process broker too. Latency, over all runs: from the\nconsumer having a record to its offset being stored (exactly: from the start of its processing to\nits record being durable, `exactly_processing_duration_seconds`; a record's wait in its partition's\nqueue before that is not in it). The consumers read a backlog as fast as they can, so this is\nlatency at full load.\n"
     );
     if args.duplicates > 0.0 {
         println!("{:.0} % of the records repeat the key of an earlier one.\n", args.duplicates * 100.0);
@@ -330,34 +322,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let topic = format!("bench-{}-{broker}", std::process::id());
         create_topic(&brokers, mock.as_ref(), &topic, args.partitions).await?;
         let unique = produce(&brokers, &topic, n, args.size, args.partitions, args.headers, args.duplicates).await?;
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        let mut runs = crate::report::Runs::new(variants.len());
         for _ in 0..reps {
             for (i, &v) in variants.iter().enumerate() {
-                let (took, cpu) = consume(v, &args, &brokers, &topic, n, unique).await?;
-                rates[i].push(rate(n, took));
-                cpus[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
+                runs.add(i, n, consume(v, &args, &brokers, &topic, n, unique).await?);
             }
         }
-        // The first variant run is the reference (the bare client unless --only left it out).
-        let bare = median(&mut rates[0].clone());
         let name = if mock.is_some() {
             "librdkafka mock cluster (in process)"
         } else {
             "tansu (a real Kafka-protocol broker process)"
         };
-        println!("### {name}\n\n| consumer | records/s | / bare | CPU per record |\n|---|---:|---:|---:|");
-        for (i, v) in variants.iter().enumerate() {
-            let m = median(&mut rates[i].clone());
-            println!(
-                "| {} | {} | {:.2} | {:.1} µs |",
-                v.label(),
-                spread(&mut rates[i]),
-                m / bare,
-                median(&mut cpus[i])
-            );
-        }
-        println!();
+        println!("### {name}\n");
+        // The first variant run is the reference (the bare client unless --only left it out).
+        runs.print("records/s", "CPU per record", &variants.iter().map(|v| v.label()).collect::<Vec<_>>(), true);
     }
     Ok(())
 }
@@ -376,8 +354,7 @@ async fn sweep(args: &Args, variants: &[Variant], n: u64, reps: usize) -> anyhow
         for (i, &v) in variants.iter().enumerate() {
             let mut rates = Vec::new();
             for _ in 0..reps {
-                let (took, _) = consume(v, args, &brokers, &topic, n, unique).await?;
-                rates.push(rate(n, took));
+                rates.push(rate(n, consume(v, args, &brokers, &topic, n, unique).await?.took));
             }
             let m = median(&mut rates);
             row.push_str(&format!(" {} |", crate::report::fmt_rate(m)));

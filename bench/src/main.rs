@@ -10,6 +10,7 @@
 
 mod amqp;
 mod kafka;
+mod latency;
 #[cfg(feature = "mq-bridge")]
 mod mq_bridge;
 mod naive;
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+    latency::install();
     match Cli::parse().command {
         Command::Store(args) => store::run(args).await,
         Command::Amqp(args) => amqp::run(args).await,

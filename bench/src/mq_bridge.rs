@@ -23,15 +23,15 @@ impl AsyncHandler for Count {
 
 /// Runs a route named `name` from `input` (the endpoint's name and its JSON settings),
 /// deduplicated by `key` (a template; mq-bridge's default without one), with its store
-/// under `dir`, until `n` messages are handled. Returns (elapsed, client CPU), measured
-/// until the last message is handled; the stop then acks what is left.
+/// under `dir`, until `n` messages are handled. Measured until the last message is
+/// handled (the stop then acks what is left); latency is not measured.
 pub(crate) async fn run(
     dir: &Path,
     name: &str,
     input: (&str, serde_json::Value),
     key: Option<&str>,
     n: u64,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<crate::report::Run> {
     let dir = tempfile::tempdir_in(dir)?;
     let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
     let mut dedup = serde_json::json!({ "store": store, "ttl_seconds": 7 * 24 * 3600 });
@@ -47,7 +47,7 @@ pub(crate) async fn run(
     let (started, cpu) = (Instant::now(), cpu_time());
     let handle = route.run(name).await?;
     wait_for(&handled, |now| now >= n, || handle.outcome().is_some(), Duration::from_secs(30)).await?;
-    let took = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let took = crate::report::Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: None };
     handle.stop().await;
     handle.join().await?;
     Ok(took)

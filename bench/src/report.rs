@@ -19,6 +19,65 @@ pub(crate) fn percentiles(h: &Histogram<u64>) -> String {
     format!("{:.1} / {:.1} / {:.1}", us(0.5), us(0.99), us(0.999))
 }
 
+/// One measured run of a consumer over `n` messages.
+pub(crate) struct Run {
+    /// Until the last message was finished.
+    pub(crate) took: Duration,
+    /// This process's CPU time meanwhile.
+    pub(crate) cpu: Duration,
+    /// Each message's latency, from the consumer having it to its acknowledgement being
+    /// allowed (`None`: not measured for this consumer).
+    pub(crate) latency: Option<Histogram<u64>>,
+}
+
+/// The runs of each consumer in a table.
+pub(crate) struct Runs {
+    rates: Vec<Vec<f64>>,
+    cpus: Vec<Vec<f64>>,
+    latency: Vec<Option<Histogram<u64>>>,
+}
+
+impl Runs {
+    pub(crate) fn new(consumers: usize) -> Self {
+        Self { rates: vec![Vec::new(); consumers], cpus: vec![Vec::new(); consumers], latency: vec![None; consumers] }
+    }
+
+    /// Adds a run of consumer `i` over `n` messages.
+    pub(crate) fn add(&mut self, i: usize, n: u64, run: Run) {
+        self.rates[i].push(rate(n, run.took));
+        self.cpus[i].push(run.cpu.as_secs_f64() * 1e6 / n as f64);
+        if let Some(h) = run.latency {
+            match &mut self.latency[i] {
+                Some(all) => {
+                    let _ = all.add(&h);
+                }
+                none => *none = Some(h),
+            }
+        }
+    }
+
+    /// Prints the table: one row per consumer (named by `labels`), its median rate (range),
+    /// the ratio to the first row's (when `reference`), CPU per message, and the latency
+    /// percentiles over all its runs.
+    pub(crate) fn print(&mut self, unit: &str, cpu: &str, labels: &[&str], reference: bool) {
+        println!(
+            "| consumer | {unit} | / first row | {cpu} | latency p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|---:|"
+        );
+        let first = if reference { median(&mut self.rates[0].clone()) } else { f64::NAN };
+        for (i, label) in labels.iter().enumerate() {
+            let m = median(&mut self.rates[i].clone());
+            let latency = self.latency[i].as_ref().map_or_else(|| "not measured".to_owned(), percentiles);
+            println!(
+                "| {label} | {} | {:.2} | {:.1} µs | {latency} |",
+                spread(&mut self.rates[i]),
+                m / first,
+                median(&mut self.cpus[i])
+            );
+        }
+        println!();
+    }
+}
+
 /// One plot line: a consumer's name and its (x, records/s) points.
 pub(crate) type Series = (String, Vec<(u64, f64)>);
 

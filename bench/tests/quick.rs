@@ -33,6 +33,14 @@ fn rate_in(table: &str, row: &str, col: usize) -> f64 {
     value.parse::<f64>().unwrap() * scale
 }
 
+/// The p50 (µs) in the latency column (the last) of the row starting with `row`.
+fn latency_p50(table: &str, row: &str) -> f64 {
+    let line =
+        table.lines().find(|l| l.starts_with(&format!("| {row}"))).unwrap_or_else(|| panic!("no row {row}:\n{table}"));
+    let cell = line.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+    cell.split(" / ").next().unwrap().parse().unwrap_or_else(|_| panic!("no latency in {line}"))
+}
+
 #[test]
 fn kafka_on_the_mock_cluster_against_the_bare_client() {
     let only = if cfg!(feature = "mq-bridge") { "bare,sled,mq-bridge" } else { "bare,sled" };
@@ -40,6 +48,11 @@ fn kafka_on_the_mock_cluster_against_the_bare_client() {
     let out = bench(&args);
     assert!(rate_of(&out, "bare rdkafka") > 0.0);
     assert!(rate_of(&out, "exactly-kafka, sled store") > 0.0);
+    // Latency percentiles, from exactly's processing histogram for its consumers.
+    for row in ["bare rdkafka", "exactly-kafka, sled store"] {
+        let p50 = latency_p50(&out, row);
+        assert!(p50 > 0.0, "{row}: {out}");
+    }
     if cfg!(feature = "mq-bridge") {
         assert!(rate_of(&out, "mq-bridge") > 0.0, "{out}");
     }

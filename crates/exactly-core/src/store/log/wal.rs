@@ -2,7 +2,7 @@
 //! `fdatasync`.
 //!
 //! Each group is appended here (and synced by the sync thread), then applied to the
-//! engine in memory; the engine is flushed and fsynced only at a checkpoint (when a
+//! engine in memory by the engine thread; the engine is flushed and fsynced only at a checkpoint (when a
 //! segment fills, and at close), after which older segments are recycled. On open, the
 //! log is replayed into the engine. Replay is idempotent: every logged operation writes
 //! a whole value or deletes one.
@@ -60,7 +60,8 @@ pub(super) struct Wal {
     dir: PathBuf,
     segment_size: u64,
     current: Segment,
-    /// Full segments whose records are applied to the engine but not yet checkpointed.
+    /// Full segments whose records are not yet checkpointed (the next checkpoint, which
+    /// the engine thread runs after applying them, covers them).
     retired: Vec<PathBuf>,
     /// Checkpointed segments kept for reuse; checkpoints (on their own thread) add to it.
     spare: Arc<Mutex<Vec<PathBuf>>>,
@@ -299,7 +300,8 @@ impl Wal {
         Ok((a.path, a.rotated))
     }
 
-    /// The full segments, for a checkpoint of everything applied to the engine so far:
+    /// The full segments, for a checkpoint of everything logged so far (the engine thread
+    /// applies it all before it checkpoints):
     /// once the engine is checkpointed, [`Covered::finish`] recycles them.
     pub(super) fn cover(&mut self) -> Covered {
         Covered {

@@ -48,9 +48,8 @@ async fn duplicates_run_the_handler_once_and_every_message_is_acked() {
     let consumer = Consumer::builder(common::url(), &queue).prefetch(32).build(processor).unwrap();
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let task = tokio::spawn(consumer.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the queue is declared
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
 
     for i in 0..200 {
         let id = format!("id-{}", i % 150); // ids 0..50 are published twice
@@ -99,9 +98,8 @@ async fn messages_done_but_not_acked_come_back_redelivered_and_are_not_run_again
     let first = Consumer::builder(common::url(), &queue).prefetch(1).build(processor).unwrap();
     let stats = first.stats();
     let task = tokio::spawn(first.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
     for i in 0..10 {
         let id = format!("m-{i}");
         broker.publish(&queue, id.as_bytes(), props_with_id(&id)).await;
@@ -167,9 +165,8 @@ async fn poison_keyless_and_failing_messages_are_dead_lettered_with_their_reason
     let consumer = Consumer::builder(common::url(), &queue).build(processor).unwrap();
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let task = tokio::spawn(consumer.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
 
     broker.publish(&queue, b"{not json", props_with_id("undecodable")).await;
     broker.publish(&queue, b"7", BasicProperties::default()).await; // no id, no header
@@ -222,9 +219,8 @@ async fn a_long_retry_waits_in_a_retry_queue_and_comes_back() {
     let consumer = Consumer::builder(common::url(), &queue).build(processor).unwrap();
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let task = tokio::spawn(consumer.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
     broker.publish(&queue, b"x", props_with_id("r1")).await;
     eventually("the retry to succeed", Duration::from_secs(20), || attempts.lock().unwrap().len() >= 2).await;
     eventually("two acks", Duration::from_secs(5), || stats.acked.load(Ordering::Relaxed) >= 2).await;
@@ -281,9 +277,8 @@ async fn a_connection_killed_by_the_broker_is_reconnected_and_nothing_is_lost_or
         .unwrap();
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let task = tokio::spawn(consumer.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
     for i in 0..400 {
         let id = format!("k-{}", i % 300);
         broker.publish(&queue, id.as_bytes(), props_with_id(&id)).await;
@@ -325,9 +320,8 @@ async fn a_duplicate_request_gets_the_same_cached_reply() {
     let consumer = Consumer::builder(common::url(), &queue).build(processor).unwrap();
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let task = tokio::spawn(consumer.run());
-    eventually("the consumer to connect", Duration::from_secs(10), || stats.connections.load(Ordering::Relaxed) > 0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Consuming means the queue is declared: a message published before that is dropped.
+    eventually("the consumer to consume", Duration::from_secs(10), || stats.consuming.load(Ordering::Relaxed)).await;
     let replies = unique("replies");
     broker
         .channel

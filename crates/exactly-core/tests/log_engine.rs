@@ -5,90 +5,38 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use exactly_core::Result;
 use exactly_core::store::{Engine, KvBackend, LogBackend, LogOptions, WriteBatch};
 
-type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
-
-/// An engine in memory whose applies wait while its gate is closed, and which remembers
-/// what its last checkpoint made durable.
-#[derive(Debug, Clone, Default)]
-struct Gated {
-    live: Map,
-    durable: Map,
-    closed: Arc<(Mutex<bool>, Condvar)>,
-}
-
-impl Gated {
-    fn set_closed(&self, closed: bool) {
-        *self.closed.0.lock().unwrap() = closed;
-        self.closed.1.notify_all();
-    }
-}
-
-impl Engine for Gated {
-    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.live.lock().unwrap().get(key).cloned())
-    }
-
-    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
-        let live = self.live.lock().unwrap();
-        Ok(live.range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
-    }
-
-    fn apply(&self, ops: &[(Vec<u8>, Option<Bytes>)]) -> Result<()> {
-        let mut closed = self.closed.0.lock().unwrap();
-        while *closed {
-            closed = self.closed.1.wait(closed).unwrap();
-        }
-        let mut live = self.live.lock().unwrap();
-        for (k, v) in ops {
-            match v {
-                Some(v) => live.insert(k.clone(), v.clone()),
-                None => live.remove(k),
-            };
-        }
-        Ok(())
-    }
-
-    fn checkpoint(&self) -> Result<u64> {
-        let copy = self.live.lock().unwrap().clone();
-        *self.durable.lock().unwrap() = copy;
-        Ok(0)
-    }
-
-    fn disk_bytes(&self) -> Option<u64> {
-        None
-    }
-}
+#[path = "support/snapshots.rs"]
+mod snapshots;
+use snapshots::Snapshots;
 
 fn put(k: &[u8]) -> WriteBatch {
     WriteBatch { ops: vec![(k.to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() }
 }
 
-fn open(dir: &Path, engine: &Gated, segment_size: u64) -> LogBackend<Gated> {
+fn open(dir: &Path, engine: &Snapshots, segment_size: u64) -> LogBackend<Snapshots> {
     LogBackend::open(engine.clone(), dir, LogOptions { segment_size, max_batch: 4096, observer: None }).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_logged_writes_while_the_engine_is_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Gated::default();
+    let engine = Snapshots::default();
     let log = open(dir.path(), &engine, 16 * 1024 * 1024);
-    engine.set_closed(true);
+    engine.hold(true);
     assert!(log.commit(put(b"a")).await.unwrap(), "durable without the engine");
     let conflicting = WriteBatch { expect: vec![(b"a".to_vec(), None)], ..put(b"a") };
     assert!(!log.commit(conflicting).await.unwrap(), "its expectation sees the logged write");
     assert_eq!(log.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
     assert_eq!(log.range(b"a", b"b", 10).unwrap().len(), 1);
     assert!(engine.get(b"a").unwrap().is_none(), "the engine has not applied it");
-    engine.set_closed(false);
+    engine.hold(false);
     log.flush().await.unwrap();
     assert!(engine.get(b"a").unwrap().is_some());
     assert_eq!(log.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
@@ -97,10 +45,10 @@ async fn reads_see_logged_writes_while_the_engine_is_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_covers_groups_the_engine_thread_had_not_applied_yet() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Gated::default();
+    let engine = Snapshots::default();
     // Segments so small that every group fills one and hands a checkpoint on.
     let log = Arc::new(open(dir.path(), &engine, 64));
-    engine.set_closed(true);
+    engine.hold(true);
     // The engine thread takes group 1 and waits in its apply; groups 2 and 3 and the
     // checkpoints behind them queue up, so it finds them all at once after the gate opens.
     for k in [&b"one"[..], b"two", b"three"] {
@@ -112,7 +60,7 @@ async fn a_checkpoint_covers_groups_the_engine_thread_had_not_applied_yet() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!flush.is_finished(), "a flush cannot finish while the engine is stuck");
-    engine.set_closed(false);
+    engine.hold(false);
     flush.await.unwrap().unwrap();
     let durable = engine.durable.lock().unwrap().clone();
     for k in [&b"one"[..], b"two", b"three"] {

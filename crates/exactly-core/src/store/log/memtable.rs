@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use super::{Engine, Op};
 use crate::Result;
-// Not loom's lock under `--cfg exactly_loom`: the model checks of the log would take
-// hours with a preemption point at every read and insert. That an entry leaves only after
+// Not loom's lock under `--cfg exactly_loom`: with a preemption point at every read and
+// insert, the model checks of the log had not finished after ten minutes. That an entry leaves only after
 // the engine holds it is checked by the ordering in the engine thread and by the tests
 // below, which read through a memtable whose groups are partly applied.
 use std::sync::{Mutex, MutexGuard};

@@ -1,0 +1,66 @@
+//! An engine in memory for tests of the write-ahead log (`tests/log_engine.rs`,
+//! `tests/loom.rs`), included by path.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use exactly_core::Result;
+use exactly_core::store::Engine;
+
+pub(crate) type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
+
+/// An engine in memory that remembers what its last checkpoint made durable, and whose
+/// applies wait while it is held ([`Snapshots::hold`]); clones share the maps, so a test
+/// can look at them after the log is closed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshots {
+    pub(crate) live: Map,
+    pub(crate) durable: Map,
+    held: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Snapshots {
+    /// Holds back (or lets go of) every apply.
+    #[allow(dead_code)] // the loom checks never hold it
+    pub(crate) fn hold(&self, held: bool) {
+        *self.held.0.lock().unwrap() = held;
+        self.held.1.notify_all();
+    }
+}
+
+impl Engine for Snapshots {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.live.lock().unwrap().get(key).cloned())
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let live = self.live.lock().unwrap();
+        Ok(live.range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn apply(&self, ops: &[(Vec<u8>, Option<Bytes>)]) -> Result<()> {
+        let mut held = self.held.0.lock().unwrap();
+        while *held {
+            held = self.held.1.wait(held).unwrap();
+        }
+        let mut live = self.live.lock().unwrap();
+        for (k, v) in ops {
+            match v {
+                Some(v) => live.insert(k.clone(), v.clone()),
+                None => live.remove(k),
+            };
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<u64> {
+        let copy = self.live.lock().unwrap().clone();
+        *self.durable.lock().unwrap() = copy;
+        Ok(1)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+}

@@ -1,12 +1,13 @@
 //! The write-ahead log in front of an engine that falls behind: reads see what is logged
 //! before the engine has it, and a checkpoint (which lets the log forget its segments)
 //! covers every group logged before it, even groups the engine thread had gathered and not
-//! yet applied when the checkpoint reached it.
+//! yet applied when the checkpoint reached it; and the engine gets a group only once it is
+//! durable in the log (so it may apply it piecemeal).
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,4 +67,45 @@ async fn a_checkpoint_covers_groups_the_engine_thread_had_not_applied_yet() {
     for k in [&b"one"[..], b"two", b"three"] {
         assert!(durable.contains_key(k), "{:?} was logged before the flush and is not in its checkpoint", k);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_gets_a_group_only_once_the_log_is_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Snapshots::default();
+    // The sync thread calls the observer after each fsync of the log and before it passes
+    // the group on; a closed gate holds it there.
+    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    // Opens the gate when dropped, so a failed assertion does not leave the sync thread stuck.
+    struct Opens(Arc<(Mutex<bool>, Condvar)>);
+    impl Drop for Opens {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            self.0.1.notify_all();
+        }
+    }
+    let opens = Opens(gate.clone());
+    let observer = {
+        let gate = gate.clone();
+        move |_: &Path| {
+            let mut closed = gate.0.lock().unwrap();
+            while *closed {
+                closed = gate.1.wait(closed).unwrap();
+            }
+        }
+    };
+    let options = LogOptions { segment_size: 16 * 1024 * 1024, max_batch: 4096, observer: Some(Arc::new(observer)) };
+    let log = Arc::new(LogBackend::open(engine.clone(), dir.path(), options).unwrap());
+    let commit = tokio::spawn({
+        let log = log.clone();
+        async move { log.commit(put(b"a")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(log.get(b"a").unwrap(), Some(Bytes::from_static(b"1")), "reads see the logged write");
+    assert!(!commit.is_finished(), "not durable before the fsync is through");
+    assert!(engine.get(b"a").unwrap().is_none(), "the engine got a write whose fsync had not finished");
+    drop(opens);
+    assert!(commit.await.unwrap().unwrap());
+    log.flush().await.unwrap();
+    assert_eq!(engine.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
 }

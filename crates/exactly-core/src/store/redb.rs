@@ -52,12 +52,17 @@ impl Engine for RedbEngine {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<()> {
+        self.apply_groups(&[ops])
+    }
+
+    /// One write transaction (not durable) for all the groups.
+    fn apply_groups(&self, groups: &[&[Op]]) -> Result<()> {
         let write = || -> std::result::Result<(), redb::Error> {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::None)?;
             {
                 let mut table = tx.open_table(TABLE)?;
-                for (k, v) in ops {
+                for (k, v) in groups.iter().flat_map(|ops| ops.iter()) {
                     match v {
                         Some(v) => {
                             table.insert(k.as_slice(), v.as_ref())?;

@@ -1,15 +1,16 @@
 //! The commit thread, the sync thread and the engine thread.
 //!
 //! The commit thread builds a group from every waiting request, writes it to the log,
-//! puts it in the [`Memtable`] (where reads see it) and hands its replies to the sync
-//! thread and its writes to the engine thread. The sync thread fsyncs the log and
-//! answers them. While one group syncs, the next is being written, and one fsync covers
-//! every group written before it started. At most two groups are written and not yet
-//! synced: beyond that the commit thread waits, so requests gather into larger groups
-//! instead of many small ones.
+//! puts it in the [`Memtable`] (where reads see it) and hands it to the sync thread. The
+//! sync thread fsyncs the log, answers the group's requests and passes its writes on to
+//! the engine thread: the engine gets only writes that are durable in the log, so it
+//! need not apply a group atomically (see [`Engine`]). While one group syncs, the next
+//! is being written, and one fsync covers every group written before it started. At most
+//! two groups are written and not yet synced: beyond that the commit thread waits, so
+//! requests gather into larger groups instead of many small ones.
 //!
 //! The engine thread applies the groups to the engine, as many as have come at once in
-//! one batch, and then retires them from the memtable. When a log segment fills (or a
+//! one call, and then retires them from the memtable. When a log segment fills (or a
 //! flush asks), the commit thread hands a checkpoint to the sync thread behind the groups
 //! before it, and the sync thread passes it on to the engine thread once those are
 //! synced; the engine thread, having applied them, flushes the engine and recycles the
@@ -101,11 +102,16 @@ impl Shared {
 /// A log segment written to, and its path.
 type LogFile = (Arc<File>, PathBuf);
 
+/// A group's number and writes, on their way to the engine thread.
+type GroupWrites = (u64, Arc<Vec<Op>>);
+
 /// A written group waiting for its fsync.
 struct Written {
     file: Option<LogFile>,
     owed: Vec<Owed>,
     started: Instant,
+    /// Its number and writes, for the engine thread once synced (`None`: no writes).
+    writes: Option<GroupWrites>,
 }
 
 /// A checkpoint of the engine, and who waits for it.
@@ -130,6 +136,7 @@ impl Checkpoint {
 }
 
 enum ToSync {
+    /// Answered, and its writes passed on to the engine thread, once synced.
     Group(Written),
     /// Passed on to the engine thread once everything before it is synced.
     Checkpoint(Checkpoint),
@@ -172,7 +179,7 @@ pub(super) fn start<E: Engine>(
     let syncer = Syncer {
         requests: sync_rx,
         synced: synced_tx,
-        checkpoints: engine_tx.clone(),
+        engine: engine_tx,
         shared: shared.clone(),
         observer: options.observer.clone(),
     };
@@ -185,7 +192,6 @@ pub(super) fn start<E: Engine>(
         to_sync: sync_tx,
         synced: synced_rx,
         in_flight: 0,
-        to_engine: engine_tx,
         applied: applied_rx,
         unapplied: 0,
         seq: 0,
@@ -208,10 +214,9 @@ struct Committer<E> {
     synced: Receiver<()>,
     /// Groups handed to the sync thread and not yet answered.
     in_flight: usize,
-    to_engine: Sender<ToEngine>,
     /// One message per group the engine thread has applied.
     applied: Receiver<()>,
-    /// Groups handed to the engine thread and not yet applied.
+    /// Groups written (with writes) and not yet applied to the engine.
     unapplied: usize,
     /// The number of the last group written.
     seq: u64,
@@ -339,14 +344,16 @@ impl<E: Engine> Committer<E> {
             ops.extend(expiry_index_ops((self.epoch << 40) | (n & ((1 << 40) - 1)), &expiring));
         }
         match self.write(ops) {
-            Ok((file, rotated)) => {
+            Ok((file, writes, rotated)) => {
                 let mut owed = Vec::with_capacity(admitted.len());
                 for (applied, o) in admitted {
                     let _ = applied.send(Ok(true));
                     owed.push(o);
                 }
-                if self.to_sync.send(ToSync::Group(Written { file, owed, started })).is_ok() {
+                let has_writes = writes.is_some();
+                if self.to_sync.send(ToSync::Group(Written { file, owed, started, writes })).is_ok() {
                     self.in_flight += 1;
+                    self.unapplied += usize::from(has_writes);
                 }
                 if rotated || !flushes.is_empty() {
                     self.checkpoint(!flushes.is_empty(), flushes, None);
@@ -380,22 +387,18 @@ impl<E: Engine> Committer<E> {
         Ok(true)
     }
 
-    /// Logs a group, puts it in the memtable and hands it to the engine thread; returns
-    /// the log file the sync thread must fsync, and whether a segment filled up (the
-    /// engine wants a checkpoint).
-    fn write(&mut self, ops: Vec<Op>) -> Result<(Option<LogFile>, bool)> {
+    /// Logs a group and puts it in the memtable; returns the log file the sync thread
+    /// must fsync, the group's number and writes for the engine thread, and whether a
+    /// segment filled up (the engine wants a checkpoint).
+    fn write(&mut self, ops: Vec<Op>) -> Result<(Option<LogFile>, Option<GroupWrites>, bool)> {
         if ops.is_empty() {
-            return Ok((None, false));
+            return Ok((None, None, false));
         }
         let written = self.wal.write(&wal::encode(&ops)).map_err(|e| Error::io("log write", e))?;
         self.seq += 1;
         self.memtable.insert(self.seq, &ops);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        if self.to_engine.send(ToEngine::Apply { seq: self.seq, ops: Arc::new(ops) }).is_err() {
-            return Err(Error::StorePoisoned { cause: "the engine thread has stopped".into() });
-        }
-        self.unapplied += 1;
-        Ok((Some((written.file, written.path)), written.rotated))
+        Ok((Some((written.file, written.path)), Some((self.seq, Arc::new(ops))), written.rotated))
     }
 
     /// Hands a checkpoint of everything written so far to the sync thread, which passes
@@ -435,7 +438,7 @@ struct Applier<E> {
 
 impl<E: Engine> Applier<E> {
     fn run(self) {
-        let mut groups: Vec<(u64, Arc<Vec<Op>>)> = Vec::new();
+        let mut groups: Vec<GroupWrites> = Vec::new();
         loop {
             // Gather every group waiting into one batch; apply it when none is left.
             let next = if groups.is_empty() { self.requests.recv().ok() } else { self.requests.try_recv().ok() };
@@ -460,16 +463,12 @@ impl<E: Engine> Applier<E> {
         self.apply(&mut groups);
     }
 
-    /// Applies `groups` as one batch (the last write of a key wins), then retires them.
-    fn apply(&self, groups: &mut Vec<(u64, Arc<Vec<Op>>)>) {
+    /// Applies `groups` in order in one call, then retires them.
+    fn apply(&self, groups: &mut Vec<GroupWrites>) {
         let Some(&(last, _)) = groups.last() else { return };
         if self.shared.poisoned().is_none() {
-            let result = if let [(_, ops)] = groups.as_slice() {
-                self.engine.apply(ops)
-            } else {
-                let all: Vec<Op> = groups.iter().flat_map(|(_, ops)| ops.iter().cloned()).collect();
-                self.engine.apply(&all)
-            };
+            let slices: Vec<&[Op]> = groups.iter().map(|(_, ops)| ops.as_slice()).collect();
+            let result = self.engine.apply_groups(&slices);
             match result {
                 // Only now may reads go to the engine for these keys.
                 Ok(()) => groups.iter().for_each(|(_, ops)| self.memtable.retire(last, ops)),
@@ -493,8 +492,8 @@ impl<E: Engine> Applier<E> {
 struct Syncer {
     requests: Receiver<ToSync>,
     synced: Sender<()>,
-    /// The engine thread, for checkpoints.
-    checkpoints: Sender<ToEngine>,
+    /// The engine thread: synced groups' writes, then checkpoints.
+    engine: Sender<ToEngine>,
     shared: Arc<Shared>,
     observer: Option<Arc<dyn FsyncObserver>>,
 }
@@ -513,7 +512,7 @@ impl Syncer {
                 break;
             }
         }
-        let _ = self.checkpoints.send(ToEngine::Stop);
+        let _ = self.engine.send(ToEngine::Stop);
     }
 
     fn sync(&self, batch: &mut Vec<ToSync>) {
@@ -553,12 +552,18 @@ impl Syncer {
                     for o in w.owed {
                         o.settle(failure.as_deref());
                     }
+                    // Even after a failure: the engine thread then applies nothing (the
+                    // store is poisoned) but counts the group as done for the commit
+                    // thread. If it has stopped, so has the commit thread's waiting.
+                    if let Some((seq, ops)) = w.writes {
+                        let _ = self.engine.send(ToEngine::Apply { seq, ops });
+                    }
                 }
                 ToSync::Checkpoint(job) => {
                     if failure.is_some() {
                         job.answer(failure.as_deref());
                     } else if let Err(std::sync::mpsc::SendError(ToEngine::Checkpoint(job))) =
-                        self.checkpoints.send(ToEngine::Checkpoint(job))
+                        self.engine.send(ToEngine::Checkpoint(job))
                     {
                         job.answer(Some("the engine thread has stopped"));
                     }

@@ -12,8 +12,8 @@
 //!    next group;
 //! 2. the sync thread `fdatasync`s the log, and only then answers the completions, so
 //!    one fsync serves every group written while the previous one was syncing;
-//! 3. the engine thread applies the groups to the engine in memory and retires them
-//!    from the memtable; when a log segment fills (and at close) it checkpoints the
+//! 3. the engine thread applies the synced groups to the engine in memory and retires
+//!    them from the memtable; when a log segment fills (and at close) it checkpoints the
 //!    engine: flushes and fsyncs it through its own files, then recycles the older
 //!    segments, while the commit thread goes on writing into the next one;
 //! 4. opening replays the log into the engine.
@@ -58,13 +58,25 @@ impl<F: Fn(&Path) + Send + Sync + 'static> FsyncObserver for F {
 
 /// An ordered key-value engine under the log. Writes come from one thread at a time and
 /// need not be durable; [`Engine::checkpoint`] makes them so.
+///
+/// Writes reach the engine only once they are durable in the log, in log order, and
+/// every write sets a whole value or deletes it. So an engine need not apply a group
+/// atomically: if the process or the machine stops part way, the next open replays the
+/// log from the last checkpoint over whatever part reached the engine's files. (Reads
+/// meanwhile see the group whole through the memtable.)
 pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// Reads one value.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>>;
     /// Reads up to `limit` entries with `from <= key < to`, in key order.
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>>;
-    /// Applies writes atomically, visible to reads at once; durability not required.
+    /// Applies writes in order, visible to reads once it returns; neither atomicity nor
+    /// durability is required.
     fn apply(&self, ops: &[Op]) -> Result<()>;
+    /// Applies several groups in order, as [`Engine::apply`] of each would. An engine
+    /// with a per-call cost (a transaction) applies them in one.
+    fn apply_groups(&self, groups: &[&[Op]]) -> Result<()> {
+        groups.iter().try_for_each(|ops| self.apply(ops))
+    }
     /// Makes everything applied so far durable in the engine's own files. Returns the
     /// number of fsyncs made.
     fn checkpoint(&self) -> Result<u64>;

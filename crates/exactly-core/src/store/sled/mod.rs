@@ -40,15 +40,19 @@ impl Engine for SledEngine {
             .collect()
     }
 
+    /// One `insert` or `remove` per write, not a `sled::Batch`: sled's `apply_batch`
+    /// takes a process-wide write lock that every `get` then waits for (1-6 ms a batch
+    /// here, on the runtime threads that look up claims). The group needs no atomicity in
+    /// sled: it is durable in the log before it comes here (see [`Engine`]).
     fn apply(&self, ops: &[Op]) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for (k, v) in ops {
             match v {
-                Some(v) => batch.insert(k.as_slice(), v.as_ref()),
-                None => batch.remove(k.as_slice()),
+                Some(v) => self.db.insert(k.as_slice(), v.as_ref()).map(drop),
+                None => self.db.remove(k.as_slice()).map(drop),
             }
+            .map_err(|e| Error::io("write", e))?;
         }
-        self.db.apply_batch(batch).map_err(|e| Error::io("write", e))
+        Ok(())
     }
 
     fn checkpoint(&self) -> Result<u64> {

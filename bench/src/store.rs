@@ -30,6 +30,10 @@ pub(crate) struct Args {
     /// each full segment ends with a checkpoint of the engine).
     #[arg(long, default_value_t = 16)]
     segment_mb: u64,
+    /// Messages per second offered in the load section (default: half the sled store's
+    /// measured throughput). A fixed rate compares builds whose throughput differs.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Keys per `purge_expired` call in the sweeper section (default: the sweeper's).
     #[arg(long)]
     budget: Option<usize>,
@@ -457,9 +461,12 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let ceiling = Processor::builder("bench", noop()).store(SledStore::open(dir.path().join("ceiling"))?).build()?;
     let max = rate(n_max, process_all(&ceiling, 0..n_max, 256).await);
     drop(ceiling);
-    let offered = max / 2.0;
+    let offered = args.rate.unwrap_or(max / 2.0);
     let segment = args.segment_mb * 1024 * 1024;
-    println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight");
+    match args.rate {
+        None => println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight"),
+        Some(_) => println!("\nLatency at a fixed rate (--rate): the sled store's rate with 256 in flight"),
+    }
     println!(
         "was {}; {} are offered for {secs} s (open loop), each message timed from when it",
         fmt_rate(max),

@@ -554,7 +554,8 @@ impl Syncer {
                     }
                     // Even after a failure: the engine thread then applies nothing (the
                     // store is poisoned) but counts the group as done for the commit
-                    // thread. If it has stopped, so has the commit thread's waiting.
+                    // thread. (If the engine thread has stopped, the commit thread's wait
+                    // for it ends as the channel closes.)
                     if let Some((seq, ops)) = w.writes {
                         let _ = self.engine.send(ToEngine::Apply { seq, ops });
                     }

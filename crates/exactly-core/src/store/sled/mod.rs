@@ -41,7 +41,7 @@ impl Engine for SledEngine {
     }
 
     /// One `insert` or `remove` per write, not a `sled::Batch`: sled's `apply_batch`
-    /// takes a process-wide write lock that every `get` then waits for (1-6 ms a batch
+    /// takes a process-wide write lock that every `get` then waits for (up to 6 ms a batch
     /// here, on the runtime threads that look up claims). The group needs no atomicity in
     /// sled: it is durable in the log before it comes here (see [`Engine`]).
     fn apply(&self, ops: &[Op]) -> Result<()> {

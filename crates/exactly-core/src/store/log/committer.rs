@@ -105,13 +105,19 @@ type LogFile = (Arc<File>, PathBuf);
 /// A group's number and writes, on their way to the engine thread.
 type GroupWrites = (u64, Arc<Vec<Op>>);
 
+/// A group in the log: the segment to fsync, and its number and writes for the engine
+/// thread once synced.
+struct Logged {
+    file: LogFile,
+    writes: GroupWrites,
+}
+
 /// A written group waiting for its fsync.
 struct Written {
-    file: Option<LogFile>,
+    /// `None` when the group has no writes (only flushes, or every batch refused).
+    logged: Option<Logged>,
     owed: Vec<Owed>,
     started: Instant,
-    /// Its number and writes, for the engine thread once synced (`None`: no writes).
-    writes: Option<GroupWrites>,
 }
 
 /// A checkpoint of the engine, and who waits for it.
@@ -344,14 +350,14 @@ impl<E: Engine> Committer<E> {
             ops.extend(expiry_index_ops((self.epoch << 40) | (n & ((1 << 40) - 1)), &expiring));
         }
         match self.write(ops) {
-            Ok((file, writes, rotated)) => {
+            Ok((logged, rotated)) => {
                 let mut owed = Vec::with_capacity(admitted.len());
                 for (applied, o) in admitted {
                     let _ = applied.send(Ok(true));
                     owed.push(o);
                 }
-                let has_writes = writes.is_some();
-                if self.to_sync.send(ToSync::Group(Written { file, owed, started, writes })).is_ok() {
+                let has_writes = logged.is_some();
+                if self.to_sync.send(ToSync::Group(Written { logged, owed, started })).is_ok() {
                     self.in_flight += 1;
                     self.unapplied += usize::from(has_writes);
                 }
@@ -387,18 +393,18 @@ impl<E: Engine> Committer<E> {
         Ok(true)
     }
 
-    /// Logs a group and puts it in the memtable; returns the log file the sync thread
-    /// must fsync, the group's number and writes for the engine thread, and whether a
-    /// segment filled up (the engine wants a checkpoint).
-    fn write(&mut self, ops: Vec<Op>) -> Result<(Option<LogFile>, Option<GroupWrites>, bool)> {
+    /// Logs a group and puts it in the memtable; returns where it was logged (`None`
+    /// without writes) and whether a segment filled up (the engine wants a checkpoint).
+    fn write(&mut self, ops: Vec<Op>) -> Result<(Option<Logged>, bool)> {
         if ops.is_empty() {
-            return Ok((None, None, false));
+            return Ok((None, false));
         }
         let written = self.wal.write(&wal::encode(&ops)).map_err(|e| Error::io("log write", e))?;
         self.seq += 1;
         self.memtable.insert(self.seq, &ops);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        Ok((Some((written.file, written.path)), Some((self.seq, Arc::new(ops))), written.rotated))
+        let logged = Logged { file: (written.file, written.path), writes: (self.seq, Arc::new(ops)) };
+        Ok((Some(logged), written.rotated))
     }
 
     /// Hands a checkpoint of everything written so far to the sync thread, which passes
@@ -519,7 +525,7 @@ impl Syncer {
         // One fsync per distinct file, in order; a group is durable once its file is.
         let mut files: Vec<LogFile> = Vec::new();
         for item in batch.iter() {
-            if let ToSync::Group(Written { file: Some((f, p)), .. }) = item {
+            if let ToSync::Group(Written { logged: Some(Logged { file: (f, p), .. }), .. }) = item {
                 if !files.iter().any(|(g, _)| Arc::ptr_eq(f, g)) {
                     files.push((f.clone(), p.clone()));
                 }
@@ -556,7 +562,7 @@ impl Syncer {
                     // store is poisoned) but counts the group as done for the commit
                     // thread. (If the engine thread has stopped, the commit thread's wait
                     // for it ends as the channel closes.)
-                    if let Some((seq, ops)) = w.writes {
+                    if let Some(Logged { writes: (seq, ops), .. }) = w.logged {
                         let _ = self.engine.send(ToEngine::Apply { seq, ops });
                     }
                 }

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use exactly_core::store::{Engine, KvBackend, LogBackend, LogOptions, WriteBatch}
 
 #[path = "support/snapshots.rs"]
 mod snapshots;
-use snapshots::Snapshots;
+use snapshots::{Gate, Snapshots};
 
 fn put(k: &[u8]) -> WriteBatch {
     WriteBatch { ops: vec![(k.to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() }
@@ -75,25 +75,17 @@ async fn the_engine_gets_a_group_only_once_the_log_is_synced() {
     let engine = Snapshots::default();
     // The sync thread calls the observer after each fsync of the log and before it passes
     // the group on; a closed gate holds it there.
-    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    let gate = Gate::default();
+    gate.close(true);
     // Opens the gate when dropped, so a failed assertion does not leave the sync thread stuck.
-    struct Opens(Arc<(Mutex<bool>, Condvar)>);
+    struct Opens(Gate);
     impl Drop for Opens {
         fn drop(&mut self) {
-            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
-            self.0.1.notify_all();
+            self.0.close(false);
         }
     }
     let opens = Opens(gate.clone());
-    let observer = {
-        let gate = gate.clone();
-        move |_: &Path| {
-            let mut closed = gate.0.lock().unwrap();
-            while *closed {
-                closed = gate.1.wait(closed).unwrap();
-            }
-        }
-    };
+    let observer = move |_: &Path| gate.pass();
     let options = LogOptions { segment_size: 16 * 1024 * 1024, max_batch: 4096, observer: Some(Arc::new(observer)) };
     let log = Arc::new(LogBackend::open(engine.clone(), dir.path(), options).unwrap());
     let commit = tokio::spawn({

@@ -10,6 +10,26 @@ use exactly_core::store::Engine;
 
 pub(crate) type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
 
+/// A gate threads wait at while it is closed; clones share it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Closes (or opens) the gate.
+    pub(crate) fn close(&self, closed: bool) {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = closed;
+        self.0.1.notify_all();
+    }
+
+    /// Waits until the gate is open.
+    pub(crate) fn pass(&self) {
+        let mut closed = self.0.0.lock().unwrap();
+        while *closed {
+            closed = self.0.1.wait(closed).unwrap();
+        }
+    }
+}
+
 /// An engine in memory that remembers what its last checkpoint made durable, and whose
 /// applies wait while it is held ([`Snapshots::hold`]); clones share the maps, so a test
 /// can look at them after the log is closed.
@@ -17,15 +37,14 @@ pub(crate) type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
 pub(crate) struct Snapshots {
     pub(crate) live: Map,
     pub(crate) durable: Map,
-    held: Arc<(Mutex<bool>, Condvar)>,
+    held: Gate,
 }
 
 impl Snapshots {
     /// Holds back (or lets go of) every apply.
     #[allow(dead_code)] // the loom checks never hold it
     pub(crate) fn hold(&self, held: bool) {
-        *self.held.0.lock().unwrap() = held;
-        self.held.1.notify_all();
+        self.held.close(held);
     }
 }
 
@@ -40,10 +59,7 @@ impl Engine for Snapshots {
     }
 
     fn apply(&self, ops: &[(Vec<u8>, Option<Bytes>)]) -> Result<()> {
-        let mut held = self.held.0.lock().unwrap();
-        while *held {
-            held = self.held.1.wait(held).unwrap();
-        }
+        self.held.pass();
         let mut live = self.live.lock().unwrap();
         for (k, v) in ops {
             match v {

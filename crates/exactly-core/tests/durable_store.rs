@@ -63,6 +63,30 @@ fn done(key: &StoreKey, token: u64, payload: &[u8], output: Option<Bytes>, state
     }
 }
 
+/// Claims and completes `k<i>` for every i in `keys`, all at once.
+async fn complete_keys(store: &(impl DedupStore + ?Sized), keys: std::ops::Range<u32>) {
+    futures_util::future::join_all(keys.map(|i| async move {
+        let key = StoreKey::new("c", &format!("k{i}"));
+        let token = claim(store, &key, b"p").await;
+        assert_eq!(
+            store.complete(done(&key, token, b"p", None, StateChanges::default())).await.unwrap(),
+            Committed::Ok
+        );
+    }))
+    .await;
+}
+
+/// Waits until the store has built its filter of done keys `builds` times.
+async fn filter_built(store: &(impl DedupStore + ?Sized), builds: u64) {
+    for _ in 0..1000 {
+        if store.stats().filter_builds >= builds {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the filter was built {} times, not {builds}", store.stats().filter_builds);
+}
+
 macro_rules! durable_store_tests {
     ($module:ident, $store:ty) => {
         mod $module {
@@ -107,6 +131,37 @@ macro_rules! durable_store_tests {
                 for i in 0..500 {
                     assert!(store.inspect(&StoreKey::new("c", &format!("k{i}"))).unwrap().is_some(), "k{i} lost");
                 }
+            }
+
+            /// The filter of done keys, built after a reopen and rebuilt while the store
+            /// grows: every done key is still found, new keys are new.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_filter_of_done_keys_never_hides_a_done_key() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                let open = || Store::builder(&path).filter_keys(64).open().unwrap();
+                let key = |i: u32| StoreKey::new("c", &format!("k{i}"));
+                let store = open();
+                complete_keys(&store, 0..300).await;
+                drop(store);
+                let store = open();
+                filter_built(&store, 1).await;
+                complete_keys(&store, 300..600).await;
+                // The first filter is sized for one key per 256 bytes on disk (2,048 for a
+                // new sled store): 5,000 keys fill it and a larger one is built.
+                complete_keys(&store, 600..5000).await;
+                filter_built(&store, 2).await;
+                for i in 0..5000 {
+                    assert!(store.inspect(&key(i)).unwrap().is_some(), "k{i} lost");
+                }
+                for i in 5000..5100 {
+                    assert!(store.inspect(&key(i)).unwrap().is_none(), "k{i} was never written");
+                }
+                claim(&store, &key(5000), b"p").await;
+                drop(store);
+                let store = open();
+                filter_built(&store, 1).await;
+                assert!((0..5000).all(|i| store.inspect(&key(i)).unwrap().is_some()), "a key lost after the reopen");
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

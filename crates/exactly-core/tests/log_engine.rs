@@ -22,7 +22,7 @@ fn put(k: &[u8]) -> WriteBatch {
 }
 
 fn open(dir: &Path, engine: &Snapshots, segment_size: u64) -> LogBackend<Snapshots> {
-    LogBackend::open(engine.clone(), dir, LogOptions { segment_size, max_batch: 4096, observer: None }).unwrap()
+    LogBackend::open(engine.clone(), dir, LogOptions { segment_size, ..LogOptions::default() }).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +86,7 @@ async fn the_engine_gets_a_group_only_once_the_log_is_synced() {
     }
     let opens = Opens(gate.clone());
     let observer = move |_: &Path| gate.pass();
-    let options = LogOptions { segment_size: 16 * 1024 * 1024, max_batch: 4096, observer: Some(Arc::new(observer)) };
+    let options = LogOptions { observer: Some(Arc::new(observer)), ..LogOptions::default() };
     let log = Arc::new(LogBackend::open(engine.clone(), dir.path(), options).unwrap());
     let commit = tokio::spawn({
         let log = log.clone();

@@ -302,7 +302,7 @@ fn log(dir: &Path, fsyncs: Arc<std::sync::atomic::AtomicUsize>) -> LogBackend<Sn
     let observer = move |_: &Path| {
         fsyncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     };
-    let options = LogOptions { segment_size: 64, max_batch: 4096, observer: Some(Arc::new(observer)) };
+    let options = LogOptions { segment_size: 64, observer: Some(Arc::new(observer)), ..LogOptions::default() };
     LogBackend::open(Snapshots::default(), dir, options).unwrap()
 }
 

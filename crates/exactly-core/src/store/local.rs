@@ -44,6 +44,9 @@ pub struct BackendStats {
     pub fsyncs: u64,
     /// Bytes on disk.
     pub disk_bytes: Option<u64>,
+    /// Filters of done keys built since open; 0 while reads of new keys still go to the
+    /// engine (see [`LogOptions::filter_keys`](super::LogOptions::filter_keys)).
+    pub filter_builds: u64,
 }
 
 /// Runs once a staged write is durable (`true`) or will never be (`false`, the store
@@ -580,7 +583,14 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
     fn stats(&self) -> StoreStats {
         let (in_flight, waiting_retry) = self.leases.counts();
         let b = self.backend.stats();
-        StoreStats { in_flight, waiting_retry, commits: b.commits, fsyncs: b.fsyncs, disk_bytes: b.disk_bytes }
+        StoreStats {
+            in_flight,
+            waiting_retry,
+            commits: b.commits,
+            fsyncs: b.fsyncs,
+            disk_bytes: b.disk_bytes,
+            filter_builds: b.filter_builds,
+        }
     }
 }
 

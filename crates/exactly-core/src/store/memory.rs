@@ -66,7 +66,7 @@ impl KvBackend for MemoryBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        BackendStats { commits: self.commits.load(Ordering::Relaxed), fsyncs: 0, disk_bytes: None }
+        BackendStats { commits: self.commits.load(Ordering::Relaxed), ..BackendStats::default() }
     }
 }
 

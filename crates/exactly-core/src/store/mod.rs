@@ -216,6 +216,9 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Bytes on disk, for on-disk stores.
     pub disk_bytes: Option<u64>,
+    /// Filters of done keys built since open (on-disk stores); 0 while reads of new keys
+    /// still go to the engine.
+    pub filter_builds: u64,
 }
 
 /// A store of idempotency records.

@@ -167,6 +167,15 @@ impl RedbStoreBuilder {
         self
     }
 
+    /// The fewest done keys the in-memory filter of new keys is sized for (default
+    /// 1,048,576, about 1.2 MB; it grows with the store, at about 2.4 bytes a live key).
+    /// A key the filter has never seen is answered as new without reading the engine.
+    /// 0 turns the filter off.
+    pub fn filter_keys(mut self, keys: u64) -> Self {
+        self.log.filter_keys = keys;
+        self
+    }
+
     /// Called after every successful fsync of the log with its path.
     pub fn on_fsync(mut self, observer: impl FsyncObserver) -> Self {
         self.log.observer = Some(Arc::new(observer));

@@ -7,40 +7,62 @@
 //! leaves the memtable only after the engine holds it (or something newer).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::filter::{Bloom, Filters};
 use super::{Engine, Op};
 use crate::Result;
 // Not loom's lock under `--cfg exactly_loom`: with a preemption point at every read and
 // insert, the model checks of the log had not finished after ten minutes. That an entry leaves only after
 // the engine holds it is checked by the ordering in the engine thread and by the tests
 // below, which read through a memtable whose groups are partly applied.
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Each key's newest logged value (`None`: deleted), with the number of the group that
 /// wrote it.
 type Entries = BTreeMap<Vec<u8>, (u64, Option<Bytes>)>;
 
+/// What the lock guards: the entries, and the [filter](super::filter) of the keys the
+/// engine may hold, which must change together.
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Entries,
+    filters: Filters,
+}
+
 /// The writes the engine may not have yet.
 #[derive(Debug, Default)]
 pub(super) struct Memtable {
-    entries: Mutex<Entries>,
+    inner: Mutex<Inner>,
+    /// Wakes the filter's builder.
+    builder: Condvar,
 }
 
 impl Memtable {
     /// Adds the writes of group `seq` (later groups have larger numbers).
     pub(super) fn insert(&self, seq: u64, ops: &[Op]) {
-        let mut entries = self.lock();
+        let mut inner = self.lock();
+        let mut overfull = false;
         for (k, v) in ops {
-            entries.insert(k.clone(), (seq, v.clone()));
+            if v.is_some() {
+                overfull |= inner.filters.insert(k);
+            } else {
+                inner.filters.remove(k);
+            }
+            inner.entries.insert(k.clone(), (seq, v.clone()));
+        }
+        drop(inner);
+        if overfull {
+            self.builder.notify_one();
         }
     }
 
     /// Removes the entries of `ops` written by group `applied` or earlier: the engine now
     /// holds every group up to `applied`. An entry a later group wrote stays.
     pub(super) fn retire(&self, applied: u64, ops: &[Op]) {
-        let mut entries = self.lock();
+        let entries = &mut self.lock().entries;
         for (k, _) in ops {
             if entries.get(k).is_some_and(|(seq, _)| *seq <= applied) {
                 entries.remove(k);
@@ -50,10 +72,17 @@ impl Memtable {
 
     /// Reads `key`: here if it is here, else from the engine.
     pub(super) fn get(&self, engine: &impl Engine, key: &[u8]) -> Result<Option<Bytes>> {
-        if let Some((_, v)) = self.lock().get(key) {
-            return Ok(v.clone());
+        {
+            let inner = self.lock();
+            if let Some((_, v)) = inner.entries.get(key) {
+                return Ok(v.clone());
+            }
+            // Not here: never written, or retired, which happens only after the engine
+            // has it; and every key written went through the filter before coming here.
+            if inner.filters.excludes(key) {
+                return Ok(None);
+            }
         }
-        // Not here: never written, or retired, which happens only after the engine has it.
         engine.get(key)
     }
 
@@ -68,7 +97,8 @@ impl Memtable {
     ) -> Result<Vec<(Vec<u8>, Bytes)>> {
         // Held while the engine is read, so no entry is retired in between: the engine
         // holds nothing newer than an entry here.
-        let entries = self.lock();
+        let inner = self.lock();
+        let entries = &inner.entries;
         let mine: Vec<(&Vec<u8>, &Option<Bytes>)> =
             entries.range(from.to_vec()..to.to_vec()).map(|(k, (_, v))| (k, v)).collect();
         let deleted = mine.iter().filter(|(_, v)| v.is_none()).count();
@@ -101,11 +131,64 @@ impl Memtable {
     /// Entries waiting for the engine.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// Registers a filter being built (see [`Filters::begin`]). Returns `false` if the
+    /// filters are stopped.
+    pub(super) fn begin_filter(&self, bloom: Arc<Bloom>) -> bool {
+        let mut inner = self.lock();
+        if inner.filters.stopped {
+            return false;
+        }
+        let Inner { entries, filters } = &mut *inner;
+        filters.begin(bloom, entries.iter().filter(|(_, (_, v))| v.is_some()).map(|(k, _)| k));
+        true
+    }
+
+    /// The filter being built is complete and answers from now on.
+    pub(super) fn finish_filter(&self) {
+        self.lock().filters.finish();
+    }
+
+    /// The filter being built is dropped; the current one stays.
+    pub(super) fn abandon_filter(&self) {
+        self.lock().filters.abandon();
+    }
+
+    /// Whether the filters are stopped.
+    pub(super) fn filter_stopped(&self) -> bool {
+        self.lock().filters.stopped
+    }
+
+    /// Waits until the current filter needs rebuilding; returns the keys to size the new
+    /// one for, or `None` once stopped.
+    pub(super) fn wait_for_rebuild(&self, min_keys: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        loop {
+            if inner.filters.stopped {
+                return None;
+            }
+            if let Some(keys) = inner.filters.wanted(min_keys) {
+                return Some(keys);
+            }
+            inner = self.builder.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Stops the filter's builder (at its next page of the engine).
+    pub(super) fn stop_filter(&self) {
+        self.lock().filters.stopped = true;
+        self.builder.notify_all();
+    }
+
+    /// Filters built so far (0: none answers reads yet).
+    pub(super) fn filter_builds(&self) -> u64 {
+        self.lock().filters.builds
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -113,12 +196,17 @@ impl Memtable {
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use crate::store::layout::RECORD;
 
     #[derive(Debug, Default)]
-    struct Map(StdMutex<BTreeMap<Vec<u8>, Bytes>>);
+    struct Map(StdMutex<BTreeMap<Vec<u8>, Bytes>>, AtomicUsize);
 
     impl Engine for Map {
         fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
             Ok(self.0.lock().unwrap().get(key).cloned())
         }
         fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
@@ -222,5 +310,123 @@ mod tests {
         let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(keys, vec![&b"c"[..], b"d", b"e", b"f", b"g"]);
         assert!(mem.range(&engine, b"d", b"e", 10).unwrap().iter().all(|(k, _)| k == b"d"));
+    }
+
+    /// A done-record key.
+    fn rkey(i: u64) -> Vec<u8> {
+        [&[RECORD][..], &i.to_be_bytes()].concat()
+    }
+
+    fn rput(i: u64) -> Op {
+        (rkey(i), Some(Bytes::from_static(b"done")))
+    }
+
+    /// Starts the filter's builder the way the log does.
+    fn builder(engine: &Arc<Map>, mem: &Arc<Memtable>, min_keys: u64) -> std::thread::JoinHandle<()> {
+        let (engine, mem) = (engine.clone(), mem.clone());
+        std::thread::spawn(move || super::super::filter::run(&*engine, &mem, min_keys))
+    }
+
+    fn wait_ready(mem: &Memtable) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mem.filter_builds() == 0 {
+            assert!(Instant::now() < deadline, "the filter was not built");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// 5,000 keys in the engine and a filter sized for 64 at first: the build starts
+    /// again larger until the filter holds them all.
+    #[test]
+    fn once_the_filter_is_built_new_keys_are_answered_without_the_engine() {
+        let (engine, mem) = (Arc::new(Map::default()), Arc::new(Memtable::default()));
+        engine.apply(&(0..5000).map(rput).collect::<Vec<_>>()).unwrap();
+        mem.insert(1, &[rput(5000), (rkey(5001), None)]);
+        let thread = builder(&engine, &mem, 64);
+        wait_ready(&mem);
+        for i in 0..=5000 {
+            assert!(mem.get(&*engine, &rkey(i)).unwrap().is_some(), "key {i} lost");
+        }
+        engine.apply(&[rput(5000)]).unwrap();
+        mem.retire(1, &[rput(5000)]);
+        assert!(
+            mem.get(&*engine, &rkey(5000)).unwrap().is_some(),
+            "a key that was in the memtable during the build, retired since"
+        );
+        let before = engine.1.load(Ordering::Relaxed);
+        for i in 10_000..20_000 {
+            assert_eq!(mem.get(&*engine, &rkey(i)).unwrap(), None);
+        }
+        let reads = engine.1.load(Ordering::Relaxed) - before;
+        assert!(reads < 500, "{reads} of 10,000 reads of new keys went to the engine");
+        // Keys outside the done records are not filtered.
+        let before = engine.1.load(Ordering::Relaxed);
+        assert_eq!(mem.get(&*engine, b"m-meta").unwrap(), None);
+        assert_eq!(engine.1.load(Ordering::Relaxed), before + 1);
+        mem.stop_filter();
+        thread.join().unwrap();
+    }
+
+    /// The rebuild's race: groups are written, applied and retired while the filter is
+    /// rebuilt 200 times; a reader asks for the newest keys and must always find them.
+    #[test]
+    fn no_written_key_is_ever_missed_while_the_filter_is_rebuilt() {
+        let (engine, mem) = (Arc::new(Map::default()), Arc::new(Memtable::default()));
+        engine.apply(&(0..100).map(rput).collect::<Vec<_>>()).unwrap();
+        let thread = builder(&engine, &mem, 16);
+        // Keys below `deleted` may be gone, keys up to `written` are there.
+        let (written, deleted) = (Arc::new(AtomicU64::new(100)), Arc::new(AtomicU64::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (engine, mem, stop) = (engine.clone(), mem.clone(), stop.clone());
+            let (written, deleted) = (written.clone(), deleted.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let n = written.load(Ordering::Acquire);
+                    // The newest keys, where the race is, and an older live one.
+                    for i in (n - 8..n).chain([n - 90 + checked % 80]) {
+                        // Missing is right only if the writer may have deleted it since.
+                        let found = mem.get(&*engine, &rkey(i)).unwrap().is_some();
+                        assert!(found || i < deleted.load(Ordering::Acquire), "key {i} of {n} missed");
+                        checked += 1;
+                    }
+                }
+                checked
+            })
+        };
+        // Groups of 4 new keys that delete the 4 oldest, so about 100 keys live and the
+        // filter, sized for twice that, is rebuilt every 25 groups or so. The engine
+        // applies and retires each group 8 groups behind.
+        let mut waiting = std::collections::VecDeque::new();
+        for seq in 1..=200_000u64 {
+            if mem.filter_builds() >= 200 {
+                break;
+            }
+            std::thread::yield_now();
+            let first = 100 + (seq - 1) * 4;
+            let ops: Vec<Op> =
+                (first..first + 4).map(rput).chain((first - 100..first - 96).map(|i| (rkey(i), None))).collect();
+            deleted.store(first - 96, Ordering::Release);
+            mem.insert(seq, &ops);
+            written.store(100 + seq * 4, Ordering::Release);
+            waiting.push_back((seq, ops));
+            if waiting.len() > 8 {
+                let (applied, ops) = waiting.pop_front().unwrap();
+                engine.apply(&ops).unwrap();
+                mem.retire(applied, &ops);
+            }
+        }
+        for (applied, ops) in waiting {
+            engine.apply(&ops).unwrap();
+            mem.retire(applied, &ops);
+        }
+        stop.store(true, Ordering::Release);
+        let checked = reader.join().unwrap();
+        assert!(checked > 1000, "the reader checked only {checked} keys");
+        let builds = mem.filter_builds();
+        assert!(builds >= 200, "the filter was built only {builds} times");
+        mem.stop_filter();
+        thread.join().unwrap();
     }
 }

@@ -4,25 +4,27 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-/// One store size: done keys, then p50, p99 and p999 latency in µs.
-pub(crate) type SizePoint = (f64, f64, f64, f64);
+/// One store size: done keys, then a duplicate's p50, p99 and p999 latency and a new
+/// key's p99 lookup, in µs.
+pub(crate) type SizePoint = (f64, f64, f64, f64, f64);
 
-/// Lookup latency (p50, p99, p999 in µs) against the number of done keys, both log scale.
+/// Lookup latency (µs) against the number of done keys, both log scale.
 pub(crate) fn latency_vs_size(out: &Path, points: &[SizePoint]) -> anyhow::Result<()> {
     let (Some(first), Some(last)) = (points.first(), points.last()) else { return Ok(()) };
     let top = points.iter().map(|p| p.3).fold(1.0, f64::max) * 2.0;
+    let bottom = points.iter().map(|p| p.4).fold(1.0, f64::min) / 2.0;
     let root = SVGBackend::new(out, (720, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Duplicate lookup latency vs store size (sled)", ("sans-serif", 20))
+        .caption("Lookup latency vs store size (sled)", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((first.0 / 2.0..last.0 * 2.0).log_scale(), (1.0..top).log_scale())?;
+        .build_cartesian_2d((first.0 / 2.0..last.0 * 2.0).log_scale(), (bottom..top).log_scale())?;
     chart.configure_mesh().x_desc("done keys in the store").y_desc("latency (µs)").draw()?;
-    let series = [("p50", BLUE), ("p99", RED), ("p999", BLACK)];
+    let series = [("duplicate p50", BLUE), ("duplicate p99", RED), ("duplicate p999", BLACK), ("new key p99", GREEN)];
     for (i, (name, color)) in series.into_iter().enumerate() {
-        let pick = |p: &SizePoint| [p.1, p.2, p.3][i];
+        let pick = |p: &SizePoint| [p.1, p.2, p.3, p.4][i];
         let line: Vec<(f64, f64)> = points.iter().map(|p| (p.0, pick(p))).collect();
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?

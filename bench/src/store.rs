@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// sled's page cache in the lookup section, MiB (the store's default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
+    /// The store's `filter_keys` in the lookup section (default: the store's; 0: no filter
+    /// of done keys, every lookup reads sled).
+    #[arg(long)]
+    filter_keys: Option<u64>,
     /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
     /// throughput plot to `group-commit.svg` beside it.
     #[arg(long)]
@@ -310,27 +314,48 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
     let sizes = sizes(args);
     println!("\nDuplicate lookups as a sled store grows: `process` of a random existing key, answered");
     println!("from the store without running the handler. The store is filled to each size (64 in");
-    println!("flight), reopened, then asked; sequential latency, and the rate with 8 tasks.");
+    println!("flight), reopened, then asked once its filter of done keys is built; sequential latency,");
+    println!("then the store's lookup alone of a done key and of a new key, and the rate with 8 tasks.");
     println!(
-        "sled cache: {} MiB; {}.\n",
+        "sled cache: {} MiB; filter of done keys: {}; {}.\n",
         args.cache_mb,
+        match args.filter_keys {
+            Some(0) => "off".to_owned(),
+            Some(keys) => format!("at least {keys} keys"),
+            None => "the default".to_owned(),
+        },
         if args.warm { "every key asked once after the reopen, before measuring" } else { "cold after the reopen" }
     );
     println!(
-        "| done keys | filled at | sequential p50 / p99 / p999 (µs) | 8 tasks | on disk |\n|---:|---:|---:|---:|---:|"
+        "| done keys | filled at | duplicate `process` p50 / p99 / p999 (µs) | store lookup, done key | store lookup, new key | 8 tasks | on disk | open to filter |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let dir = tempfile::tempdir_in(&args.dir)?;
     let path = dir.path().join("s");
     let mut filled = 0u64;
     let mut points = Vec::new();
-    let open = || SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024).open();
+    let open = || {
+        let store = SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024);
+        match args.filter_keys {
+            Some(keys) => store.filter_keys(keys).open(),
+            None => store.open(),
+        }
+    };
+    let filtered = args.filter_keys != Some(0);
     for keys in sizes {
         let p = Processor::builder("bench", noop()).store(open()?).build()?;
         let fill = process_all(&p, filled..keys, 64).await;
         let fill_rate = rate(keys - filled, fill);
         filled = keys;
         drop(p);
+        let reopened = Instant::now();
         let p = Processor::builder("bench", noop()).store(open()?).build()?;
+        // The filter of done keys is built in the background after the open; until it
+        // is, reads of new keys go to sled.
+        while filtered && p.store().stats().filter_builds == 0 {
+            anyhow::ensure!(reopened.elapsed() < Duration::from_secs(600), "the filter of done keys was not built");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let filter_ready = reopened.elapsed();
         let lookups: u64 = if args.quick { 20_000 } else { 200_000 };
         if args.warm {
             for k in 0..keys {
@@ -346,6 +371,20 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
             let out = p.process(m).await?;
             record(&mut h, t.elapsed());
             anyhow::ensure!(out.outcome == Outcome::Duplicate, "expected a duplicate, got {:?}", out.outcome);
+        }
+        // The common path: a key the store has never seen (it sorts among the done keys,
+        // so the lookup walks to a leaf like a duplicate's does).
+        // The store's record lookup alone, for a done key and a new key, alternating.
+        let (mut hit, mut miss) = (histogram(), histogram());
+        for _ in 0..lookups {
+            let k = rng.random_range(0..keys);
+            for (suffix, h) in [("", &mut hit), ("-new", &mut miss)] {
+                let key = exactly::StoreKey::new("bench", &format!("k{k:012}{suffix}"));
+                let t = Instant::now();
+                let found = p.store().inspect(&key)?;
+                record(h, t.elapsed());
+                anyhow::ensure!(found.is_some() == suffix.is_empty(), "lookup of {key:?} found {found:?}");
+            }
         }
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -365,14 +404,17 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
         let concurrent = rate(lookups / 8 * 8, started.elapsed());
         let disk = p.store().stats().disk_bytes.unwrap_or(0);
         println!(
-            "| {keys} | {} | {} | {} | {:.0} MiB |",
+            "| {keys} | {} | {} | {} | {} | {} | {:.0} MiB | {:.2} s |",
             fmt_rate(fill_rate),
             percentiles(&h),
+            percentiles(&hit),
+            percentiles(&miss),
             fmt_rate(concurrent),
-            disk as f64 / (1024.0 * 1024.0)
+            disk as f64 / (1024.0 * 1024.0),
+            filter_ready.as_secs_f64()
         );
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        points.push((keys as f64, us(0.5), us(0.99), us(0.999)));
+        points.push((keys as f64, us(0.5), us(0.99), us(0.999), miss.value_at_quantile(0.99) as f64 / 1000.0));
         p.flush().await?;
     }
     if let Some(out) = &args.plot {

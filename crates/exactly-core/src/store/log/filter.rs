@@ -3,8 +3,8 @@
 //! Most messages are new: their idempotency key was never written, and without the
 //! filter every claim would walk the engine's tree to learn that, a walk that gets
 //! longer, and colder, as the store grows. With it, a read of a key the filter has never
-//! seen is answered from memory, in the same short time at ten thousand keys and at ten
-//! million. A key the filter may hold is read from the engine as before, so a false
+//! seen is answered from memory, in about a microsecond or less from ten thousand keys to
+//! ten million (docs/PERFORMANCE.md). A key the filter may hold is read from the engine as before, so a false
 //! positive (about 1 in 100 at the sized load) costs one engine read, and nothing else.
 //!
 //! What must never happen is a "no" for a key the engine holds: that would run a
@@ -18,7 +18,9 @@
 //!   go to the engine) only after that.
 //!
 //! A filter is sized for twice the keys live when it was asked for (at least
-//! [`LogOptions::filter_keys`](super::LogOptions::filter_keys)); deleted keys stay in it.
+//! [`LogOptions::filter_keys`](super::LogOptions::filter_keys); the first one after an
+//! open from the engine's size on disk); deleted keys stay in it, and a build that finds
+//! more keys than its filter was sized for starts again with one four times larger.
 //! Once it has taken more keys than it was sized for, a new one is built the same way
 //! while the old one still answers: the new one is registered under the memtable's lock,
 //! takes every key written from then on and every key then in the memtable, and scans
@@ -193,7 +195,10 @@ pub(super) fn start<E: Engine>(engine: Arc<E>, memtable: Arc<Memtable>, min_keys
 pub(super) fn run<E: Engine>(engine: &E, memtable: &Memtable, min_keys: u64) {
     // A first guess of the keys the engine holds, so that a large store is not scanned
     // several times at open: a sled store takes about 330 bytes on disk per done key.
-    let mut keys = min_keys.max(engine.disk_bytes().unwrap_or(0) / BYTES_PER_KEY);
+    // Capped, since large state values make the guess too high; a scan that finds more
+    // keys starts again larger.
+    let guess = (engine.disk_bytes().unwrap_or(0) / BYTES_PER_KEY).min(min_keys.saturating_mul(16));
+    let mut keys = min_keys.max(guess);
     loop {
         let bloom = Arc::new(Bloom::new(keys));
         if !memtable.begin_filter(bloom.clone()) {

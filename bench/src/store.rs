@@ -40,8 +40,8 @@ pub(crate) struct Args {
     /// sled's page cache in the lookup section, MiB (the store's default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
-    /// The store's `filter_keys` in the lookup section (default: the store's; 0: no filter
-    /// of done keys, every lookup reads sled).
+    /// The durable stores' `filter_keys` in the lookup and load sections (default: the
+    /// stores'; 0: no filter of done keys, every lookup reads the engine).
     #[arg(long)]
     filter_keys: Option<u64>,
     /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
@@ -519,15 +519,15 @@ async fn load(args: &Args) -> anyhow::Result<()> {
         args.segment_mb
     );
     println!("| store | offered | achieved | p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|");
+    let mut sled = SledStore::builder(dir.path().join("load")).wal_segment_size(segment);
+    let mut redb = exactly::store::RedbStore::builder(dir.path().join("load-redb")).wal_segment_size(segment);
+    if let Some(keys) = args.filter_keys {
+        (sled, redb) = (sled.filter_keys(keys), redb.filter_keys(keys));
+    }
     let stores: [(&str, Arc<dyn exactly::DedupStore>); 3] = [
         ("memory", Arc::new(MemoryStore::new())),
-        ("sled (durable)", Arc::new(SledStore::builder(dir.path().join("load")).wal_segment_size(segment).open()?)),
-        (
-            "redb (durable)",
-            Arc::new(
-                exactly::store::RedbStore::builder(dir.path().join("load-redb")).wal_segment_size(segment).open()?,
-            ),
-        ),
+        ("sled (durable)", Arc::new(sled.open()?)),
+        ("redb (durable)", Arc::new(redb.open()?)),
     ];
     let mut p99s = Vec::new();
     for (name, store) in stores {

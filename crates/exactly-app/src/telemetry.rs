@@ -54,6 +54,7 @@ pub(crate) async fn store_gauges(store: Arc<dyn DedupStore>) {
         metrics::gauge!("exactly_store_in_flight").set(s.in_flight as f64);
         metrics::gauge!("exactly_store_waiting_retry").set(s.waiting_retry as f64);
         metrics::counter!("exactly_store_fsyncs_total").absolute(s.fsyncs);
+        metrics::counter!("exactly_store_filter_builds_total").absolute(s.filter_builds);
         if let Some(b) = s.disk_bytes {
             metrics::gauge!("exactly_store_disk_bytes").set(b as f64);
         }

@@ -65,7 +65,7 @@ pub(super) struct Bloom {
 }
 
 impl Bloom {
-    fn new(capacity: u64) -> Self {
+    pub(super) fn new(capacity: u64) -> Self {
         let expected = usize::try_from(capacity).unwrap_or(usize::MAX);
         let bits =
             AtomicBloomFilter::with_false_pos(FALSE_POSITIVES).hasher(RandomState::default()).expected_items(expected);
@@ -205,15 +205,15 @@ pub(super) fn run<E: Engine>(engine: &E, memtable: &Memtable, min_keys: u64) {
             return;
         }
         match scan(engine, &bloom, || memtable.filter_stopped()) {
-            Ok(Scan::Done) => memtable.finish_filter(),
-            Ok(Scan::Overfull) => {
+            Ok(End::Done) => memtable.finish_filter(),
+            Ok(End::Overfull) => {
                 // The store holds more keys than guessed: start again, larger, while the
                 // current filter (if any) goes on answering.
                 memtable.abandon_filter();
                 keys = keys.saturating_mul(4);
                 continue;
             }
-            Ok(Scan::Stopped) => return memtable.abandon_filter(),
+            Ok(End::Stopped) => return memtable.abandon_filter(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the filter of done keys; reads of new keys go to the engine");
                 return memtable.abandon_filter();
@@ -227,7 +227,7 @@ pub(super) fn run<E: Engine>(engine: &E, memtable: &Memtable, min_keys: u64) {
 }
 
 /// How a scan of the engine ended.
-enum Scan {
+enum End {
     /// Every covered key is in the filter.
     Done,
     /// The filter took more keys than it was sized for.
@@ -237,26 +237,48 @@ enum Scan {
 }
 
 /// Puts every covered key of the engine in `bloom`.
-fn scan<E: Engine>(engine: &E, bloom: &Bloom, stopped: impl Fn() -> bool) -> Result<Scan> {
-    let to = [RECORD + 1];
-    let mut from = vec![RECORD];
+fn scan<E: Engine>(engine: &E, bloom: &Bloom, stopped: impl Fn() -> bool) -> Result<End> {
+    let mut scan = Scan::default();
     loop {
         if stopped() {
-            return Ok(Scan::Stopped);
+            return Ok(End::Stopped);
         }
         if bloom.overfull() {
-            return Ok(Scan::Overfull);
+            return Ok(End::Overfull);
         }
-        let page = engine.range(&from, &to, PAGE)?;
+        if !scan.page(engine, bloom, PAGE)? {
+            return Ok(End::Done);
+        }
+    }
+}
+
+/// A scan of the engine's covered keys, a page at a time.
+pub(super) struct Scan {
+    /// The first key of the next page.
+    from: Vec<u8>,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Self { from: vec![RECORD] }
+    }
+}
+
+impl Scan {
+    /// Puts the next `size` covered keys of the engine in `bloom`. Returns `false` once
+    /// there were none left.
+    pub(super) fn page<E: Engine>(&mut self, engine: &E, bloom: &Bloom, size: usize) -> Result<bool> {
+        let page = engine.range(&self.from, &[RECORD + 1], size)?;
         for (key, _) in &page {
             bloom.insert(key);
         }
         match page.last() {
-            Some((last, _)) if page.len() == PAGE => {
-                from.clone_from(last);
-                from.push(0);
+            Some((last, _)) if page.len() == size => {
+                self.from.clone_from(last);
+                self.from.push(0);
+                Ok(true)
             }
-            _ => return Ok(Scan::Done),
+            _ => Ok(false),
         }
     }
 }

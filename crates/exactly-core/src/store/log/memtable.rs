@@ -429,4 +429,87 @@ mod tests {
         mem.stop_filter();
         thread.join().unwrap();
     }
+
+    /// One step of the writers, the engine thread or the filter's builder.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The commit thread logs a group (puts, or deletes for `None`).
+        Write(Vec<(u8, Option<u8>)>),
+        /// The engine thread applies and retires the oldest group waiting.
+        Apply,
+        /// The builder registers a new filter (if none is being built).
+        Begin,
+        /// The builder reads one key of the engine into the filter being built, and
+        /// puts it in place once there are none left.
+        Scan,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => proptest::collection::vec((0u8..12, proptest::option::of(0u8..3)), 1..4).prop_map(Step::Write),
+            2 => Just(Step::Apply),
+            1 => Just(Step::Begin),
+            3 => Just(Step::Scan),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any interleaving, at the granularity of one key of the builder's scan, of
+        /// logged groups, their application to the engine, and filter builds: every read
+        /// answers what the writes so far would hold. A filter that missed a key the
+        /// engine holds would answer `None` for it.
+        #[test]
+        fn reads_through_the_filter_see_every_write_whatever_the_interleaving(
+            base in proptest::collection::btree_map(0u8..12, 0u8..3, 0..8),
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            use super::super::filter::Scan;
+            let (engine, mem, model) = (Map::default(), Memtable::default(), Map::default());
+            let op = |(k, v): &(u8, Option<u8>)| (rkey(u64::from(*k)), v.map(|v| Bytes::from(vec![v])));
+            let base: Vec<Op> = base.iter().map(|(k, v)| op(&(*k, Some(*v)))).collect();
+            engine.apply(&base).unwrap();
+            model.apply(&base).unwrap();
+            let (mut seq, mut waiting) = (0, std::collections::VecDeque::new());
+            let mut build: Option<(Arc<Bloom>, Scan)> = None;
+            for step in steps {
+                match step {
+                    Step::Write(writes) => {
+                        seq += 1;
+                        let ops: Vec<Op> = writes.iter().map(op).collect();
+                        mem.insert(seq, &ops);
+                        model.apply(&ops).unwrap();
+                        waiting.push_back((seq, ops));
+                    }
+                    Step::Apply => {
+                        if let Some((applied, ops)) = waiting.pop_front() {
+                            engine.apply(&ops).unwrap();
+                            mem.retire(applied, &ops);
+                        }
+                    }
+                    Step::Begin => {
+                        if build.is_none() {
+                            // Sized for far more keys than there are, so that it rarely
+                            // takes a key it was not given for one it was.
+                            let bloom = Arc::new(Bloom::new(1000));
+                            proptest::prop_assert!(mem.begin_filter(bloom.clone()));
+                            build = Some((bloom, Scan::default()));
+                        }
+                    }
+                    Step::Scan => {
+                        if let Some((bloom, scan)) = build.as_mut() {
+                            if !scan.page(&engine, bloom, 1).unwrap() {
+                                mem.finish_filter();
+                                build = None;
+                            }
+                        }
+                    }
+                }
+                for k in 0u8..12 {
+                    let key = rkey(u64::from(k));
+                    proptest::prop_assert_eq!(mem.get(&engine, &key).unwrap(), model.get(&key).unwrap(), "key {}", k);
+                }
+            }
+        }
+    }
 }

@@ -94,9 +94,9 @@ pub struct LogOptions {
     pub max_batch: usize,
     /// Told of every fsync.
     pub observer: Option<Arc<dyn FsyncObserver>>,
-    /// The fewest done keys the [filter](filter) in front of the engine is sized for (it
-    /// is rebuilt for twice the keys it holds once it is full; about 1.2 bytes a key, at
-    /// a 1 % false-positive rate). 0: no filter, every read the memtable cannot answer
+    /// The fewest done keys the [filter](filter) in front of the engine is sized for (once
+    /// full it is rebuilt for twice the keys still live; about 1.2 bytes a key it is sized
+    /// for, at a 1 % false-positive rate). 0: no filter, every read the memtable cannot answer
     /// goes to the engine.
     pub filter_keys: u64,
 }
@@ -176,15 +176,16 @@ impl<E: Engine> LogBackend<E> {
         let engine = Arc::new(engine);
         let memtable = Arc::new(Memtable::default());
         let shared = Arc::new(Shared::default());
+        let filter_keys = options.filter_keys;
+        let (tx, threads) = committer::start(engine.clone(), memtable.clone(), wal, options, shared.clone(), epoch)
+            .map_err(|e| fail("cannot start the commit threads", e))?;
         // Not in the loom models: its thread is std's (reads without a filter go to the
         // engine, as with `filter_keys: 0`).
-        let filter = match options.filter_keys {
+        let filter = match filter_keys {
             0 => None,
             _ if cfg!(exactly_loom) => None,
             keys => filter::start(engine.clone(), memtable.clone(), keys),
         };
-        let (tx, threads) = committer::start(engine.clone(), memtable.clone(), wal, options, shared.clone(), epoch)
-            .map_err(|e| fail("cannot start the commit threads", e))?;
         Ok(Self {
             engine,
             memtable,

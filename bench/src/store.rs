@@ -372,9 +372,9 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
             record(&mut h, t.elapsed());
             anyhow::ensure!(out.outcome == Outcome::Duplicate, "expected a duplicate, got {:?}", out.outcome);
         }
-        // The common path: a key the store has never seen (it sorts among the done keys,
-        // so the lookup walks to a leaf like a duplicate's does).
-        // The store's record lookup alone, for a done key and a new key, alternating.
+        // The store's record lookup alone, of a done key and of a new key (the common
+        // path; it sorts among the done keys, so without the filter its lookup walks to a
+        // leaf as a duplicate's does), alternating.
         let (mut hit, mut miss) = (histogram(), histogram());
         for _ in 0..lookups {
             let k = rng.random_range(0..keys);

@@ -67,8 +67,8 @@ impl Engine for SledEngine {
 
 /// The default store: sled on disk behind a write-ahead log with group commit.
 ///
-/// One process opens a store at a time (sled locks its directory); a second open fails
-/// with a message saying so.
+/// One process opens a store at a time (sled locks its directory); a second open fails,
+/// after waiting a second for the lock, with a message saying so.
 ///
 /// ```
 /// # fn main() -> Result<(), exactly_core::Error> {
@@ -99,6 +99,13 @@ impl LocalStore<LogBackend<SledEngine>> {
     pub fn path(&self) -> &Path {
         self.backend.path()
     }
+}
+
+/// How long an open waits for sled's lock on the directory to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }
 
 /// Settings of a [`SledStore`].
@@ -164,20 +171,30 @@ impl SledStoreBuilder {
         if path.is_file() {
             return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
         }
-        let db =
-            sled::Config::new().path(&path).cache_capacity(self.cache_capacity).flush_every_ms(None).open().map_err(
-                |e| {
-                    let text = e.to_string();
-                    let reason = if text.contains("could not acquire lock") {
-                        "another process has it open (is a consumer running on this store?)".to_owned()
-                    } else if text.to_lowercase().contains("permission denied") {
-                        "permission denied; check the directory's owner and mode".to_owned()
-                    } else {
-                        format!("sled could not open it: {text}")
-                    };
-                    fail(reason, Some(Box::new(e)))
-                },
-            )?;
+        let config = sled::Config::new().path(&path).cache_capacity(self.cache_capacity).flush_every_ms(None);
+        // sled releases its directory's lock lazily after the last handle in this process
+        // is dropped (spacejam/sled#1234): a store closed and reopened at once can find it
+        // still held for a moment. Wait up to a second before calling it in use.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        }
+        .map_err(|e| {
+            let text = e.to_string();
+            let reason = if is_lock_error(&e) {
+                "another process has it open (is a consumer running on this store?)".to_owned()
+            } else if text.to_lowercase().contains("permission denied") {
+                "permission denied; check the directory's owner and mode".to_owned()
+            } else {
+                format!("sled could not open it: {text}")
+            };
+            fail(reason, Some(Box::new(e)))
+        })?;
         let files = SledFiles::new(&path, self.log.observer.clone())
             .map_err(|e| fail(format!("cannot open its files to fsync them: {e}"), Some(Box::new(e))))?;
         files.sync_all().map_err(|e| Error::io("fsync", e))?;

@@ -127,9 +127,7 @@ impl Filters {
         if !covers(key) {
             return false;
         }
-        for bloom in [&self.current, &self.building].into_iter().flatten() {
-            bloom.insert(key);
-        }
+        self.blooms().for_each(|bloom| bloom.insert(key));
         self.building.is_none() && self.current.as_ref().is_some_and(|b| b.overfull())
     }
 
@@ -137,10 +135,16 @@ impl Filters {
     /// still live.
     pub(super) fn remove(&mut self, key: &[u8]) {
         if covers(key) {
-            for bloom in [&self.current, &self.building].into_iter().flatten() {
+            self.blooms().for_each(|bloom| {
                 bloom.removed.fetch_add(1, Ordering::Relaxed);
-            }
+            });
         }
+    }
+
+    /// The current filter and the one being built, those that exist: what a write
+    /// must reach.
+    fn blooms(&self) -> impl Iterator<Item = &Arc<Bloom>> {
+        [&self.current, &self.building].into_iter().flatten()
     }
 
     /// Whether the engine certainly does not hold `key`.

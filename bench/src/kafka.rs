@@ -272,7 +272,7 @@ async fn mq_bridge_route(args: &Args, brokers: &str, topic: &str, group: &str, n
     });
     // Without a key template mq-bridge keys by the record's position (partition << 64 | offset).
     let key = args.headers.then_some("${metadata:idempotency-key}");
-    crate::mq_bridge::run(&args.dir, group, ("kafka", input), key, n).await
+    crate::mq_bridge::run(&args.dir, group, ("kafka", input), key, true, n).await
 }
 
 /// The record's idempotency key as a hand-rolled dedup finds it: the header, else the

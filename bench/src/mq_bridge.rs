@@ -1,6 +1,7 @@
 //! The closest Rust peer, mq-bridge (with the `mq-bridge` feature): one of its routes
 //! from a broker input to its `null` output, with the deduplication middleware on a sled
-//! store flushed before each source ack (`durable=true`) and a handler that counts.
+//! store flushed before each source ack (`durable=true`; or not flushed, `durable=false`)
+//! and a handler that counts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,17 +24,18 @@ impl AsyncHandler for Count {
 
 /// Runs a route named `name` from `input` (the endpoint's name and its JSON settings),
 /// deduplicated by `key` (a template; mq-bridge's default without one), with its store
-/// under `dir`, until `n` messages are handled. Measured until the last message is
+/// under `dir` (flushed before each ack when `durable`), until `n` messages are handled. Measured until the last message is
 /// handled (the stop then acks what is left); latency is not measured.
 pub(crate) async fn run(
     dir: &Path,
     name: &str,
     input: (&str, serde_json::Value),
     key: Option<&str>,
+    durable: bool,
     n: u64,
 ) -> anyhow::Result<crate::report::Run> {
     let dir = tempfile::tempdir_in(dir)?;
-    let store = format!("sled://{}?durable=true", std::path::absolute(dir.path().join("dedup"))?.display());
+    let store = format!("sled://{}?durable={durable}", std::path::absolute(dir.path().join("dedup"))?.display());
     let mut dedup = serde_json::json!({ "store": store, "ttl_seconds": 7 * 24 * 3600 });
     if let Some(key) = key {
         dedup["key"] = key.into();

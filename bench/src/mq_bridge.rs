@@ -24,8 +24,9 @@ impl AsyncHandler for Count {
 
 /// Runs a route named `name` from `input` (the endpoint's name and its JSON settings),
 /// deduplicated by `key` (a template; mq-bridge's default without one), with its store
-/// under `dir` (flushed before each ack when `durable`), until `n` messages are handled. Measured until the last message is
-/// handled (the stop then acks what is left); latency is not measured.
+/// under `dir` (flushed before each ack when `durable`), until `n` messages are handled.
+/// Measured until the last message is handled (the stop then acks what is left); latency
+/// is not measured.
 pub(crate) async fn run(
     dir: &Path,
     name: &str,

@@ -128,7 +128,7 @@ impl SledStoreBuilder {
 
     /// sled's page cache size in bytes (default 256 MiB). Duplicates are read from sled:
     /// in a store larger than its cache most of those reads decode a page from the file
-    /// (at ten million keys a duplicate's p99 was about 200 µs with the default, 28 µs with
+    /// (at ten million keys a duplicate's p99 was 160-220 µs with the default, 27-29 µs with
     /// a cache that held the 3.1 GB store; docs/PERFORMANCE.md).
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_capacity = bytes;

@@ -28,9 +28,9 @@ pub(crate) struct Args {
     /// A short run (CI).
     #[arg(long)]
     quick: bool,
-    /// The on-disk stores' `filter_keys` (default: the stores'; 0: no filter of done keys).
-    #[arg(long)]
-    filter_keys: Option<u64>,
+    /// The on-disk stores' `filter_keys` (0: no filter of done keys).
+    #[arg(long, default_value_t = exactly::store::LogOptions::default().filter_keys)]
+    filter_keys: u64,
     /// Records per run.
     #[arg(long)]
     records: Option<u64>,
@@ -218,20 +218,8 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
     let dir = tempfile::tempdir_in(&args.dir)?;
     let store: Arc<dyn DedupStore> = match v {
         Variant::Memory => Arc::new(MemoryStore::new()),
-        Variant::Sled => {
-            let mut store = SledStore::builder(dir.path().join("s"));
-            if let Some(keys) = args.filter_keys {
-                store = store.filter_keys(keys);
-            }
-            Arc::new(store.open()?)
-        }
-        _ => {
-            let mut store = exactly::store::RedbStore::builder(dir.path().join("s"));
-            if let Some(keys) = args.filter_keys {
-                store = store.filter_keys(keys);
-            }
-            Arc::new(store.open()?)
-        }
+        Variant::Sled => Arc::new(SledStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?),
+        _ => Arc::new(exactly::store::RedbStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?),
     };
     let handled = Arc::new(AtomicU64::new(0));
     let h = handled.clone();

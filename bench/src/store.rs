@@ -40,10 +40,10 @@ pub(crate) struct Args {
     /// sled's page cache in the lookup section, MiB (the store's default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
-    /// The durable stores' `filter_keys` in the lookup and load sections (default: the
-    /// stores'; 0: no filter of done keys, every lookup reads the engine).
-    #[arg(long)]
-    filter_keys: Option<u64>,
+    /// The durable stores' `filter_keys` in the lookup and load sections (0: no filter of
+    /// done keys, every lookup reads the engine).
+    #[arg(long, default_value_t = exactly::store::LogOptions::default().filter_keys)]
+    filter_keys: u64,
     /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
     /// throughput plot to `group-commit.svg` beside it.
     #[arg(long)]
@@ -320,9 +320,8 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
         "sled cache: {} MiB; filter of done keys: {}; {}.\n",
         args.cache_mb,
         match args.filter_keys {
-            Some(0) => "off".to_owned(),
-            Some(keys) => format!("at least {keys} keys"),
-            None => "the default".to_owned(),
+            0 => "off".to_owned(),
+            keys => format!("at least {keys} keys"),
         },
         if args.warm { "every key asked once after the reopen, before measuring" } else { "cold after the reopen" }
     );
@@ -333,14 +332,9 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
     let path = dir.path().join("s");
     let mut filled = 0u64;
     let mut points = Vec::new();
-    let open = || {
-        let store = SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024);
-        match args.filter_keys {
-            Some(keys) => store.filter_keys(keys).open(),
-            None => store.open(),
-        }
-    };
-    let filtered = args.filter_keys != Some(0);
+    let open =
+        || SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024).filter_keys(args.filter_keys).open();
+    let filtered = args.filter_keys != 0;
     for keys in sizes {
         let p = Processor::builder("bench", noop()).store(open()?).build()?;
         let fill = process_all(&p, filled..keys, 64).await;
@@ -519,11 +513,10 @@ async fn load(args: &Args) -> anyhow::Result<()> {
         args.segment_mb
     );
     println!("| store | offered | achieved | p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|");
-    let mut sled = SledStore::builder(dir.path().join("load")).wal_segment_size(segment);
-    let mut redb = exactly::store::RedbStore::builder(dir.path().join("load-redb")).wal_segment_size(segment);
-    if let Some(keys) = args.filter_keys {
-        (sled, redb) = (sled.filter_keys(keys), redb.filter_keys(keys));
-    }
+    let sled = SledStore::builder(dir.path().join("load")).wal_segment_size(segment).filter_keys(args.filter_keys);
+    let redb = exactly::store::RedbStore::builder(dir.path().join("load-redb"))
+        .wal_segment_size(segment)
+        .filter_keys(args.filter_keys);
     let stores: [(&str, Arc<dyn exactly::DedupStore>); 3] = [
         ("memory", Arc::new(MemoryStore::new())),
         ("sled (durable)", Arc::new(sled.open()?)),

@@ -686,6 +686,40 @@ async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_on
 }
 
 #[tokio::test]
+async fn poll_ready_is_pending_until_the_done_record_is_durable_then_durable_answers_at_once() {
+    use futures_util::FutureExt as _;
+    let (store, _runs, p) = gated();
+    let mut staged = p.process_staged(msg("a", "5")).await.unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(staged.poll_ready(&mut cx).is_pending(), "the gate is shut");
+    assert!(staged.poll_ready(&mut cx).is_pending(), "polled again: still waiting");
+
+    assert_eq!(store.backend().open_gate(), 1);
+    tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| staged.poll_ready(cx))).await.unwrap();
+    assert!(staged.poll_ready(&mut cx).is_ready(), "stays ready");
+    let done = staged.durable().now_or_never().expect("durable() does not wait once ready").unwrap();
+    assert_eq!(done.outcome, Outcome::Handled);
+}
+
+#[tokio::test]
+async fn a_failure_seen_by_poll_ready_is_what_wait_returns() {
+    use exactly_core::store::Durable;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut failed = Durable::pending(rx);
+    assert!(failed.poll_ready(&mut cx).is_pending());
+    tx.send(Err(exactly_core::Error::StorePoisoned { cause: "disk full".into() })).unwrap();
+    assert!(failed.poll_ready(&mut cx).is_ready());
+    assert!(matches!(failed.wait().await, Err(exactly_core::Error::StorePoisoned { cause }) if cause == "disk full"));
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<exactly_core::Result<()>>();
+    let mut closed = Durable::pending(rx);
+    drop(tx);
+    assert!(closed.poll_ready(&mut cx).is_ready());
+    assert!(matches!(closed.wait().await, Err(exactly_core::Error::StoreClosed)));
+}
+
+#[tokio::test]
 async fn a_copy_that_comes_while_the_done_record_is_on_its_way_is_a_duplicate_once_it_is_durable() {
     let (store, runs, p) = gated();
 

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use exactly_core::{Disposition, Processed, Staged};
+use exactly_core::{Disposition, Staged};
 use futures_util::StreamExt;
-use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::stream::FuturesUnordered;
 use rdkafka::Message as _;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::message::OwnedMessage;
@@ -109,9 +109,11 @@ impl Worker {
 
     /// One record at a time, in offset order. The next record's handler runs while the
     /// previous done-records are still on their way to disk; each offset is finished
-    /// once its record is durable, in order.
+    /// once its record is durable, in order. The records waiting for that are a plain
+    /// queue polled at its oldest (they become durable in the order they were staged),
+    /// not a future boxed per record.
     async fn in_order(&mut self) -> Result<(), exactly_core::Error> {
-        let mut durable = FuturesOrdered::new();
+        let mut durable: VecDeque<(i64, Box<Staged>)> = VecDeque::new();
         let stop = self.stop.clone();
         // In offset order, a record keyed by its position has the partition watermark as
         // its done-record.
@@ -119,10 +121,11 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                Some(done) = durable.next(), if !durable.is_empty() => {
-                    let (offset, r): (i64, exactly_core::Result<Processed>) = done;
-                    let _durable = r?;
-                    self.tracker.finished(offset);
+                () = oldest_ready(&mut durable), if !durable.is_empty() => {
+                    if let Some((offset, staged)) = durable.pop_front() {
+                        let _durable = staged.durable().await?;
+                        self.tracker.finished(offset);
+                    }
                 }
                 () = stop.cancelled() => break,
                 m = self.next(), if durable.len() < self.shared.cfg.max_in_flight => {
@@ -132,7 +135,7 @@ impl Worker {
                         continue;
                     }
                     match settle(&self.shared, &m, &self.stop, Some(&watermark)).await? {
-                        Step::Staged(s) => durable.push_back(async move { (offset, s.durable().await) }),
+                        Step::Staged(s) => durable.push_back((offset, s)),
                         Step::Finished => self.tracker.finished(offset),
                         Step::Stopped => break,
                     }
@@ -140,8 +143,8 @@ impl Worker {
             }
         }
         // Records already handled become durable on their own; count them finished.
-        while let Some((offset, r)) = durable.next().await {
-            let _durable = r?;
+        while let Some((offset, staged)) = durable.pop_front() {
+            let _durable = staged.durable().await?;
             self.tracker.finished(offset);
         }
         Ok(())
@@ -204,6 +207,14 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Resolves once the oldest of `queue` is durable (or failed); pending while it is empty.
+fn oldest_ready(queue: &mut VecDeque<(i64, Box<Staged>)>) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match queue.front_mut() {
+        Some((_, staged)) => staged.poll_ready(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Processes one record until it is staged, dead-lettered, or the worker stops. With a

@@ -71,6 +71,16 @@ impl Staged {
         self.processed.durable.is_none()
     }
 
+    /// Ready once [`Staged::durable`] would find everything durable (or failed) and
+    /// return without waiting. An adapter that acknowledges in order can keep its staged
+    /// deliveries in a queue and poll only the oldest.
+    pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.processed.durable.as_mut() {
+            Some(d) => d.poll_ready(cx),
+            None => std::task::Poll::Ready(()),
+        }
+    }
+
     /// Waits until everything the processing wrote is durable, and returns the outcome.
     pub async fn durable(mut self) -> Result<Processed> {
         if let Some(d) = self.processed.durable.take() {

@@ -66,22 +66,41 @@ pub struct Staged {
 /// The moment a staged write becomes durable.
 #[derive(Debug)]
 #[must_use = "a staged write is only safe to acknowledge once durable"]
-pub struct Durable(Option<tokio::sync::oneshot::Receiver<Result<()>>>);
+pub struct Durable {
+    /// The answer to wait for, until it has come.
+    rx: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+    /// The answer, once [`Durable::poll_ready`] has seen it.
+    outcome: Option<Result<()>>,
+}
 
 impl Durable {
     /// Already durable (or nothing to wait for).
     pub fn ready() -> Self {
-        Self(None)
+        Self { rx: None, outcome: None }
     }
 
     /// Durable when `rx` says so.
     pub fn pending(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Self {
-        Self(Some(rx))
+        Self { rx: Some(rx), outcome: None }
+    }
+
+    /// Ready once [`Durable::wait`] would return without waiting: lets a caller keep
+    /// many of these in a plain queue and poll only the oldest, instead of boxing a
+    /// future per write.
+    pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(rx) = self.rx.as_mut() else { return std::task::Poll::Ready(()) };
+        let answer = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
+        self.rx = None;
+        self.outcome = Some(answer.unwrap_or(Err(Error::StoreClosed)));
+        std::task::Poll::Ready(())
     }
 
     /// Waits until the write is durable; an error means it never will be.
     pub async fn wait(self) -> Result<()> {
-        match self.0 {
+        if let Some(outcome) = self.outcome {
+            return outcome;
+        }
+        match self.rx {
             None => Ok(()),
             Some(rx) => rx.await.map_err(|_| Error::StoreClosed)?,
         }

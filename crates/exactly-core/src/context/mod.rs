@@ -28,7 +28,10 @@ pub struct Context {
 pub(crate) struct Inner {
     consumer: Arc<str>,
     key: String,
-    forwarded: String,
+    /// Whether the message had a key (the key itself may be empty).
+    keyed: bool,
+    /// `consumer:key`, made the first time a handler asks for it.
+    forwarded: std::sync::OnceLock<String>,
     attempt: u32,
     token: FencingToken,
     coordinates: Coordinates,
@@ -78,15 +81,16 @@ impl Context {
         locks: Arc<StateLocks>,
         lock_timeout: Duration,
     ) -> Self {
-        let (key, forwarded) = match key {
-            Some(k) => (k.to_owned(), format!("{consumer}:{k}")),
-            None => (String::new(), String::new()),
+        let (key, keyed) = match key {
+            Some(k) => (k.to_owned(), true),
+            None => (String::new(), false),
         };
         Self {
             inner: Arc::new(Inner {
                 consumer,
                 key,
-                forwarded,
+                keyed,
+                forwarded: std::sync::OnceLock::new(),
                 attempt,
                 token,
                 coordinates,
@@ -118,7 +122,10 @@ impl Context {
     /// header): `consumer:key`, so two consumers of one message are two operations.
     /// Empty when the message had no key and the policy let it through unprotected.
     pub fn idempotency_key(&self) -> &str {
-        &self.inner.forwarded
+        let inner = &self.inner;
+        inner
+            .forwarded
+            .get_or_init(|| if inner.keyed { format!("{}:{}", inner.consumer, inner.key) } else { String::new() })
     }
 
     /// The message's key, without the consumer namespace.

@@ -623,8 +623,13 @@ fn inner_key(keys: &KeyStrategy, msg: &Message) -> Option<String> {
 
 /// The message's position (`topic/partition/offset`), when its broker has positions.
 fn origin_of(msg: &Message) -> Option<String> {
+    use std::fmt::Write as _;
     let c = msg.coordinates();
-    c.offset.map(|_| c.to_string())
+    c.offset?;
+    // Sized for `topic/partition/offset` up front: `to_string` grows it piece by piece.
+    let mut origin = String::with_capacity(c.source.len() + 32);
+    write!(origin, "{c}").ok()?;
+    Some(origin)
 }
 
 /// Gives each emitted record an `idempotency-key` header derived from the source key, so

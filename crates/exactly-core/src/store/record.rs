@@ -54,7 +54,15 @@ pub(crate) struct Record {
 
 impl Record {
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_extend(self, vec![RECORD_VERSION]).map_err(|e| Error::io("encode record", e))
+        // Room for a done-record without emitted records in one allocation (postcard
+        // would otherwise grow the vector a byte at a time from empty).
+        let output = match &self.state {
+            RecordState::Done { output, .. } => output.as_ref().map_or(0, Bytes::len),
+            _ => 0,
+        };
+        let mut buf = Vec::with_capacity(96 + output + self.origin.as_ref().map_or(0, String::len));
+        buf.push(RECORD_VERSION);
+        postcard::to_extend(self, buf).map_err(|e| Error::io("encode record", e))
     }
 
     pub(crate) fn decode(key: &StoreKey, raw: &[u8]) -> Result<Self> {

@@ -12,8 +12,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 
-const MESSAGES: u64 = 6_000;
-const UNIQUE: u64 = 4_000;
+// Long enough (about 1.4 s uninterrupted in a debug build) that the kills, 30-300 ms
+// after each start, land mid-run: with 6,000 messages a run sometimes finished after
+// two kills once the consumer got faster.
+const MESSAGES: u64 = 12_000;
+const UNIQUE: u64 = 8_000;
 const POISON_EVERY: u64 = 7;
 const CONCURRENCY: u64 = 16;
 
@@ -47,7 +50,7 @@ fn sigkill_mid_batch(engine: &str) {
     let mut offsets = Vec::new();
     for _ in 0..12 {
         let mut c = child();
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..400)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
         if c.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }

@@ -247,6 +247,7 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
     // mock cluster). As for the bare consumer, whose close comes after its clock stops,
     // the run ends with the last commit the broker confirmed: the last change of the
     // commit count, watched every millisecond until the consumer has returned.
+    let measured = || Run { took: started.elapsed(), cpu: cpu_time().saturating_sub(cpu), latency: None };
     let mut commits = stats.commits.load(Ordering::Relaxed);
     let mut end = None;
     stop.shutdown();
@@ -255,7 +256,7 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
         let now = stats.commits.load(Ordering::Relaxed);
         if now != commits {
             commits = now;
-            end = Some((started.elapsed(), cpu_time().saturating_sub(cpu)));
+            end = Some(measured());
         }
     }
     task.await??;
@@ -263,9 +264,9 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
     // stop, close included.
     let end = match end {
         Some(end) if stats.commits.load(Ordering::Relaxed) == commits => end,
-        _ => (started.elapsed(), cpu_time().saturating_sub(cpu)),
+        _ => measured(),
     };
-    Ok(Run { took: end.0, cpu: end.1, latency: Some(latency::take()) })
+    Ok(Run { latency: Some(latency::take()), ..end })
 }
 
 /// The closest Rust peer: an mq-bridge route from the topic (`crate::mq_bridge`), keyed

@@ -66,43 +66,44 @@ pub struct Staged {
 /// The moment a staged write becomes durable.
 #[derive(Debug)]
 #[must_use = "a staged write is only safe to acknowledge once durable"]
-pub struct Durable {
-    /// The answer to wait for, until it has come.
-    rx: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
-    /// The answer, once [`Durable::poll_ready`] has seen it.
-    outcome: Option<Result<()>>,
+pub struct Durable(Answer);
+
+/// Where a [`Durable`] stands.
+#[derive(Debug)]
+enum Answer {
+    /// Waiting for the log's answer.
+    Awaited(tokio::sync::oneshot::Receiver<Result<()>>),
+    /// Answered (`Ok` too when there was nothing to wait for).
+    Given(Result<()>),
 }
 
 impl Durable {
     /// Already durable (or nothing to wait for).
     pub fn ready() -> Self {
-        Self { rx: None, outcome: None }
+        Self(Answer::Given(Ok(())))
     }
 
     /// Durable when `rx` says so.
     pub fn pending(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Self {
-        Self { rx: Some(rx), outcome: None }
+        Self(Answer::Awaited(rx))
     }
 
     /// Ready once [`Durable::wait`] would return without waiting: lets a caller keep
     /// many of these in a plain queue and poll only the oldest, instead of boxing a
     /// future per write.
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let Some(rx) = self.rx.as_mut() else { return std::task::Poll::Ready(()) };
-        let answer = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
-        self.rx = None;
-        self.outcome = Some(answer.unwrap_or(Err(Error::StoreClosed)));
+        if let Answer::Awaited(rx) = &mut self.0 {
+            let answer = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
+            self.0 = Answer::Given(answer.unwrap_or(Err(Error::StoreClosed)));
+        }
         std::task::Poll::Ready(())
     }
 
     /// Waits until the write is durable; an error means it never will be.
     pub async fn wait(self) -> Result<()> {
-        if let Some(outcome) = self.outcome {
-            return outcome;
-        }
-        match self.rx {
-            None => Ok(()),
-            Some(rx) => rx.await.map_err(|_| Error::StoreClosed)?,
+        match self.0 {
+            Answer::Given(answer) => answer,
+            Answer::Awaited(rx) => rx.await.unwrap_or(Err(Error::StoreClosed)),
         }
     }
 }

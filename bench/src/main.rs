@@ -20,6 +20,18 @@ mod store;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc as Rust's allocator (the default feature `mimalloc`): the exactly variants
+/// allocate a few small objects per message across threads, where the C library's malloc
+/// spent a third of the runtime threads' time and stalled in `malloc_consolidate` after
+/// mass frees (docs/PERFORMANCE.md). It is a binary's choice, so every variant in a run
+/// uses the same one; librdkafka's C code keeps the C library's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator the reports name.
+pub(crate) const ALLOCATOR: &str = if cfg!(feature = "mimalloc") { "mimalloc" } else { "the system malloc" };
+
 #[derive(Parser)]
 #[command(about = "Benchmarks of exactly; each prints a Markdown report")]
 struct Cli {

@@ -122,7 +122,7 @@ pub(crate) fn machine() -> String {
             s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores ({model})")
+    format!("{cpus} cores ({model}), Rust's allocations through {}", crate::ALLOCATOR)
 }
 
 /// CPU time (user + system) this process has used so far, from /proc/self/stat.

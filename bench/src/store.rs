@@ -498,6 +498,7 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let max = rate(n_max, process_all(&ceiling, 0..n_max, 256).await);
     drop(ceiling);
     let offered = args.rate.unwrap_or(max / 2.0);
+    let warm_up = n_max / 5;
     let segment = args.segment_mb * 1024 * 1024;
     match args.rate {
         None => println!("\nLatency at half the durable store's throughput: the sled store's rate with 256 in flight"),
@@ -509,7 +510,7 @@ async fn load(args: &Args) -> anyhow::Result<()> {
         fmt_rate(offered)
     );
     println!(
-        "was due until `process` returned with its done-record durable. Log segments of {} MiB.\n",
+        "was due until `process` returned with its done-record durable. Log segments of {} MiB. Each store first\ntakes {warm_up} messages untimed (256 in flight).\n",
         args.segment_mb
     );
     println!("| store | offered | achieved | p50 / p99 / p999 (µs) |\n|---|---:|---:|---:|");
@@ -525,6 +526,10 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let mut p99s = Vec::new();
     for (name, store) in stores {
         let p = Processor::builder("bench", noop()).shared_store(store).build()?;
+        // Untimed, with keys of their own: the first moments of a phase otherwise carry
+        // what the process did before it (glibc's malloc consolidating the previous
+        // phase's frees stalled a runtime thread for up to 150 ms; docs/PERFORMANCE.md).
+        process_all(&p, WARM_UP_KEYS..WARM_UP_KEYS + warm_up, 256).await;
         let (h, achieved) = open_loop(&p, offered, secs).await?;
         println!("| {name} | {} | {} | {} |", fmt_rate(offered), fmt_rate(achieved), percentiles(&h));
         p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
@@ -536,6 +541,9 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The first key of the load section's untimed warm-up (the timed keys count from 0).
+const WARM_UP_KEYS: u64 = 900_000_000_000;
 
 async fn open_loop(p: &Processor, per_sec: f64, secs: u64) -> anyhow::Result<(hdrhistogram::Histogram<u64>, f64)> {
     let total = (per_sec * secs as f64) as u64;

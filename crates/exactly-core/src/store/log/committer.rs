@@ -40,11 +40,11 @@ use crate::{Error, Result, metrics};
 use crate::store::local::OnDurable;
 
 pub(super) enum Request {
-    /// A write: `applied` is answered once it is applied (or refused), `durable` and
-    /// `on_durable` once it is on disk.
+    /// A write: `applied`, if someone waits for it, is answered once it is applied (or
+    /// refused), `durable` and `on_durable` once it is on disk.
     Commit {
         batch: WriteBatch,
-        applied: oneshot::Sender<Result<bool>>,
+        applied: Option<oneshot::Sender<Result<bool>>>,
         durable: oneshot::Sender<Result<()>>,
         on_durable: Option<OnDurable>,
     },
@@ -61,6 +61,13 @@ fn answer(failure: Option<&str>) -> Result<()> {
     match failure {
         None => Ok(()),
         Some(cause) => Err(Error::StorePoisoned { cause: cause.to_owned() }),
+    }
+}
+
+/// Tells whoever waits for a write whether it was applied.
+fn answer_applied(applied: Option<oneshot::Sender<Result<bool>>>, result: Result<bool>) {
+    if let Some(tx) = applied {
+        let _ = tx.send(result);
     }
 }
 
@@ -305,7 +312,7 @@ impl<E: Engine> Committer<E> {
             for r in pending.drain(..) {
                 match r {
                     Request::Commit { applied, .. } => {
-                        let _ = applied.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                        answer_applied(applied, Err(Error::StorePoisoned { cause: cause.clone() }));
                     }
                     Request::Flush { reply } => {
                         let _ = reply.send(Err(Error::StorePoisoned { cause: cause.clone() }));
@@ -333,12 +340,8 @@ impl<E: Engine> Committer<E> {
                         expiring.extend(batch.expiring);
                         admitted.push((applied, Owed { durable, on_durable }));
                     }
-                    Ok(false) => {
-                        let _ = applied.send(Ok(false));
-                    }
-                    Err(e) => {
-                        let _ = applied.send(Err(e));
-                    }
+                    Ok(false) => answer_applied(applied, Ok(false)),
+                    Err(e) => answer_applied(applied, Err(e)),
                 },
                 Request::Flush { reply } => flushes.push(reply),
                 Request::Stop => {}
@@ -353,7 +356,7 @@ impl<E: Engine> Committer<E> {
             Ok((logged, rotated)) => {
                 let mut owed = Vec::with_capacity(admitted.len());
                 for (applied, o) in admitted {
-                    let _ = applied.send(Ok(true));
+                    answer_applied(applied, Ok(true));
                     owed.push(o);
                 }
                 let has_writes = logged.is_some();
@@ -369,7 +372,7 @@ impl<E: Engine> Committer<E> {
                 let cause = e.to_string();
                 self.shared.poison(cause.clone());
                 for (applied, _) in admitted {
-                    let _ = applied.send(Err(Error::StorePoisoned { cause: cause.clone() }));
+                    answer_applied(applied, Err(Error::StorePoisoned { cause: cause.clone() }));
                 }
                 for reply in flushes {
                     let _ = reply.send(Err(Error::StorePoisoned { cause: cause.clone() }));

@@ -227,7 +227,7 @@ impl<E: Engine> KvBackend for LogBackend<E> {
     async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
         let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
-        let request = Request::Commit { batch, applied: applied_tx, durable: durable_tx, on_durable };
+        let request = Request::Commit { batch, applied: Some(applied_tx), durable: durable_tx, on_durable };
         self.requests.send(request).map_err(|_| Error::StoreClosed)?;
         let applied = applied_rx.await.map_err(|_| Error::StoreClosed)??;
         Ok(Staged { applied, durable: Durable::pending(durable_rx) })
@@ -237,9 +237,8 @@ impl<E: Engine> KvBackend for LogBackend<E> {
         debug_assert!(batch.expect.is_empty(), "submit takes blind writes only");
         // Nobody waits for it to be applied: a failure to apply poisons the store, which
         // the durable answer then reports.
-        let (applied_tx, _) = tokio::sync::oneshot::channel();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
-        let request = Request::Commit { batch, applied: applied_tx, durable: durable_tx, on_durable };
+        let request = Request::Commit { batch, applied: None, durable: durable_tx, on_durable };
         self.requests.send(request).map_err(|_| Error::StoreClosed)?;
         Ok(Durable::pending(durable_rx))
     }

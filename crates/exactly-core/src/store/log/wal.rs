@@ -234,7 +234,6 @@ impl Wal {
         }
         let spare: Vec<PathBuf> = found.into_iter().map(|(_, p)| p).collect();
         let current = Self::make_segment(dir, max_seq + 1, segment_size, None)?;
-        sync_dir(dir)?;
         let mut wal =
             Self { dir: dir.to_owned(), segment_size, current, retired: spare, spare: Arc::default(), next: None };
         wal.prepare_next();
@@ -249,11 +248,7 @@ impl Wal {
     /// segment with no records, which replay reads as empty.
     fn prepare_next(&mut self) {
         let (dir, seq, size, reuse) = (self.dir.clone(), self.current.seq + 1, self.segment_size, self.reuse());
-        let job = move || {
-            let segment = Self::make_segment(&dir, seq, size, reuse)?;
-            sync_dir(&dir)?;
-            Ok(segment)
-        };
+        let job = move || Self::make_segment(&dir, seq, size, reuse);
         // Without a thread, the rotation makes the segment itself, as it would after a
         // failed preparation.
         self.next = std::thread::Builder::new().name("exactly-log-segment".into()).spawn(job).ok();
@@ -271,9 +266,7 @@ impl Wal {
                     tracing::warn!(error = %e, "preparing the next log segment failed; making it now");
                 }
                 let reuse = self.reuse();
-                let segment = Self::make_segment(&self.dir, seq, self.segment_size, reuse)?;
-                sync_dir(&self.dir)?;
-                Ok(segment)
+                Self::make_segment(&self.dir, seq, self.segment_size, reuse)
             }
         }
     }
@@ -287,7 +280,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes segment `seq`: reuses a spare file, or writes a zero-filled one.
+    /// Makes segment `seq`: reuses a spare file, or writes a zero-filled one; the file and
+    /// the directory are fsynced, so it can be written to at once.
     fn make_segment(dir: &Path, seq: u64, size: u64, reuse: Option<PathBuf>) -> io::Result<Segment> {
         let path = seg_path(dir, seq);
         let file = match reuse {
@@ -312,6 +306,7 @@ impl Wal {
         header[8..].copy_from_slice(&seq.to_le_bytes());
         file.write_all_at(&header, 0)?;
         file.sync_all()?;
+        sync_dir(dir)?;
         Ok(Segment { file: Arc::new(file), path, seq, offset: HEADER })
     }
 

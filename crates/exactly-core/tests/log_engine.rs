@@ -1,8 +1,9 @@
 //! The write-ahead log in front of an engine that falls behind: reads see what is logged
 //! before the engine has it, and a checkpoint (which lets the log forget its segments)
 //! covers every group logged before it, even groups the engine thread had gathered and not
-//! yet applied when the checkpoint reached it; and the engine gets a group only once it is
-//! durable in the log (so it may apply it piecemeal).
+//! yet applied when the checkpoint reached it; the engine gets a group only once it is
+//! durable in the log (so it may apply it piecemeal); and many small groups go on being
+//! committed while the engine is busy.
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,6 +42,28 @@ async fn reads_see_logged_writes_while_the_engine_is_behind() {
     log.flush().await.unwrap();
     assert!(engine.get(b"a").unwrap().is_some());
     assert_eq!(log.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
+}
+
+/// The commit thread waits for the engine only when many writes (not groups) wait for it:
+/// small groups, one record each as when the commits keep up with the load, must not
+/// stop behind an engine that is busy (a checkpoint's flush takes tens of milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_groups_do_not_wait_for_a_busy_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Snapshots::default();
+    let log = open(dir.path(), &engine, 16 * 1024 * 1024);
+    engine.hold(true);
+    // One group each: every commit is awaited before the next is sent.
+    let commits = async {
+        for i in 0..500u32 {
+            assert!(log.commit(put(&i.to_be_bytes())).await.unwrap());
+        }
+    };
+    let in_time = tokio::time::timeout(Duration::from_secs(20), commits).await;
+    engine.hold(false);
+    assert!(in_time.is_ok(), "500 one-write groups waited for an engine that is held");
+    log.flush().await.unwrap();
+    assert!(engine.get(&499u32.to_be_bytes()).unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

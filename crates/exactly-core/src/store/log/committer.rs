@@ -17,7 +17,7 @@
 //! full segments. So neither applying to the engine nor its flush (tens of milliseconds;
 //! sled's blocks its own writers, redb's holds its write lock) holds up a commit: they
 //! hold up only the engine thread, and the commit thread waits for it only when
-//! [`MAX_UNAPPLIED`] groups are waiting for the engine.
+//! [`MAX_UNAPPLIED`] writes are waiting for the engine.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -223,13 +223,13 @@ struct Committer<E> {
     wal: Wal,
     requests: Receiver<Request>,
     to_sync: Sender<ToSync>,
-    /// One message per group the sync thread has answered.
-    synced: Receiver<()>,
+    /// A 1 for each group the sync thread has answered.
+    synced: Receiver<usize>,
     /// Groups handed to the sync thread and not yet answered.
     in_flight: usize,
-    /// One message per group the engine thread has applied.
-    applied: Receiver<()>,
-    /// Groups written (with writes) and not yet applied to the engine.
+    /// The number of writes of each group the engine thread has applied.
+    applied: Receiver<usize>,
+    /// Writes logged and not yet applied to the engine.
     unapplied: usize,
     /// The number of the last group written.
     seq: u64,
@@ -241,18 +241,23 @@ struct Committer<E> {
 /// Groups written but not yet synced before the commit thread waits.
 const MAX_IN_FLIGHT: usize = 2;
 
-/// Groups written but not yet applied to the engine before the commit thread waits: what
-/// the memtable holds at most (up to `max_batch` completions each).
-pub(super) const MAX_UNAPPLIED: usize = 64;
+/// Writes logged but not yet applied to the engine before the commit thread waits: what
+/// the memtable holds at most (a done record and its expiry entry are two writes; about
+/// 40 MB of 300-byte writes). Counted in writes, not groups: when the commit thread
+/// keeps up, groups are small (a few records each at 80,000 records/s), and a bound of
+/// 64 groups left the memtable room for a few milliseconds of writes, so the engine's
+/// checkpoint (a sled flush, tens of milliseconds) stopped every commit behind it.
+pub(super) const MAX_UNAPPLIED: usize = 1 << 17;
 
-/// Waits until fewer than `limit` items counted in `pending` are unanswered on `answers`.
-fn wait_below(pending: &mut usize, answers: &Receiver<()>, limit: usize) {
-    while let Ok(()) = answers.try_recv() {
-        *pending = pending.saturating_sub(1);
+/// Waits until `pending` is below `limit`, taking off what `answers` says is done (a
+/// closed channel means nothing is pending any more).
+fn wait_below(pending: &mut usize, answers: &Receiver<usize>, limit: usize) {
+    while let Ok(n) = answers.try_recv() {
+        *pending = pending.saturating_sub(n);
     }
     while *pending >= limit.max(1) {
         match answers.recv() {
-            Ok(()) => *pending -= 1,
+            Ok(n) => *pending = pending.saturating_sub(n),
             Err(_) => {
                 *pending = 0;
                 break;
@@ -359,10 +364,10 @@ impl<E: Engine> Committer<E> {
                     answer_applied(applied, Ok(true));
                     owed.push(o);
                 }
-                let has_writes = logged.is_some();
+                let writes = logged.as_ref().map_or(0, |l| l.writes.1.len());
                 if self.to_sync.send(ToSync::Group(Written { logged, owed, started })).is_ok() {
                     self.in_flight += 1;
-                    self.unapplied += usize::from(has_writes);
+                    self.unapplied += writes;
                 }
                 if rotated || !flushes.is_empty() {
                     self.checkpoint(!flushes.is_empty(), flushes, None);
@@ -440,8 +445,8 @@ struct Applier<E> {
     engine: Arc<E>,
     memtable: Arc<Memtable>,
     requests: Receiver<ToEngine>,
-    /// One message per group applied.
-    applied: Sender<()>,
+    /// The number of writes of each group applied.
+    applied: Sender<usize>,
     shared: Arc<Shared>,
 }
 
@@ -486,8 +491,8 @@ impl<E: Engine> Applier<E> {
                 Err(e) => self.shared.poison(format!("applying to the engine failed: {e}")),
             }
         }
-        for _ in groups.drain(..) {
-            let _ = self.applied.send(());
+        for (_, ops) in groups.drain(..) {
+            let _ = self.applied.send(ops.len());
         }
     }
 
@@ -500,7 +505,7 @@ impl<E: Engine> Applier<E> {
 
 struct Syncer {
     requests: Receiver<ToSync>,
-    synced: Sender<()>,
+    synced: Sender<usize>,
     /// The engine thread: synced groups' writes, then checkpoints.
     engine: Sender<ToEngine>,
     shared: Arc<Shared>,
@@ -556,7 +561,7 @@ impl Syncer {
         for item in batch.drain(..) {
             match item {
                 ToSync::Group(w) => {
-                    let _ = self.synced.send(());
+                    let _ = self.synced.send(1);
                     metrics::store_flushed(w.started.elapsed(), w.owed.len());
                     for o in w.owed {
                         o.settle(failure.as_deref());

@@ -200,7 +200,7 @@ impl<E: Engine> LogBackend<E> {
     }
 
     /// The engine. It may lag behind the log by the writes still in the memtable
-    /// (at most 64 groups); [`KvBackend`] reads through both.
+    /// (at most 131,072 writes); [`KvBackend`] reads through both.
     pub fn engine(&self) -> &E {
         &self.engine
     }

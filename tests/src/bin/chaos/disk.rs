@@ -44,10 +44,23 @@ impl Tmpfs {
             .context("reading df's output")
     }
 
-    /// Leaves 64 KiB free: the store's next writes fail with ENOSPC.
+    /// Leaves 64 KiB free: the store's next writes fail with ENOSPC. The consumer writes
+    /// on between `df` and the remount (a log segment being prepared grows by megabytes),
+    /// and tmpfs refuses a size below what is used ("bad option"), so it reads and tries
+    /// again a few times.
     pub(crate) fn fill(&self) -> anyhow::Result<()> {
-        let size = self.used_kb()? + 64;
-        mount(&["-o", &format!("remount,size={size}k")], &self.path)
+        let mut attempt = 0;
+        loop {
+            let size = self.used_kb()? + 64;
+            match mount(&["-o", &format!("remount,size={size}k")], &self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= 20 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     /// Makes it read-only: the store's next writes fail with EROFS.

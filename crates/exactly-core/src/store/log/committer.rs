@@ -418,13 +418,14 @@ impl<E: Engine> Committer<E> {
     /// Hands a checkpoint of everything written so far to the sync thread, which passes
     /// it to the engine thread once the groups before it are synced. With `rotate`,
     /// the current segment is closed first, so it is covered too (a flush, the close).
+    /// `done` is the close's: answered once the checkpoint is done.
     fn checkpoint(
         &mut self,
         rotate: bool,
         flushes: Vec<oneshot::Sender<Result<()>>>,
         done: Option<Sender<Result<()>>>,
     ) {
-        let rotated = if rotate { self.wal.rotate_for_checkpoint() } else { Ok(()) };
+        let rotated = if rotate { self.wal.rotate_for_checkpoint(done.is_some()) } else { Ok(()) };
         let covered = self.wal.cover();
         let job = Checkpoint { covered, flushes, done };
         if let Err(e) = rotated {

@@ -271,12 +271,15 @@ impl Wal {
         }
     }
 
-    /// Makes the prepared segment current and starts preparing the one after it.
-    fn rotate(&mut self) -> io::Result<()> {
+    /// Makes the prepared segment current and, with `prepare`, starts preparing the one
+    /// after it.
+    fn rotate(&mut self, prepare: bool) -> io::Result<()> {
         let next = self.take_next()?;
         let full = std::mem::replace(&mut self.current, next);
         self.retired.push(full.path);
-        self.prepare_next();
+        if prepare {
+            self.prepare_next();
+        }
         Ok(())
     }
 
@@ -322,7 +325,7 @@ impl Wal {
         let need = RECORD_HEADER + payload.len() as u64;
         let mut rotated = false;
         if self.current.offset + need > self.segment_size && self.current.offset > HEADER {
-            self.rotate()?;
+            self.rotate(true)?;
             rotated = true;
         }
         let seg = &mut self.current;
@@ -372,12 +375,14 @@ impl Wal {
         self.current.offset > HEADER
     }
 
-    /// Starts a new segment so the current one can be checkpointed (at close).
-    pub(super) fn rotate_for_checkpoint(&mut self) -> io::Result<()> {
+    /// Starts a new segment so the current one can be checkpointed (a flush, the close).
+    /// At close no segment after it is prepared: nothing would be written to it, and the
+    /// close would wait for it (16 MiB of zeros and an fsync when no file is spare).
+    pub(super) fn rotate_for_checkpoint(&mut self, closing: bool) -> io::Result<()> {
         if !self.dirty() {
             return Ok(());
         }
-        self.rotate()
+        self.rotate(!closing)
     }
 }
 
@@ -457,6 +462,28 @@ mod tests {
         let (wal, replay) = Wal::open(dir.path(), 4096).unwrap();
         assert_eq!(replay, vec![a.clone(), a]);
         assert_eq!(wal.current.seq, first + 3, "after every file found, the prepared one included");
+    }
+
+    #[test]
+    fn a_flush_prepares_the_next_segment_and_the_close_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 4096).unwrap();
+        let first = wal.current.seq;
+        let a = encode(&[op("a", Some("x"))]);
+        wal.append(&a).unwrap();
+        wal.rotate_for_checkpoint(false).unwrap();
+        assert_eq!(wal.current.seq, first + 1);
+        wal.next.take().unwrap().join().unwrap().unwrap();
+        assert!(ready(dir.path(), first + 2, 4096), "a flush goes on writing: the next one is made");
+        wal.next = None;
+        wal.append(&a).unwrap();
+        wal.rotate_for_checkpoint(true).unwrap();
+        assert_eq!(wal.current.seq, first + 2);
+        assert!(wal.next.is_none(), "nothing is written after the close");
+        assert!(!seg_path(dir.path(), first + 3).exists());
+        drop(wal);
+        let (_, replay) = Wal::open(dir.path(), 4096).unwrap();
+        assert_eq!(replay, vec![a.clone(), a]);
     }
 
     #[test]

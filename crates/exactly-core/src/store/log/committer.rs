@@ -242,11 +242,12 @@ struct Committer<E> {
 const MAX_IN_FLIGHT: usize = 2;
 
 /// Writes logged but not yet applied to the engine before the commit thread waits: what
-/// the memtable holds at most (a done record and its expiry entry are two writes; about
-/// 40 MB of 300-byte writes). Counted in writes, not groups: when the commit thread
-/// keeps up, groups are small (what came during one fsync), and 64 groups left the
-/// memtable room for a few milliseconds of writes, so whatever held the engine thread
-/// for tens of milliseconds (a checkpoint, a slow apply) stopped every commit behind it.
+/// the memtable holds at most (a done record is one write, and a group adds one expiry
+/// entry per bucket; about 40 MB of 300-byte writes). Counted in writes, not groups:
+/// when the commit thread keeps up, groups are small (what came during one fsync), and
+/// 64 groups left the memtable room for a few milliseconds of writes, so whatever held
+/// the engine thread for tens of milliseconds (a checkpoint, a slow apply) stopped every
+/// commit behind it.
 pub(super) const MAX_UNAPPLIED: usize = 1 << 17;
 
 /// Waits until `pending` is below `limit`, taking off what `answers` says is done (a

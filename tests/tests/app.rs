@@ -60,8 +60,14 @@ async fn metrics_count_what_was_sent_and_sigterm_under_load_loses_nothing() {
     assert_eq!(seen.get("handled"), Some(&250), "{seen:?}");
     assert_eq!(seen.get("duplicate"), Some(&50), "{seen:?}");
 
-    // SIGTERM in the middle of 2000 more.
-    publish(&channel, &queue, 250..2250).await;
+    // SIGTERM in the middle of 5000 more. They are sent from a task of their own, so the
+    // stop comes while they still arrive: sent first and SIGTERM after, the consumer had
+    // sometimes handled all of them by the time the signal came.
+    const ALL: u64 = 5250;
+    let sending = tokio::spawn({
+        let (channel, queue) = (channel.clone(), queue.clone());
+        async move { publish(&channel, &queue, 250..ALL).await }
+    });
     until("load under way", Duration::from_secs(30), async || {
         outcomes(port).await.get("handled").copied().unwrap_or(0) > 400
     })
@@ -69,17 +75,18 @@ async fn metrics_count_what_was_sent_and_sigterm_under_load_loses_nothing() {
     app.terminate();
     let status = app.exit_within(Duration::from_secs(15));
     assert!(status.success(), "the app exits 0 after SIGTERM: {status}");
+    sending.await.unwrap();
     let before = count_lines(&effects).len();
-    eprintln!("the first process handled {before} of 2250 keys before SIGTERM stopped it");
-    assert!(before < 2250, "SIGTERM came after the load: the test did not test a stop under load");
+    eprintln!("the first process handled {before} of {ALL} keys before SIGTERM stopped it");
+    assert!(before < ALL as usize, "SIGTERM came after the load: the test did not test a stop under load");
 
     // A new process finishes the rest; nothing is lost and no effect happens twice.
     let app = App::spawn(&config, &effects);
-    until("every key's effect", Duration::from_secs(60), async || count_lines(&effects).len() >= 2250).await;
+    until("every key's effect", Duration::from_secs(60), async || count_lines(&effects).len() >= ALL as usize).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     app.stop(Duration::from_secs(15));
     let counts = count_lines(&effects);
-    assert_eq!(counts.len(), 2250);
+    assert_eq!(counts.len(), ALL as usize);
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "graceful stops repeat no effect: {doubled:?}");
     let q = channel

@@ -223,8 +223,8 @@ struct Committer<E> {
     wal: Wal,
     requests: Receiver<Request>,
     to_sync: Sender<ToSync>,
-    /// A 1 for each group the sync thread has answered.
-    synced: Receiver<usize>,
+    /// One message per group the sync thread has answered.
+    synced: Receiver<()>,
     /// Groups handed to the sync thread and not yet answered.
     in_flight: usize,
     /// The number of writes of each group the engine thread has applied.
@@ -250,15 +250,15 @@ const MAX_IN_FLIGHT: usize = 2;
 /// commit behind it.
 pub(super) const MAX_UNAPPLIED: usize = 1 << 17;
 
-/// Waits until `pending` is below `limit`, taking off what `answers` says is done (a
+/// Waits until `pending` is below `limit`, taking off `done(answer)` for each answer (a
 /// closed channel means nothing is pending any more).
-fn wait_below(pending: &mut usize, answers: &Receiver<usize>, limit: usize) {
-    while let Ok(n) = answers.try_recv() {
-        *pending = pending.saturating_sub(n);
+fn wait_below<T>(pending: &mut usize, answers: &Receiver<T>, limit: usize, done: impl Fn(T) -> usize) {
+    while let Ok(a) = answers.try_recv() {
+        *pending = pending.saturating_sub(done(a));
     }
     while *pending >= limit.max(1) {
         match answers.recv() {
-            Ok(n) => *pending = pending.saturating_sub(n),
+            Ok(a) => *pending = pending.saturating_sub(done(a)),
             Err(_) => {
                 *pending = 0;
                 break;
@@ -270,8 +270,8 @@ fn wait_below(pending: &mut usize, answers: &Receiver<usize>, limit: usize) {
 impl<E: Engine> Committer<E> {
     /// Waits until fewer than `limit` groups are waiting for their fsync.
     fn wait_in_flight(&mut self, limit: usize) {
-        wait_below(&mut self.in_flight, &self.synced, limit);
-        wait_below(&mut self.unapplied, &self.applied, MAX_UNAPPLIED);
+        wait_below(&mut self.in_flight, &self.synced, limit, |()| 1);
+        wait_below(&mut self.unapplied, &self.applied, MAX_UNAPPLIED, |writes| writes);
     }
 
     fn run(mut self) {
@@ -507,7 +507,7 @@ impl<E: Engine> Applier<E> {
 
 struct Syncer {
     requests: Receiver<ToSync>,
-    synced: Sender<usize>,
+    synced: Sender<()>,
     /// The engine thread: synced groups' writes, then checkpoints.
     engine: Sender<ToEngine>,
     shared: Arc<Shared>,
@@ -563,7 +563,7 @@ impl Syncer {
         for item in batch.drain(..) {
             match item {
                 ToSync::Group(w) => {
-                    let _ = self.synced.send(1);
+                    let _ = self.synced.send(());
                     metrics::store_flushed(w.started.elapsed(), w.owed.len());
                     for o in w.owed {
                         o.settle(failure.as_deref());

@@ -46,7 +46,8 @@ async fn reads_see_logged_writes_while_the_engine_is_behind() {
 
 /// The commit thread waits for the engine only when many writes (not groups) wait for it:
 /// small groups, one record each as when the commits keep up with the load, must not
-/// stop behind an engine that is busy (a checkpoint's flush takes tens of milliseconds).
+/// stop behind an engine that is busy (a checkpoint or a slow apply can hold it for tens
+/// of milliseconds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_groups_do_not_wait_for_a_busy_engine() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,8 @@ mod headers;
 pub use coordinates::Coordinates;
 pub use headers::{HeaderValue, Headers};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -13,7 +15,8 @@ use crate::HandlerError;
 
 /// One delivery from a broker, broker-neutral.
 ///
-/// Cloning is cheap: the payload is reference-counted.
+/// Cloning is cheap: a message is reference-counted, and read-only once built (the
+/// `&mut` methods copy it first if it is shared).
 ///
 /// ```
 /// use exactly_core::{Message, Coordinates};
@@ -28,8 +31,11 @@ use crate::HandlerError;
 /// assert_eq!(order.id, 7);
 /// assert!(Message::new("not json").decode::<Order>().is_err());
 /// ```
+#[derive(Clone, Default)]
+pub struct Message(Arc<Parts>);
+
 #[derive(Debug, Clone, Default)]
-pub struct Message {
+struct Parts {
     payload: Bytes,
     headers: Headers,
     message_id: Option<String>,
@@ -39,62 +45,77 @@ pub struct Message {
     delivery_count: Option<u32>,
 }
 
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &*self.0;
+        f.debug_struct("Message")
+            .field("payload", &p.payload)
+            .field("headers", &p.headers)
+            .field("message_id", &p.message_id)
+            .field("key", &p.key)
+            .field("coordinates", &p.coordinates)
+            .field("redelivered", &p.redelivered)
+            .field("delivery_count", &p.delivery_count)
+            .finish()
+    }
+}
+
 impl Message {
     /// A message with only a payload.
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        Self { payload: payload.into(), ..Self::default() }
+        Self::builder(payload).build()
     }
 
     /// Starts building a message.
     pub fn builder(payload: impl Into<Bytes>) -> MessageBuilder {
-        MessageBuilder(Self::new(payload))
+        MessageBuilder(Parts { payload: payload.into(), ..Parts::default() })
     }
 
     /// The payload bytes.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.0.payload
     }
 
     /// The payload as UTF-8 text, if it is.
     pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
+        std::str::from_utf8(&self.0.payload).ok()
     }
 
     /// The headers.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.0.headers
     }
 
     /// The broker's message id (AMQP `message_id`), when it has one.
     pub fn message_id(&self) -> Option<&str> {
-        self.message_id.as_deref()
+        self.0.message_id.as_deref()
     }
 
     /// The broker's message key (the Kafka record key; AMQP has none).
     pub fn key(&self) -> Option<&Bytes> {
-        self.key.as_ref()
+        self.0.key.as_ref()
     }
 
     /// Where the message came from.
     pub fn coordinates(&self) -> &Coordinates {
-        &self.coordinates
+        &self.0.coordinates
     }
 
     /// Whether the broker says it delivered this message before (AMQP `redelivered`).
     pub fn redelivered(&self) -> bool {
-        self.redelivered
+        self.0.redelivered
     }
 
     /// How many times the broker or `exactly` says this message was delivered before,
     /// when it tracks that (AMQP `x-delivery-count`, or `exactly`'s own retry header).
     pub fn delivery_count(&self) -> Option<u32> {
-        self.delivery_count
+        self.0.delivery_count
     }
 
     /// Decodes the JSON payload. A failure is a permanent error with reason `decode`: the
     /// message goes to the dead-letter destination without retries.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        serde_json::from_slice(&self.payload).map_err(HandlerError::decode)
+        serde_json::from_slice(&self.0.payload).map_err(HandlerError::decode)
     }
 
     /// Decodes the payload with a function of your own (protobuf, Avro, ...). A failure is
@@ -103,25 +124,25 @@ impl Message {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        decode(&self.payload).map_err(HandlerError::decode)
+        decode(&self.0.payload).map_err(HandlerError::decode)
     }
 
     /// Sets the delivery count (an adapter retrying a message in place counts its attempts
     /// this way).
     pub fn set_delivery_count(&mut self, count: u32) {
-        self.delivery_count = Some(count);
+        Arc::make_mut(&mut self.0).delivery_count = Some(count);
     }
 
     /// Mutable access to the headers, for adapters and tests.
     pub fn headers_mut(&mut self) -> &mut Headers {
-        &mut self.headers
+        &mut Arc::make_mut(&mut self.0).headers
     }
 }
 
 /// Builds a [`Message`]; adapters use it to map a broker delivery.
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct MessageBuilder(Message);
+pub struct MessageBuilder(Parts);
 
 impl MessageBuilder {
     /// Adds a header.
@@ -168,6 +189,24 @@ impl MessageBuilder {
 
     /// Finishes the message.
     pub fn build(self) -> Message {
-        self.0
+        Message(Arc::new(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_shares_the_message_and_a_change_copies_it() {
+        let original = Message::builder("p").header("a", "1").delivery_count(1).build();
+        let mut changed = original.clone();
+        assert!(Arc::ptr_eq(&original.0, &changed.0), "a clone is a reference");
+        changed.headers_mut().append("b", "2");
+        changed.set_delivery_count(2);
+        assert!(!Arc::ptr_eq(&original.0, &changed.0), "a change copies first");
+        assert_eq!((original.headers().len(), original.delivery_count()), (1, Some(1)), "the original is unchanged");
+        assert_eq!((changed.headers().len(), changed.delivery_count()), (2, Some(2)));
+        assert_eq!(changed.payload(), original.payload());
     }
 }

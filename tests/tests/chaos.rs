@@ -7,13 +7,35 @@
 //! figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
+/// Runs the harness, passing its lines on as they come (so a run the test runner stops
+/// for taking too long shows how far it got), and checks its verdict.
 fn chaos(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chaos")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprintln!("{text}");
-    assert!(out.status.success(), "chaos {args:?} failed: {}\n{text}", out.status);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let echo = |stream: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        })
+    };
+    let (out, err) = (echo(Box::new(stdout)), echo(Box::new(stderr)));
+    let status = child.wait().unwrap();
+    let text = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "chaos {args:?} failed: {status}\n{text}");
     assert!(text.contains("chaos: PASS"), "{text}");
 }
 

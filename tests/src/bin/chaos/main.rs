@@ -353,16 +353,31 @@ async fn main() -> anyhow::Result<()> {
 
     // Let them finish: every good key's effect, then nothing left on the broker.
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut report = Instant::now() + Duration::from_secs(20);
     loop {
         for c in &mut consumers {
             faults.exits += u32::from(c.revive(&app)?);
         }
         let seen = effects(&consumers);
-        if good.iter().all(|k| seen.contains_key(&format!("k{k}"))) && broker.leftover().await? == 0 {
+        let missing: Vec<_> = good.iter().filter(|k| !seen.contains_key(&format!("k{k}"))).collect();
+        let leftover = broker.leftover().await?;
+        if missing.is_empty() && leftover == 0 {
             break;
         }
         if Instant::now() > deadline {
             bail!("the consumers did not finish within 10 minutes: {} of {} keys", seen.len(), good.len());
+        }
+        if Instant::now() > report {
+            // Said while waiting, so a run stopped from outside (a test's timeout) shows
+            // where it stood.
+            let first: Vec<_> = missing.iter().take(5).collect();
+            eprintln!(
+                "chaos: still waiting after {:.0?}: {} of {} keys without an effect (first {first:?}), {leftover} left on the broker",
+                started.elapsed(),
+                missing.len(),
+                good.len(),
+            );
+            report = Instant::now() + Duration::from_secs(20);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

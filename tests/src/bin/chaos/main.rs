@@ -46,6 +46,8 @@ use exactly::kafka::rdkafka::mocking::MockCluster;
 
 /// Brokers of the Kafka mock cluster (`--kafka mock`).
 const MOCK_BROKERS: i32 = 3;
+/// Keys still to handle for an outage to be worth starting (see the "outage" fault).
+const OUTAGE_NEEDS_LEFT: usize = 100;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Kind {
@@ -298,6 +300,16 @@ async fn main() -> anyhow::Result<()> {
             }
             "outage" => {
                 let outage = c.outage.clone();
+                // The breaker tells an outage from a poison message by failures of
+                // different keys in a row; with a few keys left there are none to fail, and
+                // those keys use up their retries into the dead-letter topic (documented,
+                // but not what this fault tests). Only with load left, then.
+                let seen = effects(&consumers);
+                let left = good.iter().filter(|k| !seen.contains_key(&format!("k{k}"))).count();
+                if left < OUTAGE_NEEDS_LEFT {
+                    eprintln!("chaos: outage skipped: {left} keys left, fewer than {OUTAGE_NEEDS_LEFT}");
+                    continue;
+                }
                 let pause = Duration::from_millis(rng.random_range(3_000..10_000));
                 std::fs::write(&outage, b"down")?;
                 // Counted once the dependency is down: reading the logs takes a while, and
@@ -354,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
     // Let them finish: every good key's effect, then nothing left on the broker.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut report = Instant::now() + Duration::from_secs(20);
+    let mut stuck = (usize::MAX, Instant::now());
     loop {
         for c in &mut consumers {
             faults.exits += u32::from(c.revive(&app)?);
@@ -366,6 +379,20 @@ async fn main() -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!("the consumers did not finish within 10 minutes: {} of {} keys", seen.len(), good.len());
+        }
+        if missing.is_empty() || leftover > 0 || missing.len() != stuck.0 {
+            stuck = (missing.len(), Instant::now());
+        } else if stuck.1.elapsed() > Duration::from_secs(60) {
+            // Nothing is left to consume, so these keys will not get an effect: say where
+            // they went rather than wait out the deadline.
+            let dead: HashMap<String, String> = broker.dead_letters().await?.into_iter().collect();
+            let (dlq, nowhere): (Vec<_>, Vec<_>) =
+                missing.iter().map(|k| format!("k{k}")).partition(|k| dead.contains_key(k));
+            let dlq: Vec<_> = dlq.iter().map(|k| format!("{k} ({})", dead[k])).collect();
+            bail!(
+                "{} keys without an effect and nothing left on the broker for 60 s: dead-lettered {dlq:?}, not dead-lettered {nowhere:?}",
+                missing.len()
+            );
         }
         if Instant::now() > report {
             // Said while waiting, so a run stopped from outside (a test's timeout) shows

@@ -240,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
         }
         all
     };
+    // The good keys without an effect in `seen`.
+    let unseen = |seen: &HashMap<String, u64>| -> Vec<u64> {
+        good.iter().copied().filter(|k| !seen.contains_key(&format!("k{k}"))).collect()
+    };
 
     // Faults, at random moments, until the budget is spent.
     let mut faults = Faults::default();
@@ -304,8 +308,7 @@ async fn main() -> anyhow::Result<()> {
                 // different keys in a row; with a few keys left there are none to fail, and
                 // those keys use up their retries into the dead-letter topic (documented,
                 // but not what this fault tests). Only with load left, then.
-                let seen = effects(&consumers);
-                let left = good.iter().filter(|k| !seen.contains_key(&format!("k{k}"))).count();
+                let left = unseen(&effects(&consumers)).len();
                 if left < OUTAGE_NEEDS_LEFT {
                     eprintln!("chaos: outage skipped: {left} keys left, fewer than {OUTAGE_NEEDS_LEFT}");
                     continue;
@@ -366,43 +369,48 @@ async fn main() -> anyhow::Result<()> {
     // Let them finish: every good key's effect, then nothing left on the broker.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut report = Instant::now() + Duration::from_secs(20);
-    let mut stuck = (usize::MAX, Instant::now());
+    // The number of keys without an effect, and since when.
+    let mut progress = (usize::MAX, Instant::now());
     loop {
         for c in &mut consumers {
             faults.exits += u32::from(c.revive(&app)?);
         }
         let seen = effects(&consumers);
-        let missing: Vec<_> = good.iter().filter(|k| !seen.contains_key(&format!("k{k}"))).collect();
-        let leftover = broker.leftover().await?;
-        if missing.is_empty() && leftover == 0 {
+        let missing = unseen(&seen);
+        // Asked of the broker only when it decides something: each asking opens a client.
+        if missing.is_empty() && broker.leftover().await? == 0 {
             break;
         }
         if Instant::now() > deadline {
             bail!("the consumers did not finish within 10 minutes: {} of {} keys", seen.len(), good.len());
         }
-        if missing.is_empty() || leftover > 0 || missing.len() != stuck.0 {
-            stuck = (missing.len(), Instant::now());
-        } else if stuck.1.elapsed() > Duration::from_secs(60) {
-            // Nothing is left to consume, so these keys will not get an effect: say where
-            // they went rather than wait out the deadline.
-            let dead: HashMap<String, String> = broker.dead_letters().await?.into_iter().collect();
-            let (dlq, nowhere): (Vec<_>, Vec<_>) =
-                missing.iter().map(|k| format!("k{k}")).partition(|k| dead.contains_key(k));
-            let dlq: Vec<_> = dlq.iter().map(|k| format!("{k} ({})", dead[k])).collect();
-            bail!(
-                "{} keys without an effect and nothing left on the broker for 60 s: dead-lettered {dlq:?}, not dead-lettered {nowhere:?}",
-                missing.len()
-            );
+        if missing.len() != progress.0 {
+            progress = (missing.len(), Instant::now());
+        } else if !missing.is_empty() && progress.1.elapsed() > Duration::from_secs(60) {
+            if broker.leftover().await? == 0 {
+                // Nothing is left to consume, so these keys will not get an effect: say
+                // where they went rather than wait out the deadline.
+                let dead: HashMap<String, String> = broker.dead_letters().await?.into_iter().collect();
+                let (dlq, nowhere): (Vec<_>, Vec<_>) =
+                    missing.iter().map(|k| format!("k{k}")).partition(|k| dead.contains_key(k));
+                let dlq: Vec<_> = dlq.iter().map(|k| format!("{k} ({})", dead[k])).collect();
+                bail!(
+                    "{} keys without an effect and none handled for 60 s, nothing left on the broker: dead-lettered {dlq:?}, not dead-lettered {nowhere:?}",
+                    missing.len()
+                );
+            }
+            progress.1 = Instant::now();
         }
         if Instant::now() > report {
             // Said while waiting, so a run stopped from outside (a test's timeout) shows
             // where it stood.
             let first: Vec<_> = missing.iter().take(5).collect();
             eprintln!(
-                "chaos: still waiting after {:.0?}: {} of {} keys without an effect (first {first:?}), {leftover} left on the broker",
+                "chaos: still waiting after {:.0?}: {} of {} keys without an effect (first {first:?}), {} left on the broker",
                 started.elapsed(),
                 missing.len(),
                 good.len(),
+                broker.leftover().await?,
             );
             report = Instant::now() + Duration::from_secs(20);
         }

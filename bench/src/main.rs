@@ -35,6 +35,12 @@ pub(crate) const ALLOCATOR: &str = if cfg!(feature = "mimalloc") { "mimalloc" } 
 #[derive(Parser)]
 #[command(about = "Benchmarks of exactly; each prints a Markdown report")]
 struct Cli {
+    /// Leave transparent huge pages on for the bench's process. By default the bench turns
+    /// them off (`prctl(PR_SET_THP_DISABLE)`): mimalloc asks for them, and on these VMs
+    /// the kernel zeroing a fresh 2 MiB page stalled a runtime thread for milliseconds,
+    /// a large part of the load bench's p99 (docs/PERFORMANCE.md, "Huge pages").
+    #[arg(long, global = true)]
+    keep_huge_pages: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     latency::install();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if !cli.keep_huge_pages {
+        report::huge_pages_off()?;
+    }
+    match cli.command {
         Command::Store(args) => store::run(args).await,
         Command::Amqp(args) => amqp::run(args).await,
         Command::Kafka(args) => kafka::run(args).await,

@@ -122,7 +122,29 @@ pub(crate) fn machine() -> String {
             s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores ({model}), Rust's allocations through {}", crate::ALLOCATOR)
+    format!("{cpus} cores ({model}), Rust's allocations through {}, {}", crate::ALLOCATOR, huge_pages())
+}
+
+/// Turns transparent huge pages off for this process (every thread, and memory mapped
+/// before the call too: the kernel checks the flag at each fault).
+pub(crate) fn huge_pages_off() -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_thp_disable(true)
+        .map_err(|e| anyhow::anyhow!("cannot turn transparent huge pages off (--keep-huge-pages skips it): {e}"))?;
+    Ok(())
+}
+
+/// Whether this process may get transparent huge pages, for the reports' heading.
+fn huge_pages() -> String {
+    #[cfg(target_os = "linux")]
+    if nix::sys::prctl::get_thp_disable().unwrap_or(false) {
+        return "transparent huge pages off for the process".into();
+    }
+    let setting = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    match setting.split_whitespace().find(|w| w.starts_with('[')) {
+        Some(mode) => format!("transparent huge pages as the machine sets them ({})", mode.trim_matches(['[', ']'])),
+        None => "transparent huge pages unknown".into(),
+    }
 }
 
 /// CPU time (user + system) this process has used so far, from /proc/self/stat.

@@ -331,21 +331,25 @@ async fn key_ordered_mode_parks_only_the_failing_key_and_keeps_the_commit_below_
             .unwrap();
     }
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let o = order.clone();
+    // Key a's first record fails until the test lets it pass: the retry delays are
+    // jittered down to 1 ms, so a fixed number of failures could end before the test
+    // looks at the commit.
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (o, r) = (order.clone(), release.clone());
     let handler = handler_fn(move |m: Message, ctx: Context| {
-        let o = o.clone();
+        let (o, r) = (o.clone(), r.clone());
         async move {
             let id = m.payload_str().unwrap_or("").to_owned();
-            if id == "a-0" && ctx.attempt() < 4 {
+            if id == "a-0" && !r.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(HandlerError::transient("not yet"));
             }
-            o.lock().unwrap().push(id);
+            o.lock().unwrap().push(format!("{id}@{}", ctx.attempt()));
             Ok(())
         }
     });
     let p = Processor::builder("keyed", handler)
         .store(MemoryStore::new())
-        .retry(RetryPolicy::exponential(Duration::from_millis(200), Duration::from_millis(400), 10).unwrap())
+        .retry(RetryPolicy::exponential(Duration::from_millis(50), Duration::from_millis(100), 100_000).unwrap())
         .no_breaker()
         .build()
         .unwrap();
@@ -358,16 +362,21 @@ async fn key_ordered_mode_parks_only_the_failing_key_and_keeps_the_commit_below_
     let stop = c.shutdown_handle();
     let task = tokio::spawn(c.run());
     eventually("b and c", Duration::from_secs(30), || order.lock().unwrap().len() >= 2).await;
-    assert_eq!(*order.lock().unwrap(), vec!["b-1".to_owned(), "c-3".to_owned()], "other keys did not wait for a");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(*order.lock().unwrap(), vec!["b-1@1".to_owned(), "c-3@1".to_owned()], "other keys did not wait for a");
+    // Several commit intervals while a-0 is still failing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         committed(kafka.bootstrap_servers(), &group, &topic, 1),
         vec![0],
         "the commit stays below the parked record"
     );
+    assert_eq!(order.lock().unwrap().len(), 2, "key a's later records wait behind a-0");
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually("all five", Duration::from_secs(30), || order.lock().unwrap().len() >= 5).await;
-    let got = order.lock().unwrap().clone();
+    let got: Vec<String> = order.lock().unwrap().iter().map(|s| s.split('@').next().unwrap_or("").to_owned()).collect();
     assert_eq!(&got[2..], &["a-0".to_owned(), "a-2".to_owned(), "a-4".to_owned()], "key a stays in order");
+    let a0 = order.lock().unwrap()[2].clone();
+    assert_ne!(a0, "a-0@1", "a-0 was retried, not run once");
     eventually("the commit past everything", Duration::from_secs(10), || {
         committed(kafka.bootstrap_servers(), &group, &topic, 1) == vec![5]
     })

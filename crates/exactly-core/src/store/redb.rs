@@ -143,42 +143,11 @@ pub struct RedbStoreBuilder {
 }
 
 impl RedbStoreBuilder {
-    /// Width of an expiry bucket (default one hour).
-    pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
-        self.bucket_width = crate::clock::duration_millis(width).max(1);
-        self
-    }
+    super::log::log_store_settings!();
 
     /// redb's cache size in bytes (default 256 MiB).
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_size = bytes;
-        self
-    }
-
-    /// The most completions one group commit takes (default 4096).
-    pub fn max_batch(mut self, n: usize) -> Self {
-        self.log.max_batch = n.max(1);
-        self
-    }
-
-    /// Size of one write-ahead log segment (default 16 MiB).
-    pub fn wal_segment_size(mut self, bytes: u64) -> Self {
-        self.log.segment_size = bytes.max(4096);
-        self
-    }
-
-    /// The fewest done keys the in-memory filter of new keys is sized for (default
-    /// 1,048,576, about 1.3 MB; it grows with the store, at about 2.4 bytes a live key).
-    /// A key the filter has never seen is answered as new without reading the engine.
-    /// 0 turns the filter off.
-    pub fn filter_keys(mut self, keys: u64) -> Self {
-        self.log.filter_keys = keys;
-        self
-    }
-
-    /// Called after every successful fsync of the log with its path.
-    pub fn on_fsync(mut self, observer: impl FsyncObserver) -> Self {
-        self.log.observer = Some(Arc::new(observer));
         self
     }
 

@@ -85,6 +85,50 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     fn disk_bytes(&self) -> Option<u64>;
 }
 
+/// The settings every store on the log shares, as builder methods: for a builder with the
+/// fields `bucket_width: Millis` and `log: LogOptions`.
+macro_rules! log_store_settings {
+    () => {
+        /// Width of an expiry bucket (default one hour). A record is purged at most this
+        /// long after it expires; the purge removes whole buckets.
+        pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
+            self.bucket_width = crate::clock::duration_millis(width).max(1);
+            self
+        }
+
+        /// The most completions one group commit takes (default 4096).
+        pub fn max_batch(mut self, n: usize) -> Self {
+            self.log.max_batch = n.max(1);
+            self
+        }
+
+        /// Size of one write-ahead log segment (default 16 MiB). The engine is
+        /// checkpointed each time a segment fills; recovery replays at most about one
+        /// segment.
+        pub fn wal_segment_size(mut self, bytes: u64) -> Self {
+            self.log.segment_size = bytes.max(4096);
+            self
+        }
+
+        /// The fewest done keys the in-memory filter of new keys is sized for (default
+        /// 1,048,576, about 1.3 MB; it grows with the store, at about 2.4 bytes a live key).
+        /// A key the filter has never seen is answered as new without reading the engine.
+        /// 0 turns the filter off.
+        pub fn filter_keys(mut self, keys: u64) -> Self {
+            self.log.filter_keys = keys;
+            self
+        }
+
+        /// Called after every successful fsync (of the log, and of the engine at each
+        /// checkpoint) with the synced path; for tests and metrics.
+        pub fn on_fsync(mut self, observer: impl $crate::store::log::FsyncObserver) -> Self {
+            self.log.observer = Some(std::sync::Arc::new(observer));
+            self
+        }
+    };
+}
+pub(crate) use log_store_settings;
+
 /// Settings of the log.
 #[derive(Clone)]
 pub struct LogOptions {

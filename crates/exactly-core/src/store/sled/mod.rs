@@ -4,13 +4,13 @@ mod files;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use self::files::SledFiles;
 use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
-use super::log::{Engine, FsyncObserver, LogBackend, LogOptions, Op};
+use super::log::{Engine, LogBackend, LogOptions, Op};
 use crate::clock::Millis;
 use crate::{Error, Result};
 
@@ -119,12 +119,7 @@ pub struct SledStoreBuilder {
 }
 
 impl SledStoreBuilder {
-    /// Width of an expiry bucket (default one hour). A record is purged at most this
-    /// long after it expires; the purge removes whole buckets.
-    pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
-        self.bucket_width = crate::clock::duration_millis(width).max(1);
-        self
-    }
+    super::log::log_store_settings!();
 
     /// sled's page cache size in bytes (default 256 MiB). Duplicates are read from sled:
     /// in a store larger than its cache most of those reads decode a page from the file
@@ -132,34 +127,6 @@ impl SledStoreBuilder {
     /// a cache that held the 3.1 GB store; docs/PERFORMANCE.md).
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_capacity = bytes;
-        self
-    }
-
-    /// The most completions one group commit takes (default 4096).
-    pub fn max_batch(mut self, n: usize) -> Self {
-        self.log.max_batch = n.max(1);
-        self
-    }
-
-    /// Size of one write-ahead log segment (default 16 MiB). sled is checkpointed each
-    /// time a segment fills; recovery replays at most about one segment.
-    pub fn wal_segment_size(mut self, bytes: u64) -> Self {
-        self.log.segment_size = bytes.max(4096);
-        self
-    }
-
-    /// The fewest done keys the in-memory filter of new keys is sized for (default
-    /// 1,048,576, about 1.3 MB; it grows with the store, at about 2.4 bytes a live key).
-    /// A key the filter has never seen is answered as new without reading the engine.
-    /// 0 turns the filter off.
-    pub fn filter_keys(mut self, keys: u64) -> Self {
-        self.log.filter_keys = keys;
-        self
-    }
-
-    /// Called after every successful fsync with the synced path; for tests and metrics.
-    pub fn on_fsync(mut self, observer: impl FsyncObserver) -> Self {
-        self.log.observer = Some(Arc::new(observer));
         self
     }
 

@@ -69,10 +69,11 @@ pub fn ledger_with_dependency(
     })
 }
 
-/// Opens an on-disk store by engine name (`sled` or `redb`).
+/// Opens an on-disk store by engine name (`sled`, `redb` or `fjall`).
 pub fn open_store(engine: &str, path: &Path) -> exactly::Result<Arc<dyn DedupStore>> {
     Ok(match engine {
         "redb" => Arc::new(exactly::store::RedbStore::open(path)?),
+        "fjall" => Arc::new(exactly::store::FjallStore::open(path)?),
         _ => Arc::new(exactly::SledStore::open(path)?),
     })
 }

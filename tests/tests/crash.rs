@@ -1,5 +1,5 @@
 //! The end-to-end promise under real crashes: a consumer process on an on-disk store
-//! (sled, then redb) is killed with SIGKILL at random moments, mid-batch, and restarted;
+//! (sled, redb, fjall) is killed with SIGKILL at random moments, mid-batch, and restarted;
 //! afterwards every key is credited exactly once, every poison message is dead-lettered,
 //! nothing is lost.
 #![allow(clippy::unwrap_used)]
@@ -28,6 +28,11 @@ fn sled_sigkill_mid_batch_loses_and_doubles_nothing() {
 #[test]
 fn redb_sigkill_mid_batch_loses_and_doubles_nothing() {
     sigkill_mid_batch("redb");
+}
+
+#[test]
+fn fjall_sigkill_mid_batch_loses_and_doubles_nothing() {
+    sigkill_mid_batch("fjall");
 }
 
 fn sigkill_mid_batch(engine: &str) {

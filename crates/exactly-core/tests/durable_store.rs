@@ -1,4 +1,4 @@
-//! The on-disk stores (sled and redb, one module each from the same tests): durability,
+//! The on-disk stores (sled, redb and fjall, one module each from the same tests): durability,
 //! group commit, reopen, refusal of bad paths.
 
 #![allow(clippy::unwrap_used)]
@@ -336,6 +336,7 @@ macro_rules! durable_store_tests {
 
 durable_store_tests!(sled, exactly_core::SledStore);
 durable_store_tests!(redb, exactly_core::store::RedbStore);
+durable_store_tests!(fjall, exactly_core::store::FjallStore);
 
 #[tokio::test]
 async fn large_values_land_in_blob_files_that_are_fsynced_too() {

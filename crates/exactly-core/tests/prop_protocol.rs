@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::Runs;
-use exactly_core::store::{RecordState, RedbStore};
+use exactly_core::store::{FjallStore, RecordState, RedbStore};
 use exactly_core::testing::{CrashPlan, DrainOptions, MemoryBroker, drain};
 use exactly_core::{
     Context, DedupStore, Error, HandlerError, MemoryStore, Message, Processor, RetryPolicy, SledStore, StoreKey,
@@ -76,6 +76,7 @@ enum Subject {
     Memory(Arc<MemoryStore>),
     Sled { path: std::path::PathBuf, _dir: tempfile::TempDir },
     Redb { path: std::path::PathBuf, _dir: tempfile::TempDir },
+    Fjall { path: std::path::PathBuf, _dir: tempfile::TempDir },
 }
 
 impl Subject {
@@ -84,6 +85,7 @@ impl Subject {
             Subject::Memory(s) => s.clone(),
             Subject::Sled { path, .. } => Arc::new(SledStore::open(path).expect("reopen after crash")),
             Subject::Redb { path, .. } => Arc::new(RedbStore::open(path).expect("reopen after crash")),
+            Subject::Fjall { path, .. } => Arc::new(FjallStore::open(path).expect("reopen after crash")),
         }
     }
     fn crash(&self) {
@@ -235,5 +237,15 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         run_case(case, Subject::Redb { path, _dir: dir })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn fjall_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        run_case(case, Subject::Fjall { path, _dir: dir })?;
     }
 }

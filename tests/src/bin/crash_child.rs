@@ -30,7 +30,7 @@ struct Args {
     poison_every: u64,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// sled or redb.
+    /// sled, redb or fjall.
     #[arg(long, default_value = "sled")]
     engine: String,
 }

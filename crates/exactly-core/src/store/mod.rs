@@ -2,12 +2,14 @@
 //!
 //! [`DedupStore`] is the protocol a store offers the [`Processor`](crate::Processor):
 //! claim a key, renew the lease, complete (durably, with the handler's state writes),
-//! release after a failure. Three stores ship: [`SledStore`] on disk (the default),
-//! [`RedbStore`] on disk (feature `redb`) and [`MemoryStore`]. Each is a [`LocalStore`]
-//! over a key-value backend: in-flight claims live in memory (one process owns a store),
-//! done-records and state on the backend. The on-disk ones put a write-ahead log with
+//! release after a failure. Four stores ship: [`SledStore`] on disk (the default),
+//! [`RedbStore`] on disk (feature `redb`), [`FjallStore`] on disk (feature `fjall`) and
+//! [`MemoryStore`]. Each is a [`LocalStore`] over a key-value backend: in-flight claims
+//! live in memory (one process owns a store), done-records and state on the backend. The on-disk ones put a write-ahead log with
 //! group commit ([`log`]) in front of their engine.
 
+#[cfg(feature = "fjall")]
+mod fjall;
 mod layout;
 mod leases;
 mod local;
@@ -20,6 +22,8 @@ mod redb;
 mod sled;
 mod sweeper;
 
+#[cfg(feature = "fjall")]
+pub use fjall::{FjallEngine, FjallStore, FjallStoreBuilder};
 pub use layout::StoreKey;
 pub use local::{
     BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch,

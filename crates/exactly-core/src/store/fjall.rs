@@ -1,0 +1,170 @@
+//! A third on-disk store: fjall (an LSM tree) under the write-ahead log.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
+use super::log::{Engine, FsyncObserver, LogBackend, LogOptions, Op};
+use crate::clock::Millis;
+use crate::{Error, Result};
+
+/// The keyspace (fjall's column family) that holds the records.
+const KEYSPACE: &str = "exactly";
+
+/// fjall as an [`Engine`]: each call is one fjall write batch, kept in fjall's memtable and
+/// its journal without a sync; a checkpoint fsyncs fjall's journal
+/// (`persist(SyncAll)`). fjall writes its sorted tables in the background, each fsynced
+/// before the journal that held their writes is dropped.
+pub struct FjallEngine {
+    db: Database,
+    records: Keyspace,
+    dir: PathBuf,
+    observer: Option<Arc<dyn FsyncObserver>>,
+}
+
+impl fmt::Debug for FjallEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FjallEngine").field("dir", &self.dir).finish()
+    }
+}
+
+fn io(operation: &'static str) -> impl Fn(fjall::Error) -> Error {
+    move |e| Error::io(operation, e)
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let value = self.records.get(key).map_err(io("read"))?;
+        Ok(value.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let mut out = Vec::new();
+        for item in self.records.range(from..to).take(limit) {
+            let (k, v) = item.into_inner().map_err(io("read"))?;
+            out.push((k.to_vec(), Bytes::copy_from_slice(&v)));
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<()> {
+        self.apply_groups(&[ops])
+    }
+
+    /// One write batch (not synced) for all the groups.
+    fn apply_groups(&self, groups: &[&[Op]]) -> Result<()> {
+        let mut batch = self.db.batch();
+        for (k, v) in groups.iter().flat_map(|ops| ops.iter()) {
+            match v {
+                Some(v) => batch.insert(&self.records, k.as_slice(), v.as_ref()),
+                None => batch.remove(&self.records, k.as_slice()),
+            }
+        }
+        batch.commit().map_err(io("write"))
+    }
+
+    fn checkpoint(&self) -> Result<u64> {
+        self.db.persist(PersistMode::SyncAll).map_err(io("checkpoint"))?;
+        if let Some(o) = &self.observer {
+            o.synced(&self.dir);
+        }
+        Ok(1)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.disk_space().ok()
+    }
+}
+
+/// An on-disk store on fjall, behind the same write-ahead log as
+/// [`SledStore`](super::SledStore). An LSM tree takes a write into memory and sorts it to
+/// disk later in large runs, so a done-record costs a fraction of the CPU of sled's or
+/// redb's B-tree insert; see docs/PERFORMANCE.md.
+///
+/// ```
+/// # fn main() -> Result<(), exactly_core::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = exactly_core::store::FjallStore::open(dir.path().join("dedup"))?;
+/// # drop(store); Ok(()) }
+/// ```
+pub type FjallStore = LocalStore<LogBackend<FjallEngine>>;
+
+impl LocalStore<LogBackend<FjallEngine>> {
+    /// Opens (or creates) a store in the directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open()
+    }
+
+    /// Starts configuring a store in the directory `path`.
+    pub fn builder(path: impl AsRef<Path>) -> FjallStoreBuilder {
+        FjallStoreBuilder {
+            path: path.as_ref().to_owned(),
+            bucket_width: DEFAULT_BUCKET_WIDTH_MS,
+            cache_size: 256 * 1024 * 1024,
+            log: LogOptions::default(),
+        }
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        self.backend.path()
+    }
+}
+
+/// Settings of a [`FjallStore`].
+#[must_use]
+#[derive(Debug)]
+pub struct FjallStoreBuilder {
+    path: PathBuf,
+    bucket_width: Millis,
+    cache_size: u64,
+    log: LogOptions,
+}
+
+impl FjallStoreBuilder {
+    super::log::log_store_settings!();
+
+    /// fjall's block cache in bytes (default 256 MiB).
+    pub fn cache_size(mut self, bytes: u64) -> Self {
+        self.cache_size = bytes;
+        self
+    }
+
+    /// Opens the store.
+    pub fn open(self) -> Result<FjallStore> {
+        let path = self.path;
+        let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
+            path: path.clone(),
+            reason,
+            source,
+        };
+        if path.is_file() {
+            return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
+        }
+        std::fs::create_dir_all(&path).map_err(|e| fail(format!("cannot create it: {e}"), Some(Box::new(e))))?;
+        let dir = path.join("fjall");
+        // fjall syncs its journal only when asked: at a checkpoint. The write-ahead log
+        // in front of it makes each group durable.
+        let db =
+            Database::builder(&dir).cache_size(self.cache_size).manual_journal_persist(true).open().map_err(|e| {
+                let reason = match &e {
+                    fjall::Error::Locked => {
+                        "another process has it open (is a consumer running on this store?)".to_owned()
+                    }
+                    other => format!("fjall could not open it: {other}"),
+                };
+                fail(reason, Some(Box::new(e)))
+            })?;
+        let records = db
+            .keyspace(KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(|e| fail(format!("fjall could not open its keyspace: {e}"), Some(Box::new(e))))?;
+        let engine = FjallEngine { db, records, dir, observer: self.log.observer.clone() };
+        let backend = LogBackend::open(engine, &path, self.log)?;
+        tracing::debug!(path = %path.display(), "opened fjall store");
+        Ok(LocalStore::with_backend(backend, self.bucket_width))
+    }
+}

@@ -21,7 +21,7 @@ use crate::Error;
 ///
 /// ```toml
 /// [store]
-/// path = "data/store"          # engine = "redb" for RedbStore
+/// path = "data/store"          # engine = "redb" or "fjall" for RedbStore, FjallStore
 ///
 /// [http]
 /// listen = "127.0.0.1:9090"    # /metrics, /healthz, /readyz
@@ -67,7 +67,7 @@ fn default_shutdown() -> Duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sled` (default) or `redb`.
+    /// `sled` (default), `redb` or `fjall`.
     #[serde(default)]
     pub engine: Engine,
     /// The store directory.
@@ -94,6 +94,8 @@ pub enum Engine {
     Sled,
     /// `RedbStore`.
     Redb,
+    /// `FjallStore`.
+    Fjall,
 }
 
 /// The HTTP endpoint.
@@ -297,5 +299,19 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.store.engine, Engine::Sled);
         assert_eq!(c.http.listen.port(), 9090);
+    }
+
+    #[test]
+    fn each_engine_is_named_in_lowercase() {
+        for (name, engine) in [("sled", Engine::Sled), ("redb", Engine::Redb), ("fjall", Engine::Fjall)] {
+            let c = Config::from_toml(&format!(
+                "[store]\nengine = \"{name}\"\n[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.store.engine, engine);
+        }
+        let err = Config::from_toml("[store]\nengine = \"rocksdb\"\n[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("rocksdb"), "{err}");
     }
 }

@@ -37,7 +37,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use config::{AmqpSubscription, Config, Engine, HttpConfig, KafkaSubscription, LogConfig, LogFormat, StoreConfig};
-use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore, store::RedbStore};
+use exactly_core::store::{FjallStore, RedbStore};
+use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore};
 use tokio::task::JoinSet;
 
 /// What can stop an app.
@@ -158,6 +159,7 @@ impl App {
         let store: Arc<dyn DedupStore> = match config.store.engine {
             Engine::Sled => Arc::new(SledStore::open(&config.store.path)?),
             Engine::Redb => Arc::new(RedbStore::open(&config.store.path)?),
+            Engine::Fjall => Arc::new(FjallStore::open(&config.store.path)?),
         };
         let mut take = |kind: &str, name: &str| {
             let make = handlers.remove(name).ok_or_else(|| {

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use exactly_core::store::{KvBackend, LocalStore, RecordState, RecordView, RedbStore};
+use exactly_core::store::{FjallStore, KvBackend, LocalStore, RecordState, RecordView, RedbStore};
 use exactly_core::{Clock, DedupStore, SledStore, StoreKey, SystemClock};
 
 /// Records read per page when the whole store is walked.
@@ -31,6 +31,8 @@ enum Engine {
     Sled,
     /// `RedbStore`.
     Redb,
+    /// `FjallStore`.
+    Fjall,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +115,7 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<Found> {
     match args.engine {
         Engine::Sled => on(SledStore::open(&args.path).with_context(what)?, args.command).await,
         Engine::Redb => on(RedbStore::open(&args.path).with_context(what)?, args.command).await,
+        Engine::Fjall => on(FjallStore::open(&args.path).with_context(what)?, args.command).await,
     }
 }
 

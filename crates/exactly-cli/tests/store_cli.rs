@@ -1,4 +1,5 @@
-//! `exactly store ...` on a real sled store that a processor wrote.
+//! `exactly store ...` on a real sled store that a processor wrote (and a fjall store it
+//! moves to).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -87,6 +88,27 @@ async fn stats_get_list_forget_export_and_import() {
     assert!(text(&out).contains("imported 6 records"));
     let out = exactly(&moved, &["get", "payments", "order-3"]);
     assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn an_export_moves_to_another_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    write_store(&store).await;
+    let export = tmp.path().join("export.jsonl");
+    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let moved = tmp.path().join("fjall");
+    let out = exactly(&moved, &["--engine", "fjall", "import", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("imported 6 records"), "{}", text(&out));
+    let out = exactly(&moved, &["--engine", "fjall", "get", "payments", "order-3"]);
+    assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+    let out = exactly(&moved, &["--engine", "fjall", "stats"]);
+    let stats = text(&out);
+    let row = stats.lines().find(|l| l.starts_with("payments")).unwrap();
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["payments", "5", "1", "0"], "{stats}");
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ enum Variant {
     Memory,
     Sled,
     Redb,
+    Fjall,
     NaiveSled,
     RedisSetNx,
     MqBridge,
@@ -84,6 +85,7 @@ impl Variant {
             Variant::Memory => "exactly, memory store",
             Variant::Sled => "exactly, sled store (default, durable)",
             Variant::Redb => "exactly, redb store (durable)",
+            Variant::Fjall => "exactly, fjall store (durable)",
             Variant::NaiveSled => "hand-rolled: bare lapin + sled get, insert, flush per message",
             Variant::RedisSetNx => "hand-rolled: bare lapin + Redis SET NX EX per message",
             Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
@@ -209,6 +211,7 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
     let store: Arc<dyn DedupStore> = match v {
         Variant::Memory => Arc::new(MemoryStore::new()),
         Variant::Sled => Arc::new(SledStore::open(dir.path().join("s"))?),
+        Variant::Fjall => Arc::new(exactly::store::FjallStore::open(dir.path().join("s"))?),
         _ => Arc::new(exactly::store::RedbStore::open(dir.path().join("s"))?),
     };
     let handler = handler_fn(|_m: Message, _c: Context| async { Ok(()) });
@@ -237,7 +240,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
     let mut variants = if args.no_bare { vec![] } else { vec![Variant::Bare] };
     if args.variants.is_empty() {
-        variants.extend([Variant::BareBatched, Variant::Memory, Variant::Sled, Variant::Redb, Variant::NaiveSled]);
+        variants.extend([
+            Variant::BareBatched,
+            Variant::Memory,
+            Variant::Sled,
+            Variant::Redb,
+            Variant::Fjall,
+            Variant::NaiveSled,
+        ]);
         match redis::Client::open(args.redis.as_str()) {
             Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
             _ => eprintln!("Redis does not answer at {}; the SET NX variant is skipped", args.redis),

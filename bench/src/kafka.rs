@@ -85,6 +85,8 @@ pub(crate) enum Variant {
     Sled,
     /// exactly with the redb store.
     Redb,
+    /// exactly with the fjall store.
+    Fjall,
     /// The bare loop with a sled get, insert and flush per record.
     NaiveSled,
     /// The bare loop with a Redis SET NX EX per record.
@@ -100,6 +102,7 @@ impl Variant {
             Variant::Memory => "exactly-kafka, memory store",
             Variant::Sled => "exactly-kafka, sled store (default, durable)",
             Variant::Redb => "exactly-kafka, redb store (durable)",
+            Variant::Fjall => "exactly-kafka, fjall store (durable)",
             Variant::NaiveSled => "hand-rolled: bare loop + sled get, insert, flush per record",
             Variant::RedisSetNx => "hand-rolled: bare loop + Redis SET NX EX per record",
             Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
@@ -219,6 +222,9 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
     let store: Arc<dyn DedupStore> = match v {
         Variant::Memory => Arc::new(MemoryStore::new()),
         Variant::Sled => Arc::new(SledStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?),
+        Variant::Fjall => {
+            Arc::new(exactly::store::FjallStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?)
+        }
         _ => Arc::new(exactly::store::RedbStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?),
     };
     let handled = Arc::new(AtomicU64::new(0));
@@ -304,7 +310,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let n = args.records.unwrap_or(if args.quick { 20_000 } else { 200_000 });
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
-    let mut variants = vec![Variant::Bare, Variant::Memory, Variant::Sled, Variant::Redb, Variant::NaiveSled];
+    let mut variants =
+        vec![Variant::Bare, Variant::Memory, Variant::Sled, Variant::Redb, Variant::Fjall, Variant::NaiveSled];
     match redis::Client::open(args.redis.as_str()) {
         Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
         _ => eprintln!("Redis at {} does not answer: the SET NX variant is left out", args.redis),

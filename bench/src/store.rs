@@ -37,9 +37,12 @@ pub(crate) struct Args {
     /// Keys per `purge_expired` call in the sweeper section (default: the sweeper's).
     #[arg(long)]
     budget: Option<usize>,
-    /// sled's page cache in the lookup section, MiB (the store's default is 256).
+    /// The engine's cache in the lookup section, MiB (the stores' default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
+    /// The on-disk store of the lookup section: sled (the default store) or fjall.
+    #[arg(long, value_enum, default_value_t = Engine::Sled)]
+    lookup_engine: Engine,
     /// The durable stores' `filter_keys` in the lookup and load sections (0: no filter of
     /// done keys, every lookup reads the engine).
     #[arg(long, default_value_t = exactly::store::LogOptions::default().filter_keys)]
@@ -62,7 +65,7 @@ pub(crate) struct Args {
     #[arg(long)]
     reps: Option<usize>,
     /// On-disk engines of the group-commit section.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Engine::Sled, Engine::Redb])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Engine::Sled, Engine::Redb, Engine::Fjall])]
     engine: Vec<Engine>,
 }
 
@@ -72,6 +75,8 @@ pub(crate) enum Engine {
     Sled,
     /// RedbStore.
     Redb,
+    /// FjallStore.
+    Fjall,
 }
 
 impl Engine {
@@ -79,6 +84,7 @@ impl Engine {
         Ok(match self {
             Engine::Sled => Arc::new(SledStore::open(path)?),
             Engine::Redb => Arc::new(exactly::store::RedbStore::open(path)?),
+            Engine::Fjall => Arc::new(exactly::store::FjallStore::open(path)?),
         })
     }
 }
@@ -312,12 +318,13 @@ async fn overhead(n: u64) -> anyhow::Result<()> {
 
 async fn lookup(args: &Args) -> anyhow::Result<()> {
     let sizes = sizes(args);
-    println!("\nDuplicate lookups as a sled store grows: `process` of a random existing key, answered");
+    let engine = format!("{:?}", args.lookup_engine).to_lowercase();
+    println!("\nDuplicate lookups as a {engine} store grows: `process` of a random existing key, answered");
     println!("from the store without running the handler. The store is filled to each size (64 in");
     println!("flight), reopened, then asked once its filter of done keys is built; sequential latency,");
     println!("then the store's lookup alone of a done key and of a new key, and the rate with 8 tasks.");
     println!(
-        "sled cache: {} MiB; filter of done keys: {}; {}.\n",
+        "{engine} cache: {} MiB; filter of done keys: {}; {}.\n",
         args.cache_mb,
         match args.filter_keys {
             0 => "off".to_owned(),
@@ -332,17 +339,32 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
     let path = dir.path().join("s");
     let mut filled = 0u64;
     let mut points = Vec::new();
-    let open =
-        || SledStore::builder(&path).cache_capacity(args.cache_mb * 1024 * 1024).filter_keys(args.filter_keys).open();
+    let cache = args.cache_mb * 1024 * 1024;
+    let open = || -> anyhow::Result<Arc<dyn exactly::DedupStore>> {
+        Ok(match args.lookup_engine {
+            Engine::Sled => {
+                Arc::new(SledStore::builder(&path).cache_capacity(cache).filter_keys(args.filter_keys).open()?)
+            }
+            Engine::Fjall => Arc::new(
+                exactly::store::FjallStore::builder(&path).cache_size(cache).filter_keys(args.filter_keys).open()?,
+            ),
+            Engine::Redb => Arc::new(
+                exactly::store::RedbStore::builder(&path)
+                    .cache_size(usize::try_from(cache)?)
+                    .filter_keys(args.filter_keys)
+                    .open()?,
+            ),
+        })
+    };
     let filtered = args.filter_keys != 0;
     for keys in sizes {
-        let p = Processor::builder("bench", noop()).store(open()?).build()?;
+        let p = Processor::builder("bench", noop()).shared_store(open()?).build()?;
         let fill = process_all(&p, filled..keys, 64).await;
         let fill_rate = rate(keys - filled, fill);
         filled = keys;
         drop(p);
         let reopened = Instant::now();
-        let p = Processor::builder("bench", noop()).store(open()?).build()?;
+        let p = Processor::builder("bench", noop()).shared_store(open()?).build()?;
         // The filter of done keys is built in the background after the open; until it
         // is, reads of new keys go to sled.
         while filtered && p.store().stats().filter_builds == 0 {
@@ -489,7 +511,7 @@ async fn sweeper(args: &Args) -> anyhow::Result<()> {
 
 /// The latency a durable store adds at half of its throughput: messages offered at a
 /// steady rate (open loop), each timed from when it was due to when `process` returned
-/// (its done-record durable), on the memory, sled and redb stores.
+/// (its done-record durable), on the memory, sled, redb and fjall stores.
 async fn load(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(&args.dir)?;
     let secs: u64 = if args.quick { 1 } else { 10 };
@@ -518,10 +540,14 @@ async fn load(args: &Args) -> anyhow::Result<()> {
     let redb = exactly::store::RedbStore::builder(dir.path().join("load-redb"))
         .wal_segment_size(segment)
         .filter_keys(args.filter_keys);
-    let stores: [(&str, Arc<dyn exactly::DedupStore>); 3] = [
+    let fjall = exactly::store::FjallStore::builder(dir.path().join("load-fjall"))
+        .wal_segment_size(segment)
+        .filter_keys(args.filter_keys);
+    let stores: [(&str, Arc<dyn exactly::DedupStore>); 4] = [
         ("memory", Arc::new(MemoryStore::new())),
         ("sled (durable)", Arc::new(sled.open()?)),
         ("redb (durable)", Arc::new(redb.open()?)),
+        ("fjall (durable)", Arc::new(fjall.open()?)),
     ];
     let mut p99s = Vec::new();
     for (name, store) in stores {
@@ -535,9 +561,10 @@ async fn load(args: &Args) -> anyhow::Result<()> {
         p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
     }
     println!(
-        "\np99 added by the durable store: sled {:.0} µs, redb {:.0} µs (the memory store's p99 includes up to 1 ms of the\n1 ms ticks that release the messages).",
+        "\np99 added by the durable store: sled {:.0} µs, redb {:.0} µs, fjall {:.0} µs (the memory store's p99 includes up to\n1 ms of the 1 ms ticks that release the messages).",
         p99s[1] - p99s[0],
-        p99s[2] - p99s[0]
+        p99s[2] - p99s[0],
+        p99s[3] - p99s[0]
     );
     Ok(())
 }

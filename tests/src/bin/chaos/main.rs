@@ -11,8 +11,8 @@
 //! It publishes `--messages` ledger credits (a `--duplicates` share of them are copies of
 //! earlier keys, half of everything is sent while the consumer runs, so duplicates also
 //! arrive after the first copy was handled; a `--poison` share of keys do not decode),
-//! runs `app_child` (the app runner with the ledger handler on a sled store, appending
-//! each key to an effects log) as `--consumers` processes, and meanwhile injects faults
+//! runs `app_child` (the app runner with the ledger handler on a sled store, or
+//! `--engine`'s, appending each key to an effects log) as `--consumers` processes, and meanwhile injects faults
 //! at random moments drawn from `--seed`: SIGKILL (then a restart; a kill waits until
 //! the process has handled a message since it started, so it lands mid-stream), SIGSTOP
 //! for a few seconds then SIGCONT, connection cuts (RabbitMQ `rabbitmqctl
@@ -90,6 +90,9 @@ struct Args {
     /// Size of each consumer's store tmpfs, in MiB, with --disk-faults.
     #[arg(long, default_value_t = 1024)]
     tmpfs_mb: u64,
+    /// The consumers' store engine: sled (the default), redb or fjall.
+    #[arg(long, default_value = "sled", value_parser = ["sled", "redb", "fjall"])]
+    engine: String,
     /// Consumer processes, each with its own store.
     #[arg(long, default_value_t = 1)]
     consumers: usize,
@@ -211,7 +214,8 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(
             &c.config,
             format!(
-                "shutdown_timeout = \"20s\"\n[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"error\"\n{sub}",
+                "shutdown_timeout = \"20s\"\n[store]\nengine = \"{}\"\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"error\"\n{sub}",
+                args.engine,
                 store.display()
             ),
         )?;
@@ -425,14 +429,14 @@ async fn main() -> anyhow::Result<()> {
     let mut lost = Vec::new();
     let mut doubled_tx = Vec::new();
     let mut cross_instance = 0u64;
-    let stores: Vec<exactly::SledStore> = consumers
+    let stores: Vec<_> = consumers
         .iter()
-        .map(|c| exactly::SledStore::open(c.store()))
+        .map(|c| exactly_tests::open_store(&args.engine, &c.store()))
         .collect::<Result<_, _>>()
         .context("opening the stores after the run")?;
     let mut credited_total = 0i64;
     for k in &good {
-        let per: Vec<i64> = stores.iter().map(|s| state_i64(s, &format!("applied/k{k}"))).collect();
+        let per: Vec<i64> = stores.iter().map(|s| state_i64(s.as_ref(), &format!("applied/k{k}"))).collect();
         let total: i64 = per.iter().sum();
         if total == 0 {
             lost.push(*k);
@@ -446,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
         credited_total += total;
     }
     let balances: i64 =
-        stores.iter().map(|s| (0..ACCOUNTS).map(|a| state_i64(s, &format!("account/{a}"))).sum::<i64>()).sum();
+        stores.iter().map(|s| (0..ACCOUNTS).map(|a| state_i64(s.as_ref(), &format!("account/{a}"))).sum::<i64>()).sum();
     let seen = effects(&consumers);
     let doubled_fx = seen.values().filter(|n| **n > 1).count() as u64;
     let dead = broker.dead_letters().await?;
@@ -456,6 +460,7 @@ async fn main() -> anyhow::Result<()> {
     let missing_dead: Vec<&String> = want_dead.difference(&dead_keys).collect();
     let leftover = broker.leftover().await?;
 
+    println!("store engine: {}", args.engine);
     println!(
         "| broker | sent | duplicates | poison keys | consumers | SIGKILL | SIGSTOP | cuts | disk full | read-only | \
          outages | exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"

@@ -92,7 +92,7 @@ macro_rules! log_store_settings {
         /// Width of an expiry bucket (default one hour). A record is purged at most this
         /// long after it expires; the purge removes whole buckets.
         pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
-            self.bucket_width = crate::clock::duration_millis(width).max(1);
+            self.bucket_width = $crate::clock::duration_millis(width).max(1);
             self
         }
 

@@ -9,14 +9,14 @@ use plotters::prelude::*;
 pub(crate) type SizePoint = (f64, f64, f64, f64, f64);
 
 /// Lookup latency (µs) against the number of done keys, both log scale.
-pub(crate) fn latency_vs_size(out: &Path, points: &[SizePoint]) -> anyhow::Result<()> {
+pub(crate) fn latency_vs_size(out: &Path, engine: &str, points: &[SizePoint]) -> anyhow::Result<()> {
     let (Some(first), Some(last)) = (points.first(), points.last()) else { return Ok(()) };
     let top = points.iter().map(|p| p.3).fold(1.0, f64::max) * 2.0;
     let bottom = points.iter().map(|p| p.4).fold(1.0, f64::min) / 2.0;
     let root = SVGBackend::new(out, (720, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Lookup latency vs store size (sled)", ("sans-serif", 20))
+        .caption(format!("Lookup latency vs store size ({engine})"), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)

@@ -434,7 +434,7 @@ async fn lookup(args: &Args) -> anyhow::Result<()> {
         p.flush().await?;
     }
     if let Some(out) = &args.plot {
-        crate::plot::latency_vs_size(out, &points)?;
+        crate::plot::latency_vs_size(out, &engine, &points)?;
         println!("\nplot: {}", out.display());
     }
     Ok(())

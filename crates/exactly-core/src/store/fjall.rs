@@ -32,8 +32,13 @@ impl fmt::Debug for FjallEngine {
     }
 }
 
+/// An I/O error as itself ("Read-only file system (os error 30)"): fjall's own error shows
+/// its Debug form.
 fn io(operation: &'static str) -> impl Fn(fjall::Error) -> Error {
-    move |e| Error::io(operation, e)
+    move |e| match e {
+        fjall::Error::Io(io) => Error::io(operation, io),
+        other => Error::io(operation, other),
+    }
 }
 
 impl Engine for FjallEngine {
@@ -155,6 +160,10 @@ impl FjallStoreBuilder {
                     fjall::Error::Locked => {
                         "another process has it open (is a consumer running on this store?)".to_owned()
                     }
+                    fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                        "permission denied; check the directory's owner and mode".to_owned()
+                    }
+                    fjall::Error::Io(io) => format!("fjall could not open it: {io}"),
                     other => format!("fjall could not open it: {other}"),
                 };
                 fail(reason, Some(Box::new(e)))
@@ -166,5 +175,22 @@ impl FjallStoreBuilder {
         let backend = LogBackend::open(engine, &path, self.log)?;
         tracing::debug!(path = %path.display(), "opened fjall store");
         Ok(LocalStore::with_backend(backend, self.bucket_width))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_io_error_at_open_reads_as_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // fjall's directory is taken by a file.
+        std::fs::write(dir.path().join("fjall"), b"x").unwrap();
+        let err = FjallStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("fjall could not open it: "), "{err}");
+        assert!(!err.contains("Os {"), "the I/O error shows in its Debug form: {err}");
     }
 }

@@ -113,11 +113,6 @@ impl LocalStore<LogBackend<FjallEngine>> {
             log: LogOptions::default(),
         }
     }
-
-    /// The directory of the store.
-    pub fn path(&self) -> &Path {
-        self.backend.path()
-    }
 }
 
 /// Settings of a [`FjallStore`].
@@ -142,15 +137,8 @@ impl FjallStoreBuilder {
     /// Opens the store.
     pub fn open(self) -> Result<FjallStore> {
         let path = self.path;
-        let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
-            path: path.clone(),
-            reason,
-            source,
-        };
-        if path.is_file() {
-            return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
-        }
-        std::fs::create_dir_all(&path).map_err(|e| fail(format!("cannot create it: {e}"), Some(Box::new(e))))?;
+        super::log::store_dir(&path)?;
+        let fail = super::log::open_error(&path);
         let dir = path.join("fjall");
         // fjall syncs its journal only when asked: at a checkpoint. The write-ahead log
         // in front of it makes each group durable.

@@ -125,11 +125,6 @@ impl LocalStore<LogBackend<RedbEngine>> {
             log: LogOptions::default(),
         }
     }
-
-    /// The directory of the store.
-    pub fn path(&self) -> &Path {
-        self.backend.path()
-    }
 }
 
 /// Settings of a [`RedbStore`].
@@ -154,15 +149,8 @@ impl RedbStoreBuilder {
     /// Opens the store.
     pub fn open(self) -> Result<RedbStore> {
         let path = self.path;
-        let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
-            path: path.clone(),
-            reason,
-            source,
-        };
-        if path.is_file() {
-            return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
-        }
-        std::fs::create_dir_all(&path).map_err(|e| fail(format!("cannot create it: {e}"), Some(Box::new(e))))?;
+        super::log::store_dir(&path)?;
+        let fail = super::log::open_error(&path);
         let file = path.join("data.redb");
         let db = Database::builder().set_cache_size(self.cache_size).create(&file).map_err(|e| {
             let reason = match &e {

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use self::committer::{Request, Shared};
 use self::memtable::Memtable;
 use super::FencingToken;
-use super::local::{BackendStats, Durable, KvBackend, OnDurable, Staged, WriteBatch, open_meta};
+use super::local::{BackendStats, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch, open_meta};
 use crate::sync::{mpsc, thread::JoinHandle};
 use crate::{Error, Result};
 
@@ -129,6 +129,23 @@ macro_rules! log_store_settings {
 }
 pub(crate) use log_store_settings;
 
+/// Why an open of the store at `path` failed, and the error behind it.
+pub(crate) type OpenFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Makes the [`Error::StoreOpen`] of the store at `path`.
+pub(crate) fn open_error(path: &Path) -> impl Fn(String, Option<OpenFailure>) -> Error + '_ {
+    move |reason, source| Error::StoreOpen { path: path.to_owned(), reason, source }
+}
+
+/// Refuses a `path` that is a file, and creates the store directory if it is missing.
+pub(crate) fn store_dir(path: &Path) -> Result<()> {
+    let fail = open_error(path);
+    if path.is_file() {
+        return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
+    }
+    std::fs::create_dir_all(path).map_err(|e| fail(format!("cannot create it: {e}"), Some(Box::new(e))))
+}
+
 /// Settings of the log.
 #[derive(Clone)]
 pub struct LogOptions {
@@ -189,6 +206,13 @@ impl<E: fmt::Debug> fmt::Debug for LogBackend<E> {
 /// Fencing tokens are `epoch << 40 | n`: the epoch grows with every open, so tokens keep
 /// growing across restarts without a write per claim.
 const TOKEN_BITS: u32 = 40;
+
+impl<E: Engine> LocalStore<LogBackend<E>> {
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        self.backend.path()
+    }
+}
 
 impl<E: Engine> LogBackend<E> {
     /// Replays the log in `dir/wal` into `engine`, checkpoints it, and starts the commit,

@@ -94,11 +94,6 @@ impl LocalStore<LogBackend<SledEngine>> {
             log: LogOptions::default(),
         }
     }
-
-    /// The directory of the store.
-    pub fn path(&self) -> &Path {
-        self.backend.path()
-    }
 }
 
 /// How long an open waits for sled's lock on the directory to be released.
@@ -133,11 +128,7 @@ impl SledStoreBuilder {
     /// Opens the store.
     pub fn open(self) -> Result<SledStore> {
         let path = self.path;
-        let fail = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
-            path: path.clone(),
-            reason,
-            source,
-        };
+        let fail = super::log::open_error(&path);
         if path.is_file() {
             return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
         }

@@ -207,6 +207,12 @@ impl Processor {
     /// [`Staged::durable`]; meanwhile the next delivery may be processed, which is how an
     /// adapter keeps a partition's handler calls in order without waiting for each fsync.
     pub async fn process_staged(&self, msg: Message) -> Result<Staged> {
+        let key = self.inner.keys.extract(&msg);
+        self.process_keyed(msg, key).await
+    }
+
+    /// [`Processor::process_staged`] with the message's key already looked up.
+    async fn process_keyed(&self, msg: Message, key: KeyLookup) -> Result<Staged> {
         let span = tracing::debug_span!(
             "message",
             consumer = %self.inner.consumer,
@@ -215,7 +221,7 @@ impl Processor {
             outcome = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let processed = self.process_inner(msg).instrument(span.clone()).await?;
+        let processed = self.process_inner(msg, key).instrument(span.clone()).await?;
         span.record("outcome", processed.outcome.as_str());
         self.inner.metrics.outcome(processed.outcome);
         if let Some(dl) = processed.dead_letter() {
@@ -227,9 +233,9 @@ impl Processor {
         Ok(Staged { processed, processor: self.clone(), started })
     }
 
-    async fn process_inner(&self, msg: Message) -> Result<Processed> {
+    async fn process_inner(&self, msg: Message, key: KeyLookup) -> Result<Processed> {
         let inner = &*self.inner;
-        let key = match inner.keys.extract(&msg) {
+        let key = match key {
             KeyLookup::Found(k) => k,
             KeyLookup::Missing => match inner.keys.missing_policy() {
                 MissingKey::ProcessUnprotected => return self.unprotected(msg).await,
@@ -614,13 +620,6 @@ impl Processor {
 }
 
 /// The message's key, if the strategy finds a valid one.
-fn inner_key(keys: &KeyStrategy, msg: &Message) -> Option<String> {
-    match keys.extract(msg) {
-        KeyLookup::Found(k) => Some(k),
-        _ => None,
-    }
-}
-
 /// The message's position (`topic/partition/offset`), when its broker has positions.
 fn origin_of(msg: &Message) -> Option<String> {
     use std::fmt::Write as _;

@@ -15,9 +15,15 @@ impl Processor {
     /// ordinary path ([`Processor::process_staged`]).
     pub async fn process_positioned(&self, msg: Message, watermark: &str) -> Result<Staged> {
         let started = std::time::Instant::now();
-        let position = match (inner_key(&self.inner.keys, &msg), origin_of(&msg)) {
-            (Some(k), Some(o)) if k == o => k,
-            _ => return self.process_staged(msg).await,
+        let position = match self.inner.keys.extract(&msg) {
+            // Only a key that starts with the source's name can be the position: others
+            // (an idempotency-key header) skip writing the position out.
+            KeyLookup::Found(k)
+                if k.starts_with(msg.coordinates().source.as_str()) && origin_of(&msg).is_some_and(|o| o == k) =>
+            {
+                k
+            }
+            other => return self.process_keyed(msg, other).await,
         };
         let span = tracing::debug_span!("message", consumer = %self.inner.consumer, key = %position, outcome = tracing::field::Empty);
         let processed = self.positioned(msg, &position, watermark).instrument(span.clone()).await?;
@@ -125,5 +131,36 @@ impl Processor {
         let mut p = Processed::new(Disposition::Retry { after }, Outcome::Retry, key);
         p.attempts = attempts;
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::message::Coordinates;
+    use crate::store::{DedupStore, MemoryStore, StoreKey};
+    use crate::{Context, Message, Outcome, Processor, handler_fn};
+
+    #[tokio::test]
+    async fn only_a_key_that_is_the_position_takes_the_watermark() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let handler = handler_fn(|_m: Message, _c: Context| async { Ok(()) });
+        let p = Processor::builder("c", handler).shared_store(store.clone()).build().unwrap();
+        let at = |offset| Coordinates::partitioned("orders", 0, offset);
+        // No key header: the key is the position, and the watermark is its done-record.
+        let m = Message::builder("a").coordinates(at(5)).build();
+        let done = p.process_positioned(m, "wm").await.unwrap().durable().await.unwrap();
+        assert_eq!(done.outcome, Outcome::Handled);
+        assert!(store.inspect(&StoreKey::new("c", "orders/0/5")).unwrap().is_none(), "no record for a position");
+        assert_eq!(store.meta_get("wm").unwrap().unwrap().as_ref(), 6i64.to_be_bytes());
+        // A key that starts like the position but is not it: an ordinary done-record.
+        for key in ["orders-9", "orders/0/6x", "orders/0/5"] {
+            let m = Message::builder("b").header("idempotency-key", key).coordinates(at(6)).build();
+            let done = p.process_positioned(m, "wm").await.unwrap().durable().await.unwrap();
+            assert_eq!(done.outcome, Outcome::Handled, "{key}");
+            assert!(store.inspect(&StoreKey::new("c", key)).unwrap().is_some(), "{key} has its record");
+        }
+        assert_eq!(store.meta_get("wm").unwrap().unwrap().as_ref(), 6i64.to_be_bytes(), "the watermark stays");
     }
 }

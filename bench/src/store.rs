@@ -40,7 +40,7 @@ pub(crate) struct Args {
     /// The engine's cache in the lookup section, MiB (the stores' default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
-    /// The on-disk store of the lookup section: sled (the default store) or fjall.
+    /// The on-disk store of the lookup section: sled (the default store), redb or fjall.
     #[arg(long, value_enum, default_value_t = Engine::Sled)]
     lookup_engine: Engine,
     /// The durable stores' `filter_keys` in the lookup and load sections (0: no filter of

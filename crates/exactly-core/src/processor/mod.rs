@@ -619,7 +619,6 @@ impl Processor {
     }
 }
 
-/// The message's key, if the strategy finds a valid one.
 /// The message's position (`topic/partition/offset`), when its broker has positions.
 fn origin_of(msg: &Message) -> Option<String> {
     use std::fmt::Write as _;

@@ -5,8 +5,8 @@
 //! release after a failure. Four stores ship: [`SledStore`] on disk (the default),
 //! [`RedbStore`] on disk (feature `redb`), [`FjallStore`] on disk (feature `fjall`) and
 //! [`MemoryStore`]. Each is a [`LocalStore`] over a key-value backend: in-flight claims
-//! live in memory (one process owns a store), done-records and state on the backend. The on-disk ones put a write-ahead log with
-//! group commit ([`log`]) in front of their engine.
+//! live in memory (one process owns a store), done-records and state on the backend. The
+//! on-disk ones put a write-ahead log with group commit ([`log`]) in front of their engine.
 
 #[cfg(feature = "fjall")]
 mod fjall;

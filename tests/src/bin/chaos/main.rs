@@ -12,8 +12,8 @@
 //! earlier keys, half of everything is sent while the consumer runs, so duplicates also
 //! arrive after the first copy was handled; a `--poison` share of keys do not decode),
 //! runs `app_child` (the app runner with the ledger handler on a sled store, or
-//! `--engine`'s, appending each key to an effects log) as `--consumers` processes, and meanwhile injects faults
-//! at random moments drawn from `--seed`: SIGKILL (then a restart; a kill waits until
+//! `--engine`'s, appending each key to an effects log) as `--consumers` processes, and
+//! meanwhile injects faults at random moments drawn from `--seed`: SIGKILL (then a restart; a kill waits until
 //! the process has handled a message since it started, so it lands mid-stream), SIGSTOP
 //! for a few seconds then SIGCONT, connection cuts (RabbitMQ `rabbitmqctl
 //! close_all_connections`; a broker of the Kafka mock cluster down for a few seconds),

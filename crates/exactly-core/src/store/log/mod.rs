@@ -87,6 +87,7 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
 
 /// The settings every store on the log shares, as builder methods: for a builder with the
 /// fields `bucket_width: Millis` and `log: LogOptions`.
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 macro_rules! log_store_settings {
     () => {
         /// Width of an expiry bucket (default one hour). A record is purged at most this
@@ -127,17 +128,21 @@ macro_rules! log_store_settings {
         }
     };
 }
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 pub(crate) use log_store_settings;
 
 /// Why an open of the store at `path` failed, and the error behind it.
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 pub(crate) type OpenFailure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Makes the [`Error::StoreOpen`] of the store at `path`.
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 pub(crate) fn open_error(path: &Path) -> impl Fn(String, Option<OpenFailure>) -> Error + '_ {
     move |reason, source| Error::StoreOpen { path: path.to_owned(), reason, source }
 }
 
 /// Refuses a `path` that is a file, and creates the store directory if it is missing.
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 pub(crate) fn store_dir(path: &Path) -> Result<()> {
     let fail = open_error(path);
     if path.is_file() {

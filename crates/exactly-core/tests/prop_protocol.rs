@@ -74,18 +74,24 @@ fn case(max_keys: usize, max_extra: usize) -> impl Strategy<Value = Case> {
 /// The store under test, and how a crash and restart are simulated for it.
 enum Subject {
     Memory(Arc<MemoryStore>),
-    Sled { path: std::path::PathBuf, _dir: tempfile::TempDir },
-    Redb { path: std::path::PathBuf, _dir: tempfile::TempDir },
-    Fjall { path: std::path::PathBuf, _dir: tempfile::TempDir },
+    /// An on-disk store, opened again by `open` after each crash.
+    Disk {
+        open: fn(&std::path::Path) -> Arc<dyn DedupStore>,
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl Subject {
+    /// An on-disk store in a new temporary directory.
+    fn disk(open: fn(&std::path::Path) -> Arc<dyn DedupStore>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Subject::Disk { open, path: dir.path().join("store"), _dir: dir }
+    }
     fn open(&self) -> Arc<dyn DedupStore> {
         match self {
             Subject::Memory(s) => s.clone(),
-            Subject::Sled { path, .. } => Arc::new(SledStore::open(path).expect("reopen after crash")),
-            Subject::Redb { path, .. } => Arc::new(RedbStore::open(path).expect("reopen after crash")),
-            Subject::Fjall { path, .. } => Arc::new(FjallStore::open(path).expect("reopen after crash")),
+            Subject::Disk { open, path, .. } => open(path),
         }
     }
     fn crash(&self) {
@@ -224,28 +230,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn sled_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        run_case(case, Subject::Sled { path, _dir: dir })?;
+        run_case(case, Subject::disk(|p| Arc::new(SledStore::open(p).expect("reopen after crash"))))?;
     }
-}
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn redb_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        run_case(case, Subject::Redb { path, _dir: dir })?;
+        run_case(case, Subject::disk(|p| Arc::new(RedbStore::open(p).expect("reopen after crash"))))?;
     }
-}
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn fjall_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        run_case(case, Subject::Fjall { path, _dir: dir })?;
+        run_case(case, Subject::disk(|p| Arc::new(FjallStore::open(p).expect("reopen after crash"))))?;
     }
 }

@@ -85,6 +85,23 @@ impl Engine for FjallEngine {
     }
 }
 
+/// The records' keyspace is tuned for point reads of duplicates, which are the engine's
+/// only hot reads (a new key is answered by the filter in front of it): data blocks are
+/// not compressed (a done-record is mostly a hash, which lz4 cannot shrink: at ten million
+/// keys the store took 674-675 MiB without it and 595-726 MiB with it, as compaction had
+/// left it, and each block read paid a decompression), each data block carries a hash
+/// index, and every level's filter blocks stay in memory (10 bits a key, about 12 MB at ten
+/// million keys). At ten million keys, two alternating pairs: eight tasks answered 182k
+/// and 172k duplicates/s against 139k and 144k/s with fjall's defaults
+/// (docs/PERFORMANCE.md). These options are stored with the keyspace when it is created.
+fn keyspace_options() -> KeyspaceCreateOptions {
+    use fjall::config::{CompressionPolicy, HashRatioPolicy, PinningPolicy};
+    KeyspaceCreateOptions::default()
+        .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::None))
+        .data_block_hash_ratio_policy(HashRatioPolicy::all(0.75))
+        .filter_block_pinning_policy(PinningPolicy::all(true))
+}
+
 /// An on-disk store on fjall, behind the same write-ahead log as
 /// [`SledStore`](super::SledStore). An LSM tree takes a write into memory and sorts it to
 /// disk later in large runs, so a done-record costs a fraction of the CPU of sled's or
@@ -157,7 +174,7 @@ impl FjallStoreBuilder {
                 fail(reason, Some(Box::new(e)))
             })?;
         let records = db
-            .keyspace(KEYSPACE, KeyspaceCreateOptions::default)
+            .keyspace(KEYSPACE, keyspace_options)
             .map_err(|e| fail(format!("fjall could not open its keyspace: {e}"), Some(Box::new(e))))?;
         let engine = FjallEngine { db, records, dir, observer: self.log.observer.clone() };
         let backend = LogBackend::open(engine, &path, self.log)?;

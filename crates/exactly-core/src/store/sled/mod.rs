@@ -119,7 +119,7 @@ impl SledStoreBuilder {
     /// sled's page cache size in bytes (default 256 MiB). Duplicates are read from sled:
     /// in a store larger than its cache most of those reads decode a page from the file
     /// (at ten million keys a duplicate's p99 was 160-220 µs with the default, 27-29 µs with
-    /// a cache that held the 3.1 GB store; docs/PERFORMANCE.md).
+    /// a cache that held the 3.1 GB store; docs/performance-log.md).
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_capacity = bytes;
         self
@@ -128,10 +128,8 @@ impl SledStoreBuilder {
     /// Opens the store.
     pub fn open(self) -> Result<SledStore> {
         let path = self.path;
+        super::log::store_dir(&path)?;
         let fail = super::log::open_error(&path);
-        if path.is_file() {
-            return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
-        }
         let config = sled::Config::new().path(&path).cache_capacity(self.cache_capacity).flush_every_ms(None);
         // sled releases its directory's lock lazily after the last handle in this process
         // is dropped (spacejam/sled#1234): a store closed and reopened at once can find it

@@ -1,6 +1,8 @@
 //! Running one handler attempt: timeout, lease heartbeat, panic capture.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,22 +22,24 @@ pub(crate) async fn run_attempt(
     renew_every: Duration,
     mut renew: impl FnMut() -> bool,
 ) -> Result<Option<Bytes>, HandlerError> {
+    let now = Instant::now();
     let fut = AssertUnwindSafe(handler.call(msg, ctx)).catch_unwind();
     tokio::pin!(fut);
-    let deadline = Instant::now() + timeout;
-    let mut next_renew = Instant::now() + renew_every;
+    // A handler that finishes on its first poll (one that only stages state or computes)
+    // needs no timer: arming one per message was a registration in the runtime's timer
+    // wheel and its removal.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return finished(r);
+    }
+    let deadline = now + timeout;
+    let mut next_renew = now + renew_every;
     let timer = tokio::time::sleep_until(next_renew.min(deadline));
     tokio::pin!(timer);
     let mut lost = false;
     loop {
         tokio::select! {
             biased;
-            r = &mut fut => {
-                return match r {
-                    Ok(r) => r,
-                    Err(panic) => Err(HandlerError::panicked(panic_text(&panic))),
-                };
-            }
+            r = &mut fut => return finished(r),
             () = &mut timer => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -50,6 +54,11 @@ pub(crate) async fn run_attempt(
             }
         }
     }
+}
+
+/// The handler's result, a panic as a transient failure.
+fn finished(r: std::thread::Result<Result<Option<Bytes>, HandlerError>>) -> Result<Option<Bytes>, HandlerError> {
+    r.unwrap_or_else(|panic| Err(HandlerError::panicked(panic_text(&panic))))
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -208,7 +208,9 @@ impl Consumer {
             let paused = pause.until().is_some_and(|t| t > Instant::now());
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_millis(50)), if paused => {}
+                // An async block: `select!` builds every branch's future, disabled or not,
+                // and a `Sleep` reads the clock and the runtime's handle when it is made.
+                () = async { tokio::time::sleep(Duration::from_millis(50)).await }, if paused => {}
                 d = deliveries.next(), if !paused => match d {
                     Some(Ok(d)) => {
                         self.stats.deliveries.fetch_add(1, Ordering::Relaxed);

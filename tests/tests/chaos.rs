@@ -3,8 +3,9 @@
 //! disk full and read-only (a tmpfs per consumer: the tests run as root, as CI does), a
 //! dependency outage, and for RabbitMQ connection cuts; one run with two consumer processes
 //! per broker; and on librdkafka's mock cluster (served over TCP by the harness) Kafka
-//! brokers taken down and brought back while the consumer runs. The long runs and their
-//! figures are in docs/RELIABILITY.md.
+//! brokers taken down and brought back while the consumer runs. These run on the default
+//! store (sled) but for one run per broker on fjall. The long runs and their figures are
+//! in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -138,5 +139,43 @@ fn kafka_mock_cluster_with_brokers_going_down() {
         "1",
         "--seed",
         "15",
+    ]);
+}
+
+#[test]
+fn amqp_fjall_store_under_kills_and_disk_faults() {
+    chaos(&[
+        "--broker",
+        "amqp",
+        "--engine",
+        "fjall",
+        "--messages",
+        "3000",
+        "--kills",
+        "4",
+        "--cuts",
+        "1",
+        "--disk-faults",
+        "2",
+        "--seed",
+        "16",
+    ]);
+}
+
+#[test]
+fn kafka_fjall_store_under_kills_and_disk_faults() {
+    chaos(&[
+        "--broker",
+        "kafka",
+        "--engine",
+        "fjall",
+        "--messages",
+        "3000",
+        "--kills",
+        "4",
+        "--disk-faults",
+        "2",
+        "--seed",
+        "17",
     ]);
 }

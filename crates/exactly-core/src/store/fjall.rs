@@ -93,7 +93,7 @@ impl Engine for FjallEngine {
 /// index, and every level's filter blocks stay in memory (10 bits a key, about 12 MB at ten
 /// million keys). At ten million keys, two alternating pairs: eight tasks answered 182k
 /// and 172k duplicates/s against 139k and 144k/s with fjall's defaults
-/// (docs/PERFORMANCE.md). These options are stored with the keyspace when it is created.
+/// (docs/performance-log.md). These options are stored with the keyspace when it is created.
 fn keyspace_options() -> KeyspaceCreateOptions {
     use fjall::config::{CompressionPolicy, HashRatioPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()

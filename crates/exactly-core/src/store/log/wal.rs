@@ -244,7 +244,7 @@ impl Wal {
     /// renamed, or (with none spare) a new one written with zeros, its header written, the
     /// file and the directory fsynced. The commit thread, which rotates segments, then only
     /// swaps files: writing and syncing a new 16 MiB segment took it 11-29 ms here, during
-    /// which no group was written (docs/PERFORMANCE.md). Until the swap the file is a
+    /// which no group was written (docs/performance-log.md). Until the swap the file is a
     /// segment with no records, which replay reads as empty.
     fn prepare_next(&mut self) {
         let (dir, seq, size, reuse) = (self.dir.clone(), self.current.seq + 1, self.segment_size, self.reuse());

@@ -62,8 +62,19 @@ fn kafka_on_the_mock_cluster_against_the_bare_client() {
 fn store_overhead_and_load_quick() {
     let out = bench(&["store", "--quick", "--only", "overhead", "--only", "load"]);
     assert!(out.contains("| `Processor::process`, memory store |"), "{out}");
-    for store in ["memory", "sled (durable)", "redb (durable)"] {
+    for store in ["memory", "sled (durable)", "redb (durable)", "fjall (durable)"] {
         assert!(rate_in(&out, store, 3) > 0.0, "achieved: {out}");
+    }
+}
+
+#[test]
+fn store_lookups_quick_on_fjall() {
+    let out = bench(&["store", "--quick", "--only", "lookup", "--lookup-engine", "fjall"]);
+    assert!(out.contains("fjall cache"), "{out}");
+    for keys in ["10000", "50000"] {
+        // Filled at, and duplicates answered by eight tasks.
+        assert!(rate_in(&out, keys, 2) > 0.0, "filled at: {out}");
+        assert!(rate_in(&out, keys, 7) > 0.0, "8 tasks: {out}");
     }
 }
 

@@ -142,40 +142,18 @@ fn kafka_mock_cluster_with_brokers_going_down() {
     ]);
 }
 
+/// A run on the fjall store: kills and disk faults, and whatever `extra` adds.
+fn chaos_on_fjall(broker: &str, seed: &str, extra: &[&str]) {
+    let args = ["--broker", broker, "--engine", "fjall", "--messages", "3000", "--kills", "4", "--disk-faults", "2"];
+    chaos(&[&args[..], &["--seed", seed], extra].concat());
+}
+
 #[test]
 fn amqp_fjall_store_under_kills_and_disk_faults() {
-    chaos(&[
-        "--broker",
-        "amqp",
-        "--engine",
-        "fjall",
-        "--messages",
-        "3000",
-        "--kills",
-        "4",
-        "--cuts",
-        "1",
-        "--disk-faults",
-        "2",
-        "--seed",
-        "16",
-    ]);
+    chaos_on_fjall("amqp", "16", &["--cuts", "1"]);
 }
 
 #[test]
 fn kafka_fjall_store_under_kills_and_disk_faults() {
-    chaos(&[
-        "--broker",
-        "kafka",
-        "--engine",
-        "fjall",
-        "--messages",
-        "3000",
-        "--kills",
-        "4",
-        "--disk-faults",
-        "2",
-        "--seed",
-        "17",
-    ]);
+    chaos_on_fjall("kafka", "17", &[]);
 }

@@ -1,6 +1,5 @@
 //! Running one handler attempt: timeout, lease heartbeat, panic capture.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::Poll;
 use std::time::Duration;

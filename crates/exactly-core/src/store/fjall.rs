@@ -91,10 +91,10 @@ impl Engine for FjallEngine {
 /// compress: at ten million keys the store took 674-675 MiB without it and 595-726 MiB
 /// with it, as compaction had left it; and each block read paid a decompression), each
 /// data block carries a hash index, and every level's filter blocks stay in memory (10
-/// bits a key, about 12 MB at ten million keys). At ten million keys, two alternating pairs: eight tasks answered 182k
-/// and 172k duplicates/s against 139k and 144k/s with fjall's defaults
-/// (docs/performance-log.md). fjall stores these options with the keyspace when it creates
-/// it; a store created with other options keeps them.
+/// bits a key, about 12 MB at ten million keys). At ten million keys, two alternating
+/// pairs: eight tasks answered 182k and 172k duplicates/s against 139k and 144k/s with
+/// fjall's defaults (docs/performance-log.md). fjall stores these options with the keyspace
+/// when it creates it; a store created with other options keeps them.
 fn keyspace_options() -> KeyspaceCreateOptions {
     use fjall::config::{CompressionPolicy, HashRatioPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()

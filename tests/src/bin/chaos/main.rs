@@ -13,11 +13,11 @@
 //! arrive after the first copy was handled; a `--poison` share of keys do not decode),
 //! runs `app_child` (the app runner with the ledger handler on a sled store, or
 //! `--engine`'s, appending each key to an effects log) as `--consumers` processes, and
-//! meanwhile injects faults at random moments drawn from `--seed`: SIGKILL (then a restart; a kill waits until
-//! the process has handled a message since it started, so it lands mid-stream), SIGSTOP
-//! for a few seconds then SIGCONT, connection cuts (RabbitMQ `rabbitmqctl
-//! close_all_connections`; a broker of the Kafka mock cluster down for a few seconds),
-//! disk full, a read-only store and dependency outages.
+//! meanwhile injects faults at random moments drawn from `--seed`: SIGKILL (then a
+//! restart; a kill waits until the process has handled a message since it started, so it
+//! lands mid-stream), SIGSTOP for a few seconds then SIGCONT, connection cuts (RabbitMQ
+//! `rabbitmqctl close_all_connections`; a broker of the Kafka mock cluster down for a few
+//! seconds), disk full, a read-only store and dependency outages.
 //! When the fault budget is spent it lets the consumers finish, stops them with SIGTERM
 //! and checks: every good key credited exactly once in the transactional state, every
 //! poison key in the dead-letter destination with reason `decode`, nothing left unacked

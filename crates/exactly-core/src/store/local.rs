@@ -5,8 +5,9 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::layout::{self, EXPIRY, StoreKey};
+use super::layout::{self, StoreKey};
 use super::leases::{Ended, Entry, Held, LeaseTable};
+use super::purge;
 use super::record::{Record, RecordState};
 use super::{
     Claim, ClaimRequest, Committed, Completion, DedupStore, FencingToken, Final, Lease, PurgeReport, RecordView,
@@ -546,45 +547,7 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
     }
 
     async fn purge_expired(&self, now: Millis, budget: usize) -> Result<PurgeReport> {
-        let from = [EXPIRY];
-        let mut to = vec![EXPIRY];
-        to.extend_from_slice(&now.saturating_add(1).to_be_bytes());
-        // Index entries list many keys each; read a few at a time until the budget of
-        // keys is spent.
-        let mut report = PurgeReport::default();
-        let mut batch = WriteBatch::default();
-        let mut visited = 0usize;
-        let mut start = from.to_vec();
-        'entries: loop {
-            let entries = self.backend.range(&start, &to, 16)?;
-            if entries.is_empty() {
-                break;
-            }
-            for (index_key, value) in entries {
-                if visited >= budget.max(1) {
-                    report.more = true;
-                    break 'entries;
-                }
-                let (bucket, keys) = layout::parse_expiry_entry(&index_key, &value)?;
-                report.index_entries += 1;
-                for key in keys {
-                    visited += 1;
-                    let rk = layout::record_key(&key);
-                    if let Some(raw) = self.backend.get(&rk)? {
-                        let r = Record::decode(&key, &raw)?;
-                        let finished = matches!(r.state, RecordState::Done { .. } | RecordState::DeadLettered { .. });
-                        if finished && layout::bucket_end(r.expires_at, self.bucket_width) == bucket {
-                            batch.expect.push((rk.clone(), Some(raw)));
-                            batch.ops.push((rk, None));
-                            report.records_removed += 1;
-                        }
-                    }
-                }
-                start = index_key.clone();
-                start.push(0);
-                batch.ops.push((index_key, None));
-            }
-        }
+        let (batch, report) = purge::blocking(|| purge::collect(&self.backend, self.bucket_width, now, budget))?;
         if !batch.ops.is_empty() && !self.backend.commit(batch).await? {
             // A record was rewritten while we looked; the next pass will see it again.
             return Ok(PurgeReport { records_removed: 0, more: true, ..report });

@@ -15,6 +15,7 @@ mod leases;
 mod local;
 pub mod log;
 mod memory;
+mod purge;
 mod record;
 #[cfg(feature = "redb")]
 mod redb;

@@ -15,9 +15,11 @@ pub struct Sweeper {
     /// How often to look.
     pub every: Duration,
     /// Keys looked at per store call (a call finishes the index entry it is in, one group
-    /// commit's keys, so it may look at more). A call reads them on the calling task:
-    /// with the default of 1,000, about 7-11 ms on a sled store of 10k-1M keys (10,000
-    /// took 73-117 ms; `bench store --only sweeper`).
+    /// commit's keys, so it may look at more). With the default of 1,000 a call's reads
+    /// took 7-11 ms (median) on a sled store of 10k-1M keys and 41 ms (median, 249 ms at
+    /// most) at 10M, where they miss the cache (`bench store --only sweeper`). On a
+    /// multi-threaded runtime they run under `block_in_place`, so the worker's other
+    /// tasks move to another thread meanwhile; on a current-thread runtime they wait.
     pub budget: usize,
 }
 

@@ -55,7 +55,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
         // what the process did before it (glibc's malloc consolidating the previous
         // phase's frees stalled a runtime thread for up to 150 ms; docs/performance-log.md).
         process_all(&p, WARM_UP_KEYS..WARM_UP_KEYS + warm_up, 256).await;
-        let (h, achieved) = open_loop(&p, offered, secs).await?;
+        let (h, achieved) = open_loop(&p, offered, secs as f64, 0).await?;
         println!("| {name} | {} | {} | {} |", fmt_rate(offered), fmt_rate(achieved), percentiles(&h));
         p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
     }
@@ -71,8 +71,16 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
 /// The first key of the load section's untimed warm-up (the timed keys count from 0).
 const WARM_UP_KEYS: u64 = 900_000_000_000;
 
-async fn open_loop(p: &Processor, per_sec: f64, secs: u64) -> anyhow::Result<(hdrhistogram::Histogram<u64>, f64)> {
-    let total = (per_sec * secs as f64) as u64;
+/// Offers `per_sec` new messages a second for `secs` seconds (keys from `first_key`),
+/// each timed from when it was due until `process` returned; the latencies and the rate
+/// achieved.
+pub(super) async fn open_loop(
+    p: &Processor,
+    per_sec: f64,
+    secs: f64,
+    first_key: u64,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, f64)> {
+    let total = (per_sec * secs) as u64;
     let hist = Arc::new(std::sync::Mutex::new(histogram()));
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     let started = Instant::now();
@@ -91,7 +99,7 @@ async fn open_loop(p: &Processor, per_sec: f64, secs: u64) -> anyhow::Result<(hd
             let (p, h, k) = (p.clone(), hist.clone(), sent);
             let at = started + Duration::from_secs_f64(k as f64 / per_sec);
             tasks.spawn(async move {
-                let out = p.process(msg(k)).await?;
+                let out = p.process(msg(first_key + k)).await?;
                 record(&mut h.lock().unwrap_or_else(|e| e.into_inner()), at.elapsed());
                 anyhow::ensure!(out.outcome == Outcome::Handled, "expected a new key, got {:?}", out.outcome);
                 Ok(())

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use exactly::{Outcome, Processor, SledStore};
 use rand::{Rng, SeedableRng};
 
-use super::{Args, Engine, msg, noop, process_all, sizes};
-use crate::report::{fmt_rate, histogram, percentiles, rate, record};
+use super::{Args, Engine, msg, noop, process_all_timed, sizes};
+use crate::report::{fmt_rate, histogram, percentiles, rate, record, resident_mib};
 
 pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     let sizes = sizes(args);
@@ -16,6 +16,9 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     println!("from the store without running the handler. The store is filled to each size (64 in");
     println!("flight), reopened, then asked once its filter of done keys is built; sequential latency,");
     println!("then the store's lookup alone of a done key and of a new key, and the rate with 8 tasks.");
+    println!("While filling, each new key is timed from `process` until its done-record is durable");
+    println!("(the insert's cost with group commit). Resident: the bench process's resident memory");
+    println!("after the lookups (the store's cache, filter and memtable; the runtime's own is a few MiB).");
     println!(
         "{engine} cache: {} MiB; filter of done keys: {}; {}.\n",
         args.cache_mb,
@@ -26,7 +29,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
         if args.warm { "every key asked once after the reopen, before measuring" } else { "cold after the reopen" }
     );
     println!(
-        "| done keys | filled at | duplicate `process` p50 / p99 / p999 (µs) | store lookup, done key | store lookup, new key | 8 tasks | on disk | open to filter |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| done keys | filled at | insert p50 / p99 (µs) | duplicate `process` p50 / p99 / p999 (µs) | store lookup, done key | store lookup, new key | 8 tasks | on disk | resident | open to filter |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let dir = tempfile::tempdir_in(&args.dir)?;
     let path = dir.path().join("s");
@@ -52,7 +55,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     let filtered = args.filter_keys != 0;
     for keys in sizes {
         let p = Processor::builder("bench", noop()).shared_store(open()?).build()?;
-        let fill = process_all(&p, filled..keys, 64).await;
+        let (fill, inserts) = process_all_timed(&p, filled..keys, 64).await;
         let fill_rate = rate(keys - filled, fill);
         filled = keys;
         drop(p);
@@ -113,13 +116,16 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
         let concurrent = rate(lookups / 8 * 8, started.elapsed());
         let disk = p.store().stats().disk_bytes.unwrap_or(0);
         println!(
-            "| {keys} | {} | {} | {} | {} | {} | {:.0} MiB | {:.2} s |",
+            "| {keys} | {} | {:.1} / {:.1} | {} | {} | {} | {} | {:.0} MiB | {:.0} MiB | {:.2} s |",
             fmt_rate(fill_rate),
+            inserts.value_at_quantile(0.5) as f64 / 1000.0,
+            inserts.value_at_quantile(0.99) as f64 / 1000.0,
             percentiles(&h),
             percentiles(&hit),
             percentiles(&miss),
             fmt_rate(concurrent),
             disk as f64 / (1024.0 * 1024.0),
+            resident_mib(),
             filter_ready.as_secs_f64()
         );
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;

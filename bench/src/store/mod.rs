@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Keys per `purge_expired` call in the sweeper section (default: the sweeper's).
     #[arg(long)]
     budget: Option<usize>,
+    /// Messages per second offered in the sweeper section before and during each purge
+    /// (0: the purge alone).
+    #[arg(long, default_value_t = 5_000.0)]
+    sweeper_rate: f64,
     /// The engine's cache in the lookup section, MiB (the stores' default is 256).
     #[arg(long, default_value_t = 256)]
     cache_mb: u64,
@@ -128,25 +132,42 @@ fn msg(key: u64) -> Message {
     Message::builder(payload).header("idempotency-key", id).build()
 }
 
+/// Runs `keys` through `p` with `concurrency` tasks; how long it took.
 async fn process_all(p: &Processor, keys: std::ops::Range<u64>, concurrency: u64) -> Duration {
+    process_all_timed(p, keys, concurrency).await.0
+}
+
+/// As [`process_all`], with each message's latency (from the call of `process` until it
+/// returned, its done-record durable).
+async fn process_all_timed(
+    p: &Processor,
+    keys: std::ops::Range<u64>,
+    concurrency: u64,
+) -> (Duration, hdrhistogram::Histogram<u64>) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
         let p = p.clone();
         let keys = keys.clone();
         tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
             let mut k = keys.start + t;
             while k < keys.end {
-                let out = p.process(msg(k)).await.expect("store failure");
+                let m = msg(k);
+                let at = Instant::now();
+                let out = p.process(m).await.expect("store failure");
+                record(&mut h, at.elapsed());
                 assert!(matches!(out.outcome, Outcome::Handled | Outcome::Duplicate), "{out:?}");
                 k += concurrency;
             }
+            h
         }));
     }
+    let mut all = histogram();
     for t in tasks {
-        t.await.expect("task");
+        all.add(t.await.expect("task")).expect("histograms of the same bounds");
     }
-    started.elapsed()
+    (started.elapsed(), all)
 }
 
 /// What a team without a framework writes: insert the key, flush, then ack.

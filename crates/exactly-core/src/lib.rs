@@ -54,6 +54,7 @@ mod message;
 pub mod metrics;
 pub mod names;
 mod processor;
+pub mod runtime;
 pub mod shutdown;
 pub mod store;
 mod sync;

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use exactly_core::OutboundRecord;
+// librdkafka's transaction calls block; they run off the async scheduler.
+use exactly_core::runtime::blocking;
 use rdkafka::TopicPartitionList;
 use rdkafka::error::{KafkaError, RDKafkaError};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -12,14 +14,6 @@ use crate::shared::Committer;
 use crate::{Error, convert};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// librdkafka's transaction calls block; run them off the async scheduler.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
 
 fn rd(e: &KafkaError) -> Option<&RDKafkaError> {
     match e {

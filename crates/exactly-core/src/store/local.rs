@@ -547,7 +547,8 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
     }
 
     async fn purge_expired(&self, now: Millis, budget: usize) -> Result<PurgeReport> {
-        let (batch, report) = purge::blocking(|| purge::collect(&self.backend, self.bucket_width, now, budget))?;
+        let (batch, report) =
+            crate::runtime::blocking(|| purge::collect(&self.backend, self.bucket_width, now, budget))?;
         if !batch.ops.is_empty() && !self.backend.commit(batch).await? {
             // A record was rewritten while we looked; the next pass will see it again.
             return Ok(PurgeReport { records_removed: 0, more: true, ..report });

@@ -13,7 +13,8 @@ use crate::clock::Millis;
 /// their index entries.
 ///
 /// Its reads are the engine's, on the calling thread: at ten million keys most of them
-/// miss the engine's cache (`bench store --only sweeper`), so [`blocking`] runs it.
+/// miss the engine's cache (`bench store --only sweeper`), so the caller runs it through
+/// [`crate::runtime::blocking`].
 pub(super) fn collect<B: KvBackend>(
     backend: &B,
     bucket_width: Millis,
@@ -60,14 +61,4 @@ pub(super) fn collect<B: KvBackend>(
         }
     }
     Ok((batch, report))
-}
-
-/// Runs `f`, which reads the engine for a while, without holding up the tasks of the
-/// runtime thread it is called on: on a multi-threaded tokio runtime the thread hands
-/// its other tasks to another worker first (`block_in_place`); elsewhere `f` just runs.
-pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }

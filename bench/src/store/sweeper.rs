@@ -47,22 +47,20 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
         let now = p.clock().now();
         // New messages expire an hour after `now`: the purge leaves them. The first
         // seconds after the fill are untimed (the engine is still catching up with it).
-        let quiet = match per_sec > 0.0 {
-            true => {
-                open_loop(&p, per_sec, secs, WARM_UP_KEYS).await?;
-                percentiles(&open_loop(&p, per_sec, secs, QUIET_KEYS).await?.0)
-            }
-            false => "-".into(),
+        let quiet = if per_sec > 0.0 {
+            open_loop(&p, per_sec, secs, WARM_UP_KEYS).await?;
+            percentiles(&open_loop(&p, per_sec, secs, QUIET_KEYS).await?.0)
+        } else {
+            "-".into()
         };
         let purge = tokio::spawn(purge_all(store.clone(), now, budget));
-        let during = match per_sec > 0.0 {
-            true => {
-                let (h, _) = open_loop(&p, per_sec, secs, DURING_KEYS).await?;
-                // A purge that ended before the load did was measured only in part.
-                let partly = if purge.is_finished() { " (purge ended first)" } else { "" };
-                format!("{}{partly}", percentiles(&h))
-            }
-            false => "-".into(),
+        let during = if per_sec > 0.0 {
+            let (h, _) = open_loop(&p, per_sec, secs, DURING_KEYS).await?;
+            // A purge that ended before the load did was measured only in part.
+            let partly = if purge.is_finished() { " (purge ended first)" } else { "" };
+            format!("{}{partly}", percentiles(&h))
+        } else {
+            "-".into()
         };
         let (total, removed, mut calls) = purge.await??;
         anyhow::ensure!(removed == keys, "purged {removed} of {keys} expired keys");

@@ -144,11 +144,11 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
                     seen += 1;
                     last = Some(d);
                     unacked.push(Instant::now());
-                    if seen % 32 == 0 || seen == n {
-                        if let Some(d) = last.take() {
-                            d.ack(BasicAckOptions { multiple: true }).await?;
-                            unacked.drain(..).for_each(|t| record(&mut latency, t.elapsed()));
-                        }
+                    if (seen % 32 == 0 || seen == n)
+                        && let Some(d) = last.take()
+                    {
+                        d.ack(BasicAckOptions { multiple: true }).await?;
+                        unacked.drain(..).for_each(|t| record(&mut latency, t.elapsed()));
                     }
                 }
                 None => {

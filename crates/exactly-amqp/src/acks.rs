@@ -94,20 +94,19 @@ impl Batcher {
         if let Some(&last) = prefix.last() {
             for t in &prefix {
                 let acker = self.finished.remove(t);
-                if *t == last {
-                    if let Some((acker, _)) = acker {
-                        if ack(&acker, true).await {
-                            stats.acked.fetch_add(prefix.len() as u64, Ordering::Relaxed);
-                        }
-                    }
+                if *t == last
+                    && let Some((acker, _)) = acker
+                    && ack(&acker, true).await
+                {
+                    stats.acked.fetch_add(prefix.len() as u64, Ordering::Relaxed);
                 }
             }
         }
         for t in alone {
-            if let Some((acker, _)) = self.finished.remove(&t) {
-                if ack(&acker, false).await {
-                    stats.acked.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some((acker, _)) = self.finished.remove(&t)
+                && ack(&acker, false).await
+            {
+                stats.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -70,11 +70,11 @@ pub(crate) fn to_message(d: &Delivery, payload: Bytes, queue: &str) -> Message {
     let routing_key =
         header_str(table, names::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_owned());
     let mut coordinates = Coordinates::new(queue).with_route(exchange, routing_key);
-    if let Some(ts) = props.timestamp() {
-        if let Ok(ts) = i64::try_from(*ts) {
-            // AMQP timestamps are seconds.
-            coordinates = coordinates.with_timestamp_ms(ts.saturating_mul(1000));
-        }
+    if let Some(ts) = props.timestamp()
+        && let Ok(ts) = i64::try_from(*ts)
+    {
+        // AMQP timestamps are seconds.
+        coordinates = coordinates.with_timestamp_ms(ts.saturating_mul(1000));
     }
     let mut b = Message::builder(payload).headers(headers).coordinates(coordinates).redelivered(d.redelivered);
     if let Some(id) = props.message_id() {

@@ -80,8 +80,8 @@ impl Session {
                         return Ok(());
                     }
                     Disposition::Retry { after } => {
-                        if *after > self.config.wait_in_place_up_to {
-                            if let Some((tier, queue)) = self.config.topology.retry_queue(*after) {
+                        if *after > self.config.wait_in_place_up_to
+                            && let Some((tier, queue)) = self.config.topology.retry_queue(*after) {
                                 match self.publish("", queue, &payload, convert::retry_properties(&d, p.attempts, &self.config.queue)).await {
                                     Ok(()) => {
                                         tracing::debug!(retry_queue = %queue, ?tier, "waiting in a retry queue");
@@ -92,7 +92,6 @@ impl Session {
                                     Err(e) => tracing::warn!(error = %e, "retry queue publish failed; waiting in place"),
                                 }
                             }
-                        }
                         *after
                     }
                     Disposition::DeadLetter(dl) => {

@@ -149,10 +149,10 @@ async fn kafka(
             // A partition whose start is already at its stop never yields a record.
             for p in open.clone() {
                 let pos = consumer.position()?.find_partition(from, p).map(|e| e.offset());
-                if let Some(Offset::Offset(o)) = pos {
-                    if o >= stop[&p] {
-                        open.remove(&p);
-                    }
+                if let Some(Offset::Offset(o)) = pos
+                    && o >= stop[&p]
+                {
+                    open.remove(&p);
                 }
             }
             continue;

@@ -222,17 +222,17 @@ impl Shared {
                 // A watermark past the end of the log was not made on this log: the topic
                 // was deleted and created again, or the store was used with another
                 // cluster. Starting there would skip records; ignore it.
-                if let Ok((_, high)) = base.fetch_watermarks(topic, *partition, Duration::from_secs(10)) {
-                    if l > high {
-                        tracing::warn!(
-                            topic,
-                            partition,
-                            local = l,
-                            end = high,
-                            "the local watermark is past the end of the partition (topic recreated, or another cluster); ignoring it"
-                        );
-                        local = None;
-                    }
+                if let Ok((_, high)) = base.fetch_watermarks(topic, *partition, Duration::from_secs(10))
+                    && l > high
+                {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        local = l,
+                        end = high,
+                        "the local watermark is past the end of the partition (topic recreated, or another cluster); ignoring it"
+                    );
+                    local = None;
                 }
             }
             if let Some(l) = local.filter(|l| kafka.is_none_or(|k| *l > k)) {
@@ -331,10 +331,10 @@ impl Shared {
             for ((topic, partition), next) in &offsets {
                 let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
             }
-            if self.txn_producer.is_none() {
-                if let Err(e) = base.commit(&list, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "commit at revoke failed; the new owner may see these records again");
-                }
+            if self.txn_producer.is_none()
+                && let Err(e) = base.commit(&list, CommitMode::Sync)
+            {
+                tracing::warn!(error = %e, "commit at revoke failed; the new owner may see these records again");
             }
         };
         if self.closing.load(Ordering::Relaxed) {

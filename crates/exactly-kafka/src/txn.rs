@@ -71,10 +71,10 @@ pub(crate) async fn commit(
         }
     }
     .await;
-    if let Err(Error::Transaction { step, source }) = &produced {
-        if rd(source).is_some_and(RDKafkaError::is_fatal) {
-            return Err(Error::TransactionFatal { step, source: source.clone() });
-        }
+    if let Err(Error::Transaction { step, source }) = &produced
+        && rd(source).is_some_and(RDKafkaError::is_fatal)
+    {
+        return Err(Error::TransactionFatal { step, source: source.clone() });
     }
     if let Err(e) = &produced {
         tracing::warn!(error = %e, "aborting the transaction; its records and offsets go into the next one");

@@ -137,10 +137,10 @@ impl CircuitBreaker {
 
     /// The run neither proved nor disproved the dependency (a duplicate, a permanent error).
     pub(crate) fn neutral(&self, probe: bool) {
-        if let Inner::HalfOpen { probing, .. } = &mut *self.lock() {
-            if probe {
-                *probing = false;
-            }
+        if let Inner::HalfOpen { probing, .. } = &mut *self.lock()
+            && probe
+        {
+            *probing = false;
         }
     }
 

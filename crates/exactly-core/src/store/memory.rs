@@ -45,10 +45,8 @@ impl KvBackend for MemoryBackend {
 
     async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
         let applied = self.apply(batch);
-        if applied {
-            if let Some(f) = on_durable {
-                f(true);
-            }
+        if applied && let Some(f) = on_durable {
+            f(true);
         }
         Ok(Staged { applied, durable: Durable::ready() })
     }

@@ -231,10 +231,10 @@ impl Broker {
     pub(crate) async fn cleanup(&self) {
         match self {
             Self::Amqp { queue } => {
-                if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = exactly::amqp::Topology::declare().delete(&ch, queue).await;
-                    }
+                if let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = exactly::amqp::Topology::declare().delete(&ch, queue).await;
                 }
             }
             Self::Kafka { mock: true, .. } => {}

@@ -83,12 +83,12 @@ impl Consumer {
 
     /// Restarts it if it exited on its own (a store or broker error it gave up on).
     pub(crate) fn revive(&mut self, app: &Path) -> anyhow::Result<bool> {
-        if let Some(c) = &mut self.child {
-            if let Some(status) = c.try_wait()? {
-                eprintln!("chaos: consumer {} exited on its own ({status}); restarting it", self.port);
-                self.start(app)?;
-                return Ok(true);
-            }
+        if let Some(c) = &mut self.child
+            && let Some(status) = c.try_wait()?
+        {
+            eprintln!("chaos: consumer {} exited on its own ({status}); restarting it", self.port);
+            self.start(app)?;
+            return Ok(true);
         }
         Ok(false)
     }

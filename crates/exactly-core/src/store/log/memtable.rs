@@ -497,11 +497,11 @@ mod tests {
                         }
                     }
                     Step::Scan => {
-                        if let Some((bloom, scan)) = build.as_mut() {
-                            if !scan.page(&engine, bloom, 1).unwrap() {
-                                mem.finish_filter();
-                                build = None;
-                            }
+                        if let Some((bloom, scan)) = build.as_mut()
+                            && !scan.page(&engine, bloom, 1).unwrap()
+                        {
+                            mem.finish_filter();
+                            build = None;
                         }
                     }
                 }

@@ -38,17 +38,12 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     let cache = args.cache_mb * 1024 * 1024;
     let open = || -> anyhow::Result<Arc<dyn exactly::DedupStore>> {
         Ok(match args.lookup_engine {
-            Engine::Sled => {
-                Arc::new(SledStore::builder(&path).cache_capacity(cache).filter_keys(args.filter_keys).open()?)
-            }
+            Engine::Sled => Arc::new(SledStore::builder(&path).cache_size(cache).filter_keys(args.filter_keys).open()?),
             Engine::Fjall => Arc::new(
                 exactly::store::FjallStore::builder(&path).cache_size(cache).filter_keys(args.filter_keys).open()?,
             ),
             Engine::Redb => Arc::new(
-                exactly::store::RedbStore::builder(&path)
-                    .cache_size(usize::try_from(cache)?)
-                    .filter_keys(args.filter_keys)
-                    .open()?,
+                exactly::store::RedbStore::builder(&path).cache_size(cache).filter_keys(args.filter_keys).open()?,
             ),
         })
     };

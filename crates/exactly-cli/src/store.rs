@@ -18,9 +18,10 @@ pub(crate) struct StoreArgs {
     /// The store directory (what the consumer passed to `SledStore::open`).
     #[arg(long, short, env = "EXACTLY_STORE")]
     path: PathBuf,
-    /// The store's engine.
-    #[arg(long, value_enum, default_value_t = Engine::Sled)]
-    engine: Engine,
+    /// The store's engine (default: what the store's identity file says; sled for a new
+    /// store).
+    #[arg(long, value_enum)]
+    engine: Option<Engine>,
     #[command(subcommand)]
     command: StoreCommand,
 }
@@ -92,6 +93,9 @@ enum StoreCommand {
         /// The JSON-lines file `export` wrote.
         file: PathBuf,
     },
+    /// Opens a store that an open refused as damaged, keeping every record of its log
+    /// that can be read, and says what was cut. Copy the directory first.
+    Repair,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,12 +115,46 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<Found> {
     if !args.path.exists() && !matches!(args.command, StoreCommand::Import { .. }) {
         anyhow::bail!("no store at {} (a consumer creates it on its first start)", args.path.display());
     }
-    let what = || format!("cannot open the store at {}", args.path.display());
-    match args.engine {
-        Engine::Sled => on(SledStore::open(&args.path).with_context(what)?, args.command).await,
-        Engine::Redb => on(RedbStore::open(&args.path).with_context(what)?, args.command).await,
-        Engine::Fjall => on(FjallStore::open(&args.path).with_context(what)?, args.command).await,
+    let engine = match (args.engine, exactly_core::store::engine_at(&args.path).as_deref()) {
+        (Some(e), _) => e,
+        (None, Some("redb")) => Engine::Redb,
+        (None, Some("fjall")) => Engine::Fjall,
+        (None, _) => Engine::Sled,
+    };
+    if let StoreCommand::Repair = args.command {
+        return repair(engine, &args.path);
     }
+    // The store's errors name its path already.
+    match engine {
+        Engine::Sled => on(SledStore::open(&args.path)?, args.command).await,
+        Engine::Redb => on(RedbStore::open(&args.path)?, args.command).await,
+        Engine::Fjall => on(FjallStore::open(&args.path)?, args.command).await,
+    }
+}
+
+/// `exactly store repair`: opens with the repair rules and reports every cut.
+fn repair(engine: Engine, path: &std::path::Path) -> anyhow::Result<Found> {
+    let cuts = match engine {
+        Engine::Sled => SledStore::builder(path).repair()?.1,
+        Engine::Redb => RedbStore::builder(path).repair()?.1,
+        Engine::Fjall => FjallStore::builder(path).repair()?.1,
+    };
+    let mut out = std::io::stdout().lock();
+    if cuts.is_empty() {
+        writeln!(out, "nothing to repair: the store at {} opens as it is", path.display())?;
+    }
+    for c in &cuts {
+        let lost = if c.acknowledged { "acknowledged work in it is lost" } else { "never acknowledged" };
+        writeln!(out, "cut {} at byte {}: {} ({lost})", c.file.display(), c.offset, c.what)?;
+    }
+    if cuts.iter().any(|c| c.acknowledged) {
+        writeln!(
+            out,
+            "the store opens again; messages whose records were cut were acknowledged and will not be delivered \
+             again, and state values they wrote are as the next surviving write left them"
+        )?;
+    }
+    Ok(Found::Yes)
 }
 
 async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow::Result<Found> {
@@ -225,6 +263,7 @@ async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow
             writeln!(out, "imported {n} records")?;
             Found::Yes
         }
+        StoreCommand::Repair => unreachable!("handled before the store is opened"),
     };
     Ok(found)
 }

@@ -43,6 +43,29 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store's files are damaged in a way that may have cost acknowledged records, so
+    /// it was not opened (and nothing was changed on disk).
+    #[error(
+        "the store at {path} is damaged: {what} ({file}, byte {offset}); it was not opened, so nothing more is \
+         lost. Run `exactly store --path {path} repair` to keep every record that can be read and see what was \
+         cut, or restore the directory from a backup"
+    )]
+    StoreDamaged {
+        /// The store directory.
+        path: PathBuf,
+        /// The damaged (or missing) file.
+        file: PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A write is larger than the store takes.
+    #[error("the store cannot take this write: {what}")]
+    StoreLimit {
+        /// What is over which limit.
+        what: String,
+    },
     /// A record in the store could not be decoded.
     #[error("store record for key {key:?} is corrupt: {reason}")]
     StoreCorrupt {

@@ -8,7 +8,7 @@ pub(crate) use locks::StateLocks;
 
 pub use outbound::OutboundRecord;
 pub use state::State;
-pub(crate) use state::StateTx;
+pub(crate) use state::{StateTx, too_large};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

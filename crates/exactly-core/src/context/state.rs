@@ -65,8 +65,17 @@ impl std::fmt::Debug for State<'_> {
 }
 
 impl State<'_> {
-    fn full_key(&self, key: &[u8]) -> Vec<u8> {
-        StoreKey::state(&self.inner.consumer, key)
+    /// The store key of a state key, if the store takes a key that long.
+    fn full_key(&self, key: &[u8]) -> Result<Vec<u8>, HandlerError> {
+        let max = self.inner.store.limits().max_state_key;
+        if key.len() > max {
+            return Err(too_large(format!(
+                "state key {:?}... is {} bytes; the store takes at most {max}",
+                String::from_utf8_lossy(&key[..key.len().min(40)]),
+                key.len()
+            )));
+        }
+        Ok(StoreKey::state(&self.inner.consumer, key))
     }
 
     /// Locks `full` for this run unless it already holds it.
@@ -86,7 +95,7 @@ impl State<'_> {
 
     /// Reads a value.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, HandlerError> {
-        let full = self.full_key(key.as_ref());
+        let full = self.full_key(key.as_ref())?;
         let mut tx = self.inner.state.lock().await;
         if let Some(v) = tx.pending(&full) {
             return Ok(v.clone());
@@ -131,12 +140,25 @@ impl State<'_> {
     }
 
     async fn write(&self, key: &[u8], value: Option<Bytes>) -> Result<(), HandlerError> {
-        let full = self.full_key(key);
+        let full = self.full_key(key)?;
+        let max = self.inner.store.limits().max_value;
+        if let Some(v) = value.as_ref().filter(|v| v.len() > max) {
+            return Err(too_large(format!(
+                "the value of state key {:?} is {} bytes; the store takes at most {max}",
+                String::from_utf8_lossy(key),
+                v.len()
+            )));
+        }
         let mut tx = self.inner.state.lock().await;
         self.acquire(&mut tx, &full).await?;
         tx.writes.push((full, value));
         Ok(())
     }
+}
+
+/// A write the store cannot take: retrying cannot help.
+pub(crate) fn too_large(what: String) -> HandlerError {
+    HandlerError::permanent(crate::reasons::TOO_LARGE, what)
 }
 
 fn lock_timeout(full: &[u8], after: Duration) -> HandlerError {

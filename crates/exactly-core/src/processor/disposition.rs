@@ -22,6 +22,9 @@ pub mod reasons {
     pub const RETRIES_EXHAUSTED: &str = "retries-exhausted";
     /// The payload did not decode.
     pub const DECODE: &str = "decode";
+    /// A state key or value, or the output with the emitted records, is larger than the
+    /// store takes.
+    pub const TOO_LARGE: &str = "too-large";
 }
 
 /// The broker operation an adapter performs for a delivery.

@@ -362,6 +362,7 @@ impl Processor {
             inner.metrics.handler_time(started.elapsed());
             self.crash_point(CrashPoint::AfterHandler, Some(run.key))?;
             let mut finished = ctx.finish().await;
+            let result = result.and_then(|output| self.fits(output, &finished.emitted));
             let error = match result {
                 Ok(output) => {
                     let state = std::mem::take(&mut finished.state);
@@ -559,6 +560,27 @@ impl Processor {
         let mut p = Processed::new(Disposition::DeadLetter(dl), Outcome::DeadLettered, key.map(str::to_owned));
         p.attempts = attempts;
         p
+    }
+
+    /// The output, if it and the emitted records fit in a done-record of the store.
+    fn fits(&self, output: Option<Bytes>, emitted: &[OutboundRecord]) -> Result<Option<Bytes>, HandlerError> {
+        let size = output.as_ref().map_or(0, Bytes::len)
+            + emitted
+                .iter()
+                .map(|r| {
+                    r.payload.len()
+                        + r.destination.len()
+                        + r.key.as_ref().map_or(0, Bytes::len)
+                        + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                })
+                .sum::<usize>();
+        let max = self.inner.store.limits().max_value;
+        if size > max {
+            return Err(crate::context::too_large(format!(
+                "the output and emitted records are {size} bytes; the store takes at most {max}"
+            )));
+        }
+        Ok(output)
     }
 
     fn breaker_neutral(&self, probe: bool) {

@@ -57,6 +57,7 @@ impl Processor {
             inner.metrics.handler_time(started.elapsed());
             self.crash_point(CrashPoint::AfterHandler, Some(position))?;
             let mut finished = ctx.finish().await;
+            let result = result.and_then(|output| self.fits(output, &finished.emitted));
             let output = match result {
                 Ok(output) => output,
                 Err(e) => {

@@ -356,10 +356,10 @@ impl<B: KvBackend> LocalStore<B> {
             };
             if let Err(e) = self.backend.commit(batch).await {
                 let mut shard = self.leases.lock(req.key);
-                if matches!(shard.get(req.key), Some(Entry::Held(h)) if h.token == lease.token) {
-                    if let Some(entry) = shard.remove(req.key) {
-                        entry.wake();
-                    }
+                if matches!(shard.get(req.key), Some(Entry::Held(h)) if h.token == lease.token)
+                    && let Some(entry) = shard.remove(req.key)
+                {
+                    entry.wake();
                 }
                 return Err(e);
             }
@@ -429,16 +429,16 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         if durable {
             // Remove our in-flight record, unless a newer claim has replaced it already.
             let rk = layout::record_key(key);
-            if let Some(raw) = self.backend.get(&rk)? {
-                if matches!(Record::decode(key, &raw)?.state, RecordState::InFlight { token: t, .. } if t == token) {
-                    self.backend
-                        .commit(WriteBatch {
-                            expect: vec![(rk.clone(), Some(raw))],
-                            ops: vec![(rk, None)],
-                            expiring: vec![],
-                        })
-                        .await?;
-                }
+            if let Some(raw) = self.backend.get(&rk)?
+                && matches!(Record::decode(key, &raw)?.state, RecordState::InFlight { token: t, .. } if t == token)
+            {
+                self.backend
+                    .commit(WriteBatch {
+                        expect: vec![(rk.clone(), Some(raw))],
+                        ops: vec![(rk, None)],
+                        expiring: vec![],
+                    })
+                    .await?;
             }
         }
         Ok(())
@@ -475,10 +475,10 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         let (leases, key, token) = (self.leases.clone(), c.key.clone(), c.token);
         let on_durable: OnDurable = Box::new(move |_durable| {
             let mut shard = leases.lock(&key);
-            if matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token) {
-                if let Some(entry) = shard.remove(&key) {
-                    entry.wake();
-                }
+            if matches!(shard.get(&key), Some(Entry::Completing(h)) if h.token == token)
+                && let Some(entry) = shard.remove(&key)
+            {
+                entry.wake();
             }
         });
         // Without state, nothing can conflict and nobody reads it back under a lock: do
@@ -491,11 +491,11 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         if !matches!(result, Ok(Staged { applied: true, .. })) {
             // Back to held: whoever waits keeps waiting for this claim to end.
             let mut shard = self.leases.lock(&c.key);
-            if let Some(Entry::Completing(h)) = shard.get(&c.key) {
-                if h.token == c.token {
-                    let waiters = h.waiters.clone();
-                    shard.insert(c.key, Entry::Held(Held { waiters, ..held }));
-                }
+            if let Some(Entry::Completing(h)) = shard.get(&c.key)
+                && h.token == c.token
+            {
+                let waiters = h.waiters.clone();
+                shard.insert(c.key, Entry::Held(Held { waiters, ..held }));
             }
         }
         match result? {
@@ -580,26 +580,32 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
 
 pub(crate) type MetaWrites = Vec<(Vec<u8>, Bytes)>;
 
-/// Reads the format version and bumps the epoch: what every backend does when it opens.
+/// Refuses a store whose format is newer than this build reads.
+pub(crate) fn check_format(get: impl Fn(&[u8]) -> Result<Option<Bytes>>, path: &std::path::Path) -> Result<()> {
+    if let Some(raw) = get(&layout::meta_key("format"))? {
+        let found = raw
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| Error::StoreCorrupt { key: "meta:format".into(), reason: "not a u32".into() })?;
+        if found > super::FORMAT_VERSION {
+            return Err(Error::StoreFormat { path: path.to_owned(), found, supported: super::FORMAT_VERSION });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the format version and bumps the epoch: what every backend does when it opens.
 /// Returns the new epoch and the meta writes to persist.
 pub(crate) fn open_meta(
     get: impl Fn(&[u8]) -> Result<Option<Bytes>>,
     path: &std::path::Path,
 ) -> Result<(u64, MetaWrites)> {
+    check_format(&get, path)?;
     let format_key = layout::meta_key("format");
     let mut writes = Vec::new();
-    match get(&format_key)? {
-        Some(raw) => {
-            let found = raw
-                .get(..4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| Error::StoreCorrupt { key: "meta:format".into(), reason: "not a u32".into() })?;
-            if found > super::FORMAT_VERSION {
-                return Err(Error::StoreFormat { path: path.to_owned(), found, supported: super::FORMAT_VERSION });
-            }
-        }
-        None => writes.push((format_key, Bytes::copy_from_slice(&super::FORMAT_VERSION.to_be_bytes()))),
+    if get(&format_key)?.is_none() {
+        writes.push((format_key, Bytes::copy_from_slice(&super::FORMAT_VERSION.to_be_bytes())));
     }
     let epoch_key = layout::meta_key("epoch");
     let epoch = match get(&epoch_key)? {

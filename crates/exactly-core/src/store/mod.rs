@@ -8,8 +8,8 @@
 //! live in memory (one process owns a store), done-records and state on the backend. The
 //! on-disk ones put a write-ahead log with group commit ([`log`]) in front of their engine.
 
-#[cfg(feature = "fjall")]
-mod fjall;
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
+mod disk;
 mod layout;
 mod leases;
 mod local;
@@ -17,26 +17,24 @@ pub mod log;
 mod memory;
 mod purge;
 mod record;
-#[cfg(feature = "redb")]
-mod redb;
-#[cfg(feature = "sled")]
-mod sled;
 mod sweeper;
 
+#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
+pub use disk::{DiskStoreBuilder, EngineSettings, OpenEngine, engine_at};
 #[cfg(feature = "fjall")]
-pub use fjall::{FjallEngine, FjallStore, FjallStoreBuilder};
+pub use disk::{FjallEngine, FjallStore, FjallStoreBuilder};
+#[cfg(feature = "redb")]
+pub use disk::{RedbEngine, RedbStore, RedbStoreBuilder};
+#[cfg(feature = "sled")]
+pub use disk::{SledEngine, SledStore, SledStoreBuilder};
 pub use layout::StoreKey;
 pub use local::{
     BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch,
     expiry_index_ops,
 };
-pub use log::{Engine, FsyncObserver, LogBackend, LogOptions};
+pub use log::{Cut, Engine, EngineLimits, FsyncObserver, LogBackend, LogOptions};
 pub use memory::{MemoryBackend, MemoryStore};
 pub use record::{FORMAT_VERSION, RecordState, RecordView};
-#[cfg(feature = "redb")]
-pub use redb::{RedbEngine, RedbStore, RedbStoreBuilder};
-#[cfg(feature = "sled")]
-pub use sled::{SledEngine, SledStore, SledStoreBuilder};
 pub use sweeper::Sweeper;
 
 use async_trait::async_trait;
@@ -226,6 +224,32 @@ pub struct StoreStats {
     pub filter_builds: u64,
 }
 
+/// The largest keys and values a store takes, in bytes. The processor checks a
+/// handler's state writes and output against them before it commits, so an oversized
+/// one is the handler's error (dead-lettered with reason `too-large`), never a failure of
+/// the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The longest state key, as the handler names it (without the consumer's namespace).
+    pub max_state_key: usize,
+    /// The largest state value, and the largest cached output plus emitted records of one
+    /// message.
+    pub max_value: usize,
+}
+
+impl Limits {
+    /// The local stores' limits: 16 KiB state keys (every engine takes them, so a store
+    /// can move between engines) and 64 MiB values.
+    pub const LOCAL: Limits = Limits { max_state_key: 16 * 1024, max_value: 64 * 1024 * 1024 };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::LOCAL
+    }
+}
+
 /// A store of idempotency records.
 ///
 /// The contract every implementation keeps:
@@ -294,4 +318,9 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// What the store holds.
     fn stats(&self) -> StoreStats;
+
+    /// The largest keys and values it takes.
+    fn limits(&self) -> Limits {
+        Limits::LOCAL
+    }
 }

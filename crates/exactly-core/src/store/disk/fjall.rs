@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
-use super::log::{Engine, FsyncObserver, LogBackend, LogOptions, Op};
-use crate::clock::Millis;
+use super::{EngineSettings, OpenEngine};
+use crate::store::local::LocalStore;
+use crate::store::log::{Engine, EngineLimits, FsyncObserver, LogBackend, Op};
 use crate::{Error, Result};
 
 /// The keyspace (fjall's column family) that holds the records.
@@ -83,6 +83,11 @@ impl Engine for FjallEngine {
     fn disk_bytes(&self) -> Option<u64> {
         self.db.disk_space().ok()
     }
+
+    /// fjall takes keys of up to 65,535 bytes: a longer one panics its engine thread.
+    fn limits(&self) -> EngineLimits {
+        EngineLimits { max_key: usize::from(u16::MAX), max_value: u32::MAX as usize }
+    }
 }
 
 /// The records' keyspace is tuned for point reads of duplicates, which are the engine's
@@ -103,8 +108,43 @@ fn keyspace_options() -> KeyspaceCreateOptions {
         .filter_block_pinning_policy(PinningPolicy::all(true))
 }
 
+impl OpenEngine for FjallEngine {
+    const NAME: &'static str = "fjall";
+    const FILES: &'static [&'static str] = &["fjall"];
+
+    fn open_engine(path: &Path, settings: &EngineSettings) -> Result<Self> {
+        let fail = |reason: String, e: fjall::Error| Error::StoreOpen {
+            path: path.to_owned(),
+            reason,
+            source: Some(Box::new(e)),
+        };
+        let dir = path.join("fjall");
+        // fjall syncs its journal only when asked: at a checkpoint. The write-ahead log
+        // in front of it makes each group durable.
+        let db = Database::builder(&dir).cache_size(settings.cache_size).manual_journal_persist(true).open().map_err(
+            |e| {
+                let reason = match &e {
+                    fjall::Error::Locked => {
+                        "another process has it open (is a consumer running on this store?)".to_owned()
+                    }
+                    fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                        "permission denied; check the directory's owner and mode".to_owned()
+                    }
+                    fjall::Error::Io(io) => format!("fjall could not open it: {io}"),
+                    other => format!("fjall could not open it: {other}"),
+                };
+                fail(reason, e)
+            },
+        )?;
+        let records = db
+            .keyspace(KEYSPACE, keyspace_options)
+            .map_err(|e| fail(format!("fjall could not open its keyspace: {e}"), e))?;
+        Ok(FjallEngine { db, records, dir, observer: settings.observer.clone() })
+    }
+}
+
 /// An on-disk store on fjall, behind the same write-ahead log as
-/// [`SledStore`](super::SledStore). An LSM tree takes a write into memory and sorts it to
+/// [`SledStore`](crate::SledStore). An LSM tree takes a write into memory and sorts it to
 /// disk later in large runs, so a done-record costs a fraction of the CPU of sled's or
 /// redb's B-tree insert; see docs/PERFORMANCE.md.
 ///
@@ -116,73 +156,8 @@ fn keyspace_options() -> KeyspaceCreateOptions {
 /// ```
 pub type FjallStore = LocalStore<LogBackend<FjallEngine>>;
 
-impl LocalStore<LogBackend<FjallEngine>> {
-    /// Opens (or creates) a store in the directory `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::builder(path).open()
-    }
-
-    /// Starts configuring a store in the directory `path`.
-    pub fn builder(path: impl AsRef<Path>) -> FjallStoreBuilder {
-        FjallStoreBuilder {
-            path: path.as_ref().to_owned(),
-            bucket_width: DEFAULT_BUCKET_WIDTH_MS,
-            cache_size: 256 * 1024 * 1024,
-            log: LogOptions::default(),
-        }
-    }
-}
-
 /// Settings of a [`FjallStore`].
-#[must_use]
-#[derive(Debug)]
-pub struct FjallStoreBuilder {
-    path: PathBuf,
-    bucket_width: Millis,
-    cache_size: u64,
-    log: LogOptions,
-}
-
-impl FjallStoreBuilder {
-    super::log::log_store_settings!();
-
-    /// fjall's block cache in bytes (default 256 MiB).
-    pub fn cache_size(mut self, bytes: u64) -> Self {
-        self.cache_size = bytes;
-        self
-    }
-
-    /// Opens the store.
-    pub fn open(self) -> Result<FjallStore> {
-        let path = self.path;
-        super::log::store_dir(&path)?;
-        let fail = super::log::open_error(&path);
-        let dir = path.join("fjall");
-        // fjall syncs its journal only when asked: at a checkpoint. The write-ahead log
-        // in front of it makes each group durable.
-        let db =
-            Database::builder(&dir).cache_size(self.cache_size).manual_journal_persist(true).open().map_err(|e| {
-                let reason = match &e {
-                    fjall::Error::Locked => {
-                        "another process has it open (is a consumer running on this store?)".to_owned()
-                    }
-                    fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-                        "permission denied; check the directory's owner and mode".to_owned()
-                    }
-                    fjall::Error::Io(io) => format!("fjall could not open it: {io}"),
-                    other => format!("fjall could not open it: {other}"),
-                };
-                fail(reason, Some(Box::new(e)))
-            })?;
-        let records = db
-            .keyspace(KEYSPACE, keyspace_options)
-            .map_err(|e| fail(format!("fjall could not open its keyspace: {e}"), Some(Box::new(e))))?;
-        let engine = FjallEngine { db, records, dir, observer: self.log.observer.clone() };
-        let backend = LogBackend::open(engine, &path, self.log)?;
-        tracing::debug!(path = %path.display(), "opened fjall store");
-        Ok(LocalStore::with_backend(backend, self.bucket_width))
-    }
-}
+pub type FjallStoreBuilder = super::DiskStoreBuilder<FjallEngine>;
 
 #[cfg(test)]
 mod tests {

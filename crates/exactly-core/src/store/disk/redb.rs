@@ -7,9 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, TableDefinition};
 
-use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
-use super::log::{Engine, FsyncObserver, LogBackend, LogOptions, Op};
-use crate::clock::Millis;
+use super::{EngineSettings, OpenEngine};
+use crate::store::local::LocalStore;
+use crate::store::log::wal::sync_dir;
+use crate::store::log::{Engine, FsyncObserver, LogBackend, Op};
 use crate::{Error, Result};
 
 const TABLE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("exactly");
@@ -98,7 +99,44 @@ impl Engine for RedbEngine {
     }
 }
 
-/// An on-disk store on redb, behind the same write-ahead log as [`SledStore`](super::SledStore).
+impl OpenEngine for RedbEngine {
+    const NAME: &'static str = "redb";
+    const FILES: &'static [&'static str] = &["data.redb"];
+
+    fn open_engine(path: &Path, settings: &EngineSettings) -> Result<Self> {
+        let fail = |reason: String, e: redb::DatabaseError| Error::StoreOpen {
+            path: path.to_owned(),
+            reason,
+            source: Some(Box::new(e)),
+        };
+        let file = path.join("data.redb");
+        let existed = file.exists();
+        let cache = usize::try_from(settings.cache_size).unwrap_or(usize::MAX);
+        let db = Database::builder().set_cache_size(cache).create(&file).map_err(|e| {
+            let reason = match &e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    "another process has it open (is a consumer running on this store?)".to_owned()
+                }
+                other => format!("redb could not open it: {other}"),
+            };
+            fail(reason, e)
+        })?;
+        if !existed {
+            // The new file's name must survive a crash as well as its contents.
+            sync_dir(path).map_err(|e| Error::io("fsync", e))?;
+        }
+        let create = || -> std::result::Result<(), redb::Error> {
+            let tx = db.begin_write()?;
+            tx.open_table(TABLE)?;
+            tx.commit()?;
+            Ok(())
+        };
+        create().map_err(io("create table"))?;
+        Ok(RedbEngine { db, file, observer: settings.observer.clone() })
+    }
+}
+
+/// An on-disk store on redb, behind the same write-ahead log as [`SledStore`](crate::SledStore).
 /// redb writes are several times cheaper in CPU than sled's, which matters on small
 /// machines; see docs/PERFORMANCE.md.
 ///
@@ -110,66 +148,5 @@ impl Engine for RedbEngine {
 /// ```
 pub type RedbStore = LocalStore<LogBackend<RedbEngine>>;
 
-impl LocalStore<LogBackend<RedbEngine>> {
-    /// Opens (or creates) a store in the directory `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::builder(path).open()
-    }
-
-    /// Starts configuring a store in the directory `path`.
-    pub fn builder(path: impl AsRef<Path>) -> RedbStoreBuilder {
-        RedbStoreBuilder {
-            path: path.as_ref().to_owned(),
-            bucket_width: DEFAULT_BUCKET_WIDTH_MS,
-            cache_size: 256 * 1024 * 1024,
-            log: LogOptions::default(),
-        }
-    }
-}
-
 /// Settings of a [`RedbStore`].
-#[must_use]
-#[derive(Debug)]
-pub struct RedbStoreBuilder {
-    path: PathBuf,
-    bucket_width: Millis,
-    cache_size: usize,
-    log: LogOptions,
-}
-
-impl RedbStoreBuilder {
-    super::log::log_store_settings!();
-
-    /// redb's cache size in bytes (default 256 MiB).
-    pub fn cache_size(mut self, bytes: usize) -> Self {
-        self.cache_size = bytes;
-        self
-    }
-
-    /// Opens the store.
-    pub fn open(self) -> Result<RedbStore> {
-        let path = self.path;
-        super::log::store_dir(&path)?;
-        let fail = super::log::open_error(&path);
-        let file = path.join("data.redb");
-        let db = Database::builder().set_cache_size(self.cache_size).create(&file).map_err(|e| {
-            let reason = match &e {
-                DatabaseError::DatabaseAlreadyOpen => {
-                    "another process has it open (is a consumer running on this store?)".to_owned()
-                }
-                other => format!("redb could not open it: {other}"),
-            };
-            fail(reason, Some(Box::new(e)))
-        })?;
-        let create = || -> std::result::Result<(), redb::Error> {
-            let tx = db.begin_write()?;
-            tx.open_table(TABLE)?;
-            tx.commit()?;
-            Ok(())
-        };
-        create().map_err(io("create table"))?;
-        let engine = RedbEngine { db, file, observer: self.log.observer.clone() };
-        let backend = LogBackend::open(engine, &path, self.log)?;
-        Ok(LocalStore::with_backend(backend, self.bucket_width))
-    }
-}
+pub type RedbStoreBuilder = super::DiskStoreBuilder<RedbEngine>;

@@ -25,7 +25,7 @@
 mod committer;
 mod filter;
 mod memtable;
-mod wal;
+pub(crate) mod wal;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,8 +37,13 @@ use bytes::Bytes;
 
 use self::committer::{Request, Shared};
 use self::memtable::Memtable;
+use self::wal::Wal;
+pub use self::wal::recover::Cut;
+use self::wal::recover::{Mode, Recovery, Refusal};
 use super::FencingToken;
-use super::local::{BackendStats, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch, open_meta};
+use super::local::{
+    BackendStats, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch, check_format, open_meta,
+};
 use crate::sync::{mpsc, thread::JoinHandle};
 use crate::{Error, Result};
 
@@ -83,72 +88,25 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     fn checkpoint(&self) -> Result<u64>;
     /// Bytes on disk.
     fn disk_bytes(&self) -> Option<u64>;
-}
-
-/// The settings every store on the log shares, as builder methods: for a builder with the
-/// fields `bucket_width: Millis` and `log: LogOptions`.
-#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-macro_rules! log_store_settings {
-    () => {
-        /// Width of an expiry bucket (default one hour). A record is purged at most this
-        /// long after it expires; the purge removes whole buckets.
-        pub fn bucket_width(mut self, width: std::time::Duration) -> Self {
-            self.bucket_width = $crate::clock::duration_millis(width).max(1);
-            self
-        }
-
-        /// The most completions one group commit takes (default 4096).
-        pub fn max_batch(mut self, n: usize) -> Self {
-            self.log.max_batch = n.max(1);
-            self
-        }
-
-        /// Size of one write-ahead log segment (default 16 MiB). The engine is
-        /// checkpointed each time a segment fills; recovery replays at most about one
-        /// segment.
-        pub fn wal_segment_size(mut self, bytes: u64) -> Self {
-            self.log.segment_size = bytes.max(4096);
-            self
-        }
-
-        /// The fewest done keys the in-memory filter of new keys is sized for (default
-        /// 1,048,576, about 1.3 MB; it grows with the store, at about 2.4 bytes a live key).
-        /// A key the filter has never seen is answered as new without reading the engine.
-        /// 0 turns the filter off.
-        pub fn filter_keys(mut self, keys: u64) -> Self {
-            self.log.filter_keys = keys;
-            self
-        }
-
-        /// Called after every successful fsync (of the log, and of the engine at each
-        /// checkpoint) with the synced path; for tests and metrics.
-        pub fn on_fsync(mut self, observer: impl $crate::store::log::FsyncObserver) -> Self {
-            self.log.observer = Some(std::sync::Arc::new(observer));
-            self
-        }
-    };
-}
-#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-pub(crate) use log_store_settings;
-
-/// Why an open of the store at `path` failed, and the error behind it.
-#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-pub(crate) type OpenFailure = Box<dyn std::error::Error + Send + Sync>;
-
-/// Makes the [`Error::StoreOpen`] of the store at `path`.
-#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-pub(crate) fn open_error(path: &Path) -> impl Fn(String, Option<OpenFailure>) -> Error + '_ {
-    move |reason, source| Error::StoreOpen { path: path.to_owned(), reason, source }
-}
-
-/// Refuses a `path` that is a file, and creates the store directory if it is missing.
-#[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-pub(crate) fn store_dir(path: &Path) -> Result<()> {
-    let fail = open_error(path);
-    if path.is_file() {
-        return Err(fail("it is a file; give a directory (it is created if missing)".into(), None));
+    /// The longest key and the largest value it takes.
+    fn limits(&self) -> EngineLimits {
+        EngineLimits::default()
     }
-    std::fs::create_dir_all(path).map_err(|e| fail(format!("cannot create it: {e}"), Some(Box::new(e))))
+}
+
+/// The longest key and the largest value an [`Engine`] takes, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// The longest key.
+    pub max_key: usize,
+    /// The largest value.
+    pub max_value: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self { max_key: u16::MAX as usize, max_value: u32::MAX as usize }
+    }
 }
 
 /// Settings of the log.
@@ -196,6 +154,10 @@ pub struct LogBackend<E> {
     /// The builder of the [filter](filter) of done keys.
     filter: Mutex<Option<std::thread::JoinHandle<()>>>,
     shared: Arc<Shared>,
+    cuts: Vec<Cut>,
+    /// The store directory's lock, held until everything above is closed.
+    #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
+    dir: Option<crate::store::disk::StoreDirLock>,
 }
 
 impl<E: fmt::Debug> fmt::Debug for LogBackend<E> {
@@ -206,6 +168,20 @@ impl<E: fmt::Debug> fmt::Debug for LogBackend<E> {
             .field("epoch", &self.epoch)
             .finish()
     }
+}
+
+/// The error of an open refused by recovery.
+fn refusal(dir: &Path, r: Refusal) -> Error {
+    match r {
+        Refusal::Damaged { file, offset, what } => Error::StoreDamaged { path: dir.to_owned(), file, offset, what },
+        Refusal::Io { file, source } => {
+            open_io(dir, &format!("cannot read its write-ahead log ({})", file.display()), source)
+        }
+    }
+}
+
+fn open_io(dir: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::StoreOpen { path: dir.to_owned(), reason: format!("{what}: {e}"), source: Some(Box::new(e)) }
 }
 
 /// Fencing tokens are `epoch << 40 | n`: the epoch grows with every open, so tokens keep
@@ -221,18 +197,36 @@ impl<E: Engine> LocalStore<LogBackend<E>> {
 
 impl<E: Engine> LogBackend<E> {
     /// Replays the log in `dir/wal` into `engine`, checkpoints it, and starts the commit,
-    /// sync and engine threads.
+    /// sync and engine threads. Damage to the log that may have cost acknowledged records
+    /// refuses the open ([`Error::StoreDamaged`]) and changes nothing on disk.
     pub fn open(engine: E, dir: &Path, options: LogOptions) -> Result<Self> {
-        let fail = |what: &str, e: std::io::Error| Error::StoreOpen {
-            path: dir.to_owned(),
-            reason: format!("{what}: {e}"),
-            source: Some(Box::new(e)),
-        };
-        let (mut wal, replay) = wal::Wal::open(&dir.join("wal"), options.segment_size)
-            .map_err(|e| fail("cannot open its write-ahead log", e))?;
-        let replayed = replay.len();
-        for payload in replay {
-            let ops = wal::decode(&payload).ok_or_else(|| Error::StoreCorrupt {
+        Self::open_in(engine, dir, options, Mode::Open)
+    }
+
+    /// Opens a store whose log is damaged, keeping every record that can be read (see
+    /// `exactly store repair`); [`LogBackend::recovery_cuts`] says what was cut.
+    pub fn repair(engine: E, dir: &Path, options: LogOptions) -> Result<Self> {
+        Self::open_in(engine, dir, options, Mode::Repair)
+    }
+
+    fn open_in(engine: E, dir: &Path, options: LogOptions, mode: Mode) -> Result<Self> {
+        let recovery = Self::recover(dir, mode)?;
+        Self::open_recovered(engine, dir, options, recovery)
+    }
+
+    /// Reads the log of the store in `dir` back, writing nothing: an open it refuses
+    /// leaves the store as it was.
+    pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovery> {
+        wal::recover::recover(&dir.join("wal"), mode, committer::MAX_IN_FLIGHT as u64).map_err(|r| refusal(dir, r))
+    }
+
+    /// Replays what [`LogBackend::recover`] read into the engine and starts the log.
+    pub(crate) fn open_recovered(engine: E, dir: &Path, options: LogOptions, recovery: Recovery) -> Result<Self> {
+        let wal_dir = dir.join("wal");
+        // Refuse a newer format before writing anything.
+        check_format(|k| engine.get(k), dir)?;
+        for payload in &recovery.payloads {
+            let ops = wal::decode(payload).ok_or_else(|| Error::StoreCorrupt {
                 key: "write-ahead log".into(),
                 reason: "a record with a valid checksum does not decode".into(),
             })?;
@@ -242,7 +236,14 @@ impl<E: Engine> LogBackend<E> {
         let writes: Vec<Op> = writes.into_iter().map(|(k, v)| (k, Some(v))).collect();
         engine.apply(&writes)?;
         engine.checkpoint()?;
-        wal.reset().map_err(|e| Error::io("checkpoint", e))?;
+        for cut in &recovery.cuts {
+            tracing::warn!(file = %cut.file.display(), offset = cut.offset, acknowledged = cut.acknowledged, "cut from the write-ahead log: {}", cut.what);
+        }
+        let replayed = recovery.payloads.len();
+        // Groups are numbered from the epoch up, above every group of earlier opens.
+        let last_group = recovery.last_group.max(epoch << TOKEN_BITS);
+        let wal = Wal::start(&wal_dir, options.segment_size, &recovery, last_group)
+            .map_err(|e| open_io(dir, "cannot start its write-ahead log", e))?;
         if replayed > 0 {
             tracing::info!(path = %dir.display(), replayed, "replayed the write-ahead log");
         }
@@ -250,8 +251,9 @@ impl<E: Engine> LogBackend<E> {
         let memtable = Arc::new(Memtable::default());
         let shared = Arc::new(Shared::default());
         let filter_keys = options.filter_keys;
-        let (tx, threads) = committer::start(engine.clone(), memtable.clone(), wal, options, shared.clone(), epoch)
-            .map_err(|e| fail("cannot start the commit threads", e))?;
+        let start = committer::Start { wal, last_group, dir: dir.to_owned() };
+        let (tx, threads) = committer::start(engine.clone(), memtable.clone(), start, options, shared.clone())
+            .map_err(|e| open_io(dir, "cannot start the commit threads", e))?;
         // Not in the loom models: its thread is std's (reads without a filter go to the
         // engine, as with `filter_keys: 0`).
         let filter = match filter_keys {
@@ -269,7 +271,21 @@ impl<E: Engine> LogBackend<E> {
             threads: Mutex::new(threads),
             filter: Mutex::new(filter),
             shared,
+            cuts: recovery.cuts,
+            #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
+            dir: None,
         })
+    }
+
+    /// Keeps the store directory locked as long as the store is open.
+    #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
+    pub(crate) fn hold(&mut self, dir: crate::store::disk::StoreDirLock) {
+        self.dir = Some(dir);
+    }
+
+    /// What the open cut from the log (a torn tail) or, for a repair, stepped over.
+    pub fn recovery_cuts(&self) -> &[Cut] {
+        &self.cuts
     }
 
     /// The engine. It may lag behind the log by the writes still in the memtable
@@ -287,10 +303,12 @@ impl<E: Engine> LogBackend<E> {
 #[async_trait]
 impl<E: Engine> KvBackend for LogBackend<E> {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.shared.check()?;
         self.memtable.get(&*self.engine, key)
     }
 
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.shared.check()?;
         if from >= to {
             return Ok(Vec::new());
         }

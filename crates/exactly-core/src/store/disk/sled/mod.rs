@@ -3,15 +3,15 @@
 mod files;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use self::files::SledFiles;
-use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
-use super::log::{Engine, LogBackend, LogOptions, Op};
-use crate::clock::Millis;
+use super::{EngineSettings, OpenEngine};
+use crate::store::local::LocalStore;
+use crate::store::log::{Engine, LogBackend, Op};
 use crate::{Error, Result};
 
 /// sled as an [`Engine`]: writes are applied in memory; a checkpoint flushes sled and
@@ -65,75 +65,20 @@ impl Engine for SledEngine {
     }
 }
 
-/// The default store: sled on disk behind a write-ahead log with group commit.
-///
-/// One process opens a store at a time (sled locks its directory); a second open fails,
-/// after waiting a second for the lock, with a message saying so.
-///
-/// ```
-/// # fn main() -> Result<(), exactly_core::Error> {
-/// let dir = tempfile::tempdir().unwrap();
-/// let store = exactly_core::SledStore::open(dir.path().join("dedup"))?;
-/// assert!(exactly_core::SledStore::open(dir.path().join("dedup")).is_err());
-/// # drop(store); Ok(()) }
-/// ```
-pub type SledStore = LocalStore<LogBackend<SledEngine>>;
+impl OpenEngine for SledEngine {
+    const NAME: &'static str = "sled";
+    const FILES: &'static [&'static str] = &["db", "conf"];
 
-impl LocalStore<LogBackend<SledEngine>> {
-    /// Opens (or creates) a store at `path` with default settings.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::builder(path).open()
-    }
-
-    /// Starts configuring a store at `path`.
-    pub fn builder(path: impl AsRef<Path>) -> SledStoreBuilder {
-        SledStoreBuilder {
-            path: path.as_ref().to_owned(),
-            bucket_width: DEFAULT_BUCKET_WIDTH_MS,
-            cache_capacity: 256 * 1024 * 1024,
-            log: LogOptions::default(),
-        }
-    }
-}
-
-/// How long an open waits for sled's lock on the directory to be released.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn is_lock_error(e: &sled::Error) -> bool {
-    e.to_string().contains("could not acquire lock")
-}
-
-/// Settings of a [`SledStore`].
-#[must_use]
-#[derive(Debug)]
-pub struct SledStoreBuilder {
-    path: PathBuf,
-    bucket_width: Millis,
-    cache_capacity: u64,
-    log: LogOptions,
-}
-
-impl SledStoreBuilder {
-    super::log::log_store_settings!();
-
-    /// sled's page cache size in bytes (default 256 MiB). Duplicates are read from sled:
-    /// in a store larger than its cache most of those reads decode a page from the file
-    /// (at ten million keys a duplicate's p99 was 160-220 µs with the default, 27-29 µs with
-    /// a cache that held the 3.1 GB store; docs/performance-log.md).
-    pub fn cache_capacity(mut self, bytes: u64) -> Self {
-        self.cache_capacity = bytes;
-        self
-    }
-
-    /// Opens the store.
-    pub fn open(self) -> Result<SledStore> {
-        let path = self.path;
-        super::log::store_dir(&path)?;
-        let fail = super::log::open_error(&path);
-        let config = sled::Config::new().path(&path).cache_capacity(self.cache_capacity).flush_every_ms(None);
+    fn open_engine(path: &Path, settings: &EngineSettings) -> Result<Self> {
+        let fail = |reason: String, e: Option<Box<dyn std::error::Error + Send + Sync>>| Error::StoreOpen {
+            path: path.to_owned(),
+            reason,
+            source: e,
+        };
+        let config = sled::Config::new().path(path).cache_capacity(settings.cache_size).flush_every_ms(None);
         // sled releases its directory's lock lazily after the last handle in this process
         // is dropped (spacejam/sled#1234): a store closed and reopened at once can find it
-        // still held for a moment. Wait up to a second before calling it in use.
+        // still held for a moment, after the store's own lock was released.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
             match config.open() {
@@ -154,12 +99,33 @@ impl SledStoreBuilder {
             };
             fail(reason, Some(Box::new(e)))
         })?;
-        let files = SledFiles::new(&path, self.log.observer.clone())
+        let files = SledFiles::new(path, settings.observer.clone())
             .map_err(|e| fail(format!("cannot open its files to fsync them: {e}"), Some(Box::new(e))))?;
         files.sync_all().map_err(|e| Error::io("fsync", e))?;
-        let engine = SledEngine { db, files: Mutex::new(files) };
-        let backend = LogBackend::open(engine, &path, self.log)?;
-        tracing::debug!(path = %path.display(), "opened sled store");
-        Ok(LocalStore::with_backend(backend, self.bucket_width))
+        Ok(SledEngine { db, files: Mutex::new(files) })
     }
+}
+
+/// The default store: sled on disk behind a write-ahead log with group commit.
+///
+/// One process opens a store at a time: a second open waits a second for the directory's
+/// lock, then fails with a message saying so.
+///
+/// ```
+/// # fn main() -> Result<(), exactly_core::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = exactly_core::SledStore::open(dir.path().join("dedup"))?;
+/// assert!(exactly_core::SledStore::open(dir.path().join("dedup")).is_err());
+/// # drop(store); Ok(()) }
+/// ```
+pub type SledStore = LocalStore<LogBackend<SledEngine>>;
+
+/// Settings of a [`SledStore`].
+pub type SledStoreBuilder = super::DiskStoreBuilder<SledEngine>;
+
+/// How long an open waits for sled's lock on the directory to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }

@@ -95,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for account in ["alice", "bob", "carol"] {
         let key = exactly::StoreKey::state("ledger", account.as_bytes());
         let cents: i64 =
-            processor.store().state_get(&key)?.map(|raw| serde_json::from_slice(&raw)).transpose()?.unwrap_or(0);
+            processor.store().state_get(&key).await?.map(|raw| serde_json::from_slice(&raw)).transpose()?.unwrap_or(0);
         println!("  {account:<6} {:>8.2}", cents as f64 / 100.0);
     }
     let stats = broker.stats("payments");

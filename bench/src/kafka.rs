@@ -29,7 +29,7 @@ pub(crate) struct Args {
     #[arg(long)]
     quick: bool,
     /// The on-disk stores' `filter_keys` (0: no filter of done keys).
-    #[arg(long, default_value_t = exactly::store::LogOptions::default().filter_keys)]
+    #[arg(long, default_value_t = exactly::store::DEFAULT_FILTER_KEYS)]
     filter_keys: u64,
     /// Records per run.
     #[arg(long)]

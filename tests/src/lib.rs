@@ -79,13 +79,25 @@ pub fn open_store(engine: &str, path: &Path) -> exactly::Result<Arc<dyn DedupSto
 }
 
 /// Reads a JSON integer from the ledger's state.
-pub fn state_i64(store: &dyn DedupStore, key: &str) -> i64 {
+pub async fn state_of(store: &dyn DedupStore, key: &str) -> i64 {
     store
         .state_get(&StoreKey::state(LEDGER, key.as_bytes()))
+        .await
         .ok()
         .flatten()
         .and_then(|raw| serde_json::from_slice(&raw).ok())
         .unwrap_or(0)
+}
+
+/// [`state_of`] outside async code, on a local store (whose reads answer at once).
+pub fn state_i64(store: &dyn DedupStore, key: &str) -> i64 {
+    ready(state_of(store, key))
+}
+
+/// The output of a future that is ready at once (a local store's read).
+pub fn ready<F: std::future::Future>(f: F) -> F::Output {
+    use futures_util::FutureExt;
+    f.now_or_never().expect("a local store answers at once")
 }
 
 /// Counts the lines of a file by content.

@@ -88,7 +88,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
             for (suffix, h) in [("", &mut hit), ("-new", &mut miss)] {
                 let key = exactly::StoreKey::new("bench", &format!("k{k:012}{suffix}"));
                 let t = Instant::now();
-                let found = p.store().inspect(&key)?;
+                let found = p.store().inspect(&key).await?;
                 record(h, t.elapsed());
                 anyhow::ensure!(found.is_some() == suffix.is_empty(), "lookup of {key:?} found {found:?}");
             }

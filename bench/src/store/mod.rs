@@ -53,7 +53,7 @@ pub(crate) struct Args {
     lookup_engine: Engine,
     /// The durable stores' `filter_keys` in the lookup and load sections (0: no filter of
     /// done keys, every lookup reads the engine).
-    #[arg(long, default_value_t = exactly::store::LogOptions::default().filter_keys)]
+    #[arg(long, default_value_t = exactly::store::DEFAULT_FILTER_KEYS)]
     filter_keys: u64,
     /// Write the lookup-latency-vs-store-size plot (SVG) to this file, and the group-commit
     /// throughput plot to `group-commit.svg` beside it.

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use exactly_core::store::{FjallStore, KvBackend, LocalStore, RecordState, RecordView, RedbStore};
+use exactly_core::store::{FjallStore, RecordState, RecordView, RedbStore};
 use exactly_core::{Clock, DedupStore, SledStore, StoreKey, SystemClock};
 
 /// Records read per page when the whole store is walked.
@@ -126,9 +126,9 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<Found> {
     }
     // The store's errors name its path already.
     match engine {
-        Engine::Sled => on(SledStore::open(&args.path)?, args.command).await,
-        Engine::Redb => on(RedbStore::open(&args.path)?, args.command).await,
-        Engine::Fjall => on(FjallStore::open(&args.path)?, args.command).await,
+        Engine::Sled => on(&SledStore::open(&args.path)?, args.command).await,
+        Engine::Redb => on(&RedbStore::open(&args.path)?, args.command).await,
+        Engine::Fjall => on(&FjallStore::open(&args.path)?, args.command).await,
     }
 }
 
@@ -157,14 +157,14 @@ fn repair(engine: Engine, path: &std::path::Path) -> anyhow::Result<Found> {
     Ok(Found::Yes)
 }
 
-async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow::Result<Found> {
+async fn on(store: &dyn DedupStore, command: StoreCommand) -> anyhow::Result<Found> {
     let mut out = std::io::stdout().lock();
     let found = match command {
         StoreCommand::Stats => {
-            stats(&store, &mut out)?;
+            stats(store, &mut out).await?;
             Found::Yes
         }
-        StoreCommand::Get { consumer, key, json } => match store.inspect(&StoreKey::new(&consumer, &key))? {
+        StoreCommand::Get { consumer, key, json } => match store.inspect(&StoreKey::new(&consumer, &key)).await? {
             Some(r) if json => {
                 writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
                 Found::Yes
@@ -181,7 +181,7 @@ async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow
         StoreCommand::List { consumer, prefix, state, limit, json } => {
             let prefix = consumer.as_deref().map(|c| StoreKey::new(c, prefix.as_deref().unwrap_or("")));
             let mut shown = 0;
-            walk(&store, prefix.as_ref(), |r| {
+            walk(store, prefix.as_ref(), |r| {
                 if state.is_none_or(|s| s == filter_of(&r.state)) {
                     if json {
                         writeln!(out, "{}", serde_json::to_string(r)?)?;
@@ -198,7 +198,8 @@ async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow
                     shown += 1;
                 }
                 Ok(shown < limit)
-            })?;
+            })
+            .await?;
             Found::Yes
         }
         StoreCommand::Forget { consumer, key } => {
@@ -235,11 +236,12 @@ async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow
                 None => Box::new(std::io::BufWriter::new(&mut out)),
             };
             let mut n = 0u64;
-            walk(&store, None, |r| {
+            walk(store, None, |r| {
                 writeln!(sink, "{}", serde_json::to_string(r)?)?;
                 n += 1;
                 Ok(true)
-            })?;
+            })
+            .await?;
             sink.flush()?;
             drop(sink);
             eprintln!("exported {n} records");
@@ -269,17 +271,14 @@ async fn on<B: KvBackend>(store: LocalStore<B>, command: StoreCommand) -> anyhow
 }
 
 /// Calls `f` on every record (of `prefix`, when given) in key order until it returns false.
-fn walk<B: KvBackend>(
-    store: &LocalStore<B>,
+async fn walk(
+    store: &dyn DedupStore,
     prefix: Option<&StoreKey>,
     mut f: impl FnMut(&RecordView) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let mut after: Option<StoreKey> = None;
     loop {
-        let page = match prefix {
-            Some(p) => store.list(p, after.as_ref(), PAGE)?,
-            None => store.list_all(after.as_ref(), PAGE)?,
-        };
+        let page = store.list(prefix, after.as_ref(), PAGE).await?;
         for r in &page {
             if !f(r)? {
                 return Ok(());
@@ -292,7 +291,7 @@ fn walk<B: KvBackend>(
     }
 }
 
-fn stats<B: KvBackend>(store: &LocalStore<B>, out: &mut impl Write) -> anyhow::Result<()> {
+async fn stats(store: &dyn DedupStore, out: &mut impl Write) -> anyhow::Result<()> {
     let mut by: BTreeMap<String, [u64; 3]> = BTreeMap::new();
     let now = SystemClock.now();
     let mut expired = 0u64;
@@ -307,7 +306,8 @@ fn stats<B: KvBackend>(store: &LocalStore<B>, out: &mut impl Write) -> anyhow::R
             expired += 1;
         }
         Ok(true)
-    })?;
+    })
+    .await?;
     writeln!(out, "{:<24} {:>12} {:>14} {:>10}", "consumer", "done", "dead-lettered", "in-flight")?;
     let mut total = [0u64; 3];
     for (ns, c) in &by {

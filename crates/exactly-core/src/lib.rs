@@ -44,6 +44,7 @@
 //! |---|---|---|
 //! | `sled` | yes | [`SledStore`], the embedded on-disk store |
 //! | `testing` | no | [`testing::MemoryBroker`] and fault injection for handler tests |
+//! | `conformance` | no | the store conformance suite (`store_conformance_tests!`), for tests of a store |
 
 mod clock;
 mod context;

@@ -22,3 +22,17 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+/// Waits for `f` from code that cannot be async (a callback a C library calls, such as
+/// librdkafka's rebalance callback): on a multi-threaded runtime through
+/// [`blocking`] and the runtime's `block_on`; elsewhere only a future that is ready at
+/// once can be waited for, and `None` says it was not.
+pub fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
+    use futures_util::FutureExt;
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Some(tokio::task::block_in_place(|| h.block_on(f)))
+        }
+        _ => f.now_or_never(),
+    }
+}

@@ -56,6 +56,6 @@ async fn a_ten_megabyte_payload_is_handled_once() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the duplicate is recognised by key and fingerprint");
     p.flush().await.unwrap();
-    let rec = p.store().inspect(&exactly_core::StoreKey::new("c", "big")).unwrap().unwrap();
+    let rec = p.store().inspect(&exactly_core::StoreKey::new("c", "big")).await.unwrap().unwrap();
     assert_eq!(rec.attempts, 1);
 }

@@ -34,9 +34,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use exactly_core::store::internals::{
+    BackendStats, KvBackend, LogBackend, LogOptions, MemoryBackend, Snapshots, Staged, WriteBatch,
+};
 use exactly_core::store::{
-    BackendStats, Claim, ClaimRequest, Committed, Completion, Durable, FencingToken, Final, KvBackend, LocalStore,
-    LogBackend, LogOptions, MemoryBackend, OnDurable, RecordState, Staged, StateChanges, WriteBatch,
+    Claim, ClaimRequest, Committed, Completion, Durable, FencingToken, Final, LocalStore, RecordState, StateChanges,
 };
 use exactly_core::{DedupStore, Fingerprint, Result, StoreKey};
 use loom::future::block_on;
@@ -44,6 +46,9 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 use tokio::sync::oneshot;
+
+/// Runs once a write is durable (the backend's `OnDurable`).
+type OnDurable = Box<dyn FnOnce(bool) + Send>;
 
 /// What the sync thread owes: the write's `on_durable` and its answer.
 type Owed = (Option<OnDurable>, oneshot::Sender<Result<()>>);
@@ -171,7 +176,7 @@ fn complete(store: &Store, token: FencingToken) -> Committed {
 }
 
 fn is_done(store: &Store) -> bool {
-    matches!(store.inspect(&key()).unwrap().map(|r| r.state), Some(RecordState::Done { .. }))
+    matches!(block_on(store.inspect(&key())).unwrap().map(|r| r.state), Some(RecordState::Done { .. }))
 }
 
 /// Runs `body` with a store and its sync thread, then stops the sync thread.
@@ -291,10 +296,6 @@ fn a_claim_waits_through_a_refused_completion_until_the_holder_is_done() {
         assert!(is_done(&store));
     });
 }
-
-#[path = "support/snapshots.rs"]
-mod snapshots;
-use snapshots::Snapshots;
 
 /// The log over [`Snapshots`] in a fresh directory (on tmpfs when there is one), with
 /// 64-byte segments: every group fills one and hands a checkpoint to its thread.

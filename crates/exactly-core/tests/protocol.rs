@@ -36,9 +36,10 @@ fn crediting(runs: Runs) -> impl exactly_core::Handler<Output = String> {
     })
 }
 
-fn balance(store: &Arc<dyn DedupStore>, ns: &str) -> i64 {
+async fn balance(store: &Arc<dyn DedupStore>, ns: &str) -> i64 {
     store
         .state_get(&StoreKey::state(ns, b"balance"))
+        .await
         .unwrap()
         .map(|raw| serde_json::from_slice(&raw).unwrap())
         .unwrap_or(0)
@@ -59,7 +60,7 @@ async fn a_duplicate_is_acked_from_the_cache_without_running_the_handler() {
     assert!(dup.outcome.is_cached());
     assert_eq!(dup.output, first.output, "same key, same answer");
     assert_eq!(runs.get("tx-1"), 1);
-    assert_eq!(balance(&store, "ledger"), 5);
+    assert_eq!(balance(&store, "ledger").await, 5);
 }
 
 #[tokio::test]
@@ -73,7 +74,7 @@ async fn two_consumers_of_one_message_each_run_once() {
         let _ = b.process(msg("k", "1")).await.unwrap();
     }
     assert_eq!((ra.get("k"), rb.get("k")), (1, 1));
-    assert_eq!((balance(&store, "billing"), balance(&store, "emails")), (1, 1));
+    assert_eq!((balance(&store, "billing").await, balance(&store, "emails").await), (1, 1));
 }
 
 #[tokio::test]
@@ -90,7 +91,7 @@ async fn the_same_key_with_another_payload_is_a_key_conflict() {
     // The original stays done: a true duplicate is still acked from the cache.
     assert_eq!(p.process(msg("tx-1", "5")).await.unwrap().outcome, Outcome::Duplicate);
     assert_eq!(runs.get("tx-1"), 1);
-    assert_eq!(balance(&store, "ledger"), 5);
+    assert_eq!(balance(&store, "ledger").await, 5);
 }
 
 #[tokio::test]
@@ -313,7 +314,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced() {
     assert_eq!(first.outcome, Outcome::Busy, "the stale holder's commit is refused");
     let t = tokens.lock().unwrap().clone();
     assert!(t[1] > t[0], "fencing tokens grow: {t:?}");
-    assert_eq!(balance(&store, "c"), 1, "state applied once though the handler ran twice");
+    assert_eq!(balance(&store, "c").await, 1, "state applied once though the handler ran twice");
     assert_eq!(p.process(msg("k", "x")).await.unwrap().outcome, Outcome::Duplicate);
 }
 
@@ -353,7 +354,7 @@ async fn a_crash_mid_run_is_run_again_or_quarantined_by_policy() {
         }
         let shared: Arc<dyn DedupStore> = store;
         let expected = if policy == OrphanPolicy::RunAgain { 7 } else { 0 };
-        assert_eq!(balance(&shared, "c"), expected, "{policy:?}: the crashed run committed nothing");
+        assert_eq!(balance(&shared, "c").await, expected, "{policy:?}: the crashed run committed nothing");
     }
 }
 
@@ -367,7 +368,7 @@ async fn a_failed_run_commits_none_of_its_state() {
     let p = Processor::builder("c", h).shared_store(store.clone()).build().unwrap();
     let out = p.process(msg("k", "x")).await.unwrap();
     assert_eq!(out.dead_letter().unwrap().reason, "validation");
-    assert_eq!(balance(&store, "c"), 0);
+    assert_eq!(balance(&store, "c").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +384,7 @@ async fn concurrent_runs_that_touch_the_same_state_are_serialised() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().outcome, Outcome::Handled);
     }
-    assert_eq!(balance(&store, "c"), 200, "no lost update among 200 concurrent credits");
+    assert_eq!(balance(&store, "c").await, 200, "no lost update among 200 concurrent credits");
 }
 
 #[tokio::test(start_paused = true)]
@@ -486,7 +487,7 @@ async fn a_crash_after_the_done_record_makes_the_redelivery_a_duplicate() {
     let p = Processor::builder("c", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
     let report = drain(&broker, "q", &p, DrainOptions::default()).await.unwrap();
     let shared: Arc<dyn DedupStore> = store;
-    assert_eq!(balance(&shared, "c"), 20, "every credit applied exactly once: {report:?}");
+    assert_eq!(balance(&shared, "c").await, 20, "every credit applied exactly once: {report:?}");
     let stats = broker.stats("q");
     assert_eq!((stats.acked, stats.unacked, stats.ready), (20, 0, 0));
     // AfterHandler crashed once after a run whose effects were not recorded: that one key
@@ -515,7 +516,7 @@ async fn expired_records_are_purged_by_bucket_and_the_key_runs_again() {
     assert_eq!((r.records_removed, r.more), (10, true), "bounded by the budget");
     let r = store.purge_expired(clock.now(), 100).await.unwrap();
     assert_eq!((r.records_removed, r.more), (20, false));
-    assert!(store.inspect(&StoreKey::new("c", "k0")).unwrap().is_none());
+    assert!(store.inspect(&StoreKey::new("c", "k0")).await.unwrap().is_none());
     assert_eq!(p.process(msg("k0", "1")).await.unwrap().outcome, Outcome::Handled, "expired: runs again");
     assert_eq!(runs.get("k0"), 2);
 }
@@ -547,7 +548,7 @@ async fn a_record_rewritten_after_expiry_indexing_is_not_purged_early() {
     let r = store.purge_expired(clock.now(), 100).await.unwrap();
     assert_eq!((r.index_entries, r.records_removed), (1, 0));
     assert!(matches!(
-        store.inspect(&StoreKey::new("c", "k")).unwrap().unwrap().state,
+        store.inspect(&StoreKey::new("c", "k")).await.unwrap().unwrap().state,
         RecordState::DeadLettered { .. }
     ));
 }
@@ -587,73 +588,10 @@ fn invalid_settings_are_refused_with_the_field_name() {
     assert!(e.to_string().contains("timeout"), "{e}");
 }
 
-type Waiting = (tokio::sync::oneshot::Sender<exactly_core::Result<()>>, Option<exactly_core::store::OnDurable>);
-
-/// A backend whose writes become durable only when the test says so.
-#[derive(Default)]
-struct GatedBackend {
-    inner: exactly_core::store::MemoryBackend,
-    waiting: std::sync::Mutex<Vec<Waiting>>,
-}
-
-impl std::fmt::Debug for GatedBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GatedBackend")
-    }
-}
-
-impl GatedBackend {
-    fn open_gate(&self) -> usize {
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap());
-        let n = waiting.len();
-        for (tx, on_durable) in waiting {
-            if let Some(f) = on_durable {
-                f(true);
-            }
-            let _ = tx.send(Ok(()));
-        }
-        n
-    }
-}
-
-#[exactly_core::async_trait]
-impl exactly_core::store::KvBackend for GatedBackend {
-    fn get(&self, key: &[u8]) -> exactly_core::Result<Option<Bytes>> {
-        self.inner.get(key)
-    }
-    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> exactly_core::Result<Vec<(Vec<u8>, Bytes)>> {
-        self.inner.range(from, to, limit)
-    }
-    async fn stage(
-        &self,
-        batch: exactly_core::store::WriteBatch,
-        on_durable: Option<exactly_core::store::OnDurable>,
-    ) -> exactly_core::Result<exactly_core::store::Staged> {
-        let applied = self.inner.stage(batch, None).await?.applied;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if applied {
-            self.waiting.lock().unwrap().push((tx, on_durable));
-        }
-        Ok(exactly_core::store::Staged { applied, durable: exactly_core::store::Durable::pending(rx) })
-    }
-    async fn flush(&self) -> exactly_core::Result<()> {
-        Ok(())
-    }
-    fn epoch(&self) -> u64 {
-        self.inner.epoch()
-    }
-    fn next_token(&self) -> exactly_core::Result<u64> {
-        self.inner.next_token()
-    }
-    fn stats(&self) -> exactly_core::store::BackendStats {
-        self.inner.stats()
-    }
-}
-
 /// A crediting processor on a store whose writes stay on their way to disk until the
 /// test opens the gate.
-fn gated() -> (Arc<exactly_core::store::LocalStore<GatedBackend>>, Runs, Processor) {
-    let store = Arc::new(exactly_core::store::LocalStore::with_backend(GatedBackend::default(), 3_600_000));
+fn gated() -> (Arc<exactly_core::testing::GatedStore>, Runs, Processor) {
+    let store = Arc::new(exactly_core::testing::GatedStore::default());
     let runs = Runs::default();
     let p = Processor::builder("c", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
     (store, runs, p)
@@ -677,7 +615,7 @@ async fn a_staged_done_record_is_busy_until_durable_and_releases_its_state_at_on
     let second = p.process_staged(msg("b", "7")).await.unwrap();
     assert_eq!(second.processed().output.as_deref(), Some(&b"balance 12"[..]));
 
-    assert_eq!(store.backend().open_gate(), 2);
+    assert_eq!(store.open_gate(), 2);
     let first = first.durable().await.unwrap();
     assert_eq!(first.outcome, Outcome::Handled);
     assert_eq!(second.durable().await.unwrap().outcome, Outcome::Handled);
@@ -694,7 +632,7 @@ async fn poll_ready_is_pending_until_the_done_record_is_durable_then_durable_ans
     assert!(staged.poll_ready(&mut cx).is_pending(), "the gate is shut");
     assert!(staged.poll_ready(&mut cx).is_pending(), "polled again: still waiting");
 
-    assert_eq!(store.backend().open_gate(), 1);
+    assert_eq!(store.open_gate(), 1);
     tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| staged.poll_ready(cx))).await.unwrap();
     assert!(staged.poll_ready(&mut cx).is_ready(), "stays ready");
     let done = staged.durable().now_or_never().expect("durable() does not wait once ready").unwrap();
@@ -731,7 +669,7 @@ async fn a_copy_that_comes_while_the_done_record_is_on_its_way_is_a_duplicate_on
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!copy.is_finished(), "the copy waits for the first delivery's done-record");
-    assert_eq!(store.backend().open_gate(), 1);
+    assert_eq!(store.open_gate(), 1);
     assert_eq!(first.durable().await.unwrap().outcome, Outcome::Handled);
     let copy = tokio::time::timeout(Duration::from_millis(500), copy).await.unwrap().unwrap().unwrap();
     assert_eq!(copy.outcome, Outcome::Duplicate, "answered without a retry");

@@ -105,7 +105,7 @@ macro_rules! store_fault_tests {
                     assert_eq!(ok.disposition, Disposition::Ack);
                 }
                 let store = Store::open(&path).unwrap();
-                assert!(store.inspect(&StoreKey::new("c", "small")).unwrap().is_some());
+                assert!(store.inspect(&StoreKey::new("c", "small")).await.unwrap().is_some());
             }
 
             #[tokio::test]
@@ -152,7 +152,7 @@ macro_rules! store_fault_tests {
                     assert_eq!(ok.disposition, Disposition::Ack);
                 }
                 let store = Store::open(&path).unwrap();
-                assert!(store.inspect(&StoreKey::new("c", "after")).unwrap().is_some());
+                assert!(store.inspect(&StoreKey::new("c", "after")).await.unwrap().is_some());
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

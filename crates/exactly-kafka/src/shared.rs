@@ -107,7 +107,8 @@ impl Shared {
     /// The local watermark of a partition: the next offset to consume, as far as this
     /// store knows.
     fn watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        let raw = self.processor.store().meta_get(&watermark_name(&self.cfg.group, topic, partition)).ok()??;
+        let name = watermark_name(&self.cfg.group, topic, partition);
+        let raw = exactly_core::runtime::block_on(self.processor.store().meta_get(&name))?.ok()??;
         raw.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
     }
 
@@ -239,7 +240,9 @@ impl Shared {
                 // Inside the log, the watermark may still be another log's: check the
                 // record it was anchored to.
                 let name = crate::anchor::name(&watermark_name(&self.cfg.group, topic, *partition));
-                let anchor = self.processor.store().meta_get(&name).ok().flatten();
+                let anchor = exactly_core::runtime::block_on(self.processor.store().meta_get(&name))
+                    .and_then(Result::ok)
+                    .flatten();
                 if let Some(anchor) = anchor.as_deref().and_then(crate::anchor::Anchor::decode) {
                     let verdict = crate::anchor::check(&self.cfg, topic, *partition, anchor);
                     if verdict == crate::anchor::Verdict::Other {

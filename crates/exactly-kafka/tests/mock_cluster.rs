@@ -15,9 +15,13 @@ use exactly_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use exactly_kafka::testing::MockKafka;
 use exactly_kafka::{Consumer, Ordering, names};
 
+/// A memory store's state value (its reads answer at once).
 fn credited(store: &Arc<dyn DedupStore>, ns: &str, key: &str) -> i64 {
+    use futures_util::FutureExt;
     store
         .state_get(&StoreKey::state(ns, key.as_bytes()))
+        .now_or_never()
+        .expect("a memory store answers at once")
         .unwrap()
         .map(|r| serde_json::from_slice(&r).unwrap())
         .unwrap_or(0)

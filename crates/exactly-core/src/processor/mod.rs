@@ -355,8 +355,15 @@ impl Processor {
             let clock = &inner.clock;
             let lease_ms = duration_millis(inner.lease);
             let result =
-                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.lease / 3, || {
-                    store.renew(run.skey, run.lease.token, clock.now() + lease_ms)
+                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.lease / 3, || async {
+                    match store.renew(run.skey, run.lease.token, clock.now() + lease_ms).await {
+                        Ok(held) => held,
+                        // Unknown: keep going; a lost claim shows at the completion.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "renewing the lease failed");
+                            true
+                        }
+                    }
                 })
                 .await;
             inner.metrics.handler_time(started.elapsed());
@@ -494,7 +501,10 @@ impl Processor {
             self.crash_point(CrashPoint::BeforeHandler, None)?;
             let ctx = self.context(None, attempt, 0, &msg);
             let result =
-                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.timeout, || true).await;
+                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.timeout, || async {
+                    true
+                })
+                .await;
             self.crash_point(CrashPoint::AfterHandler, None)?;
             let mut finished = ctx.finish().await;
             let state = std::mem::take(&mut finished.state);

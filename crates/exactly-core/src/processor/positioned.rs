@@ -53,7 +53,10 @@ impl Processor {
             let ctx = self.context(Some(position), attempts_before + 1, 0, &msg);
             let started = Instant::now();
             let result =
-                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.timeout, || true).await;
+                run::run_attempt(&inner.handler, msg.clone(), ctx.clone(), inner.timeout, inner.timeout, || async {
+                    true
+                })
+                .await;
             inner.metrics.handler_time(started.elapsed());
             self.crash_point(CrashPoint::AfterHandler, Some(position))?;
             let mut finished = ctx.finish().await;
@@ -153,15 +156,15 @@ mod tests {
         let m = Message::builder("a").coordinates(at(5)).build();
         let done = p.process_positioned(m, "wm").await.unwrap().durable().await.unwrap();
         assert_eq!(done.outcome, Outcome::Handled);
-        assert!(store.inspect(&StoreKey::new("c", "orders/0/5")).unwrap().is_none(), "no record for a position");
-        assert_eq!(store.meta_get("wm").unwrap().unwrap().as_ref(), 6i64.to_be_bytes());
+        assert!(store.inspect(&StoreKey::new("c", "orders/0/5")).await.unwrap().is_none(), "no record for a position");
+        assert_eq!(store.meta_get("wm").await.unwrap().unwrap().as_ref(), 6i64.to_be_bytes());
         // A key that starts like the position but is not it: an ordinary done-record.
         for key in ["orders-9", "orders/0/6x", "orders/0/5"] {
             let m = Message::builder("b").header("idempotency-key", key).coordinates(at(6)).build();
             let done = p.process_positioned(m, "wm").await.unwrap().durable().await.unwrap();
             assert_eq!(done.outcome, Outcome::Handled, "{key}");
-            assert!(store.inspect(&StoreKey::new("c", key)).unwrap().is_some(), "{key} has its record");
+            assert!(store.inspect(&StoreKey::new("c", key)).await.unwrap().is_some(), "{key} has its record");
         }
-        assert_eq!(store.meta_get("wm").unwrap().unwrap().as_ref(), 6i64.to_be_bytes(), "the watermark stays");
+        assert_eq!(store.meta_get("wm").await.unwrap().unwrap().as_ref(), 6i64.to_be_bytes(), "the watermark stays");
     }
 }

@@ -13,13 +13,13 @@ use crate::{Context, HandlerError, Message};
 
 /// Runs the handler until it finishes or `timeout` passes, calling `renew` every
 /// `renew_every` meanwhile. A panic is a transient failure with reason `panic`.
-pub(crate) async fn run_attempt(
+pub(crate) async fn run_attempt<R: Future<Output = bool>>(
     handler: &SharedHandler,
     msg: Message,
     ctx: Context,
     timeout: Duration,
     renew_every: Duration,
-    mut renew: impl FnMut() -> bool,
+    mut renew: impl FnMut() -> R,
 ) -> Result<Option<Bytes>, HandlerError> {
     let now = Instant::now();
     let fut = AssertUnwindSafe(handler.call(msg, ctx)).catch_unwind();
@@ -44,7 +44,7 @@ pub(crate) async fn run_attempt(
                 if now >= deadline {
                     return Err(HandlerError::timeout(timeout));
                 }
-                if !renew() && !lost {
+                if !renew().await && !lost {
                     lost = true;
                     tracing::warn!("lost the lease while the handler runs; its result will be discarded");
                 }

@@ -6,44 +6,55 @@
 //! [`RedbStore`] on disk (feature `redb`), [`FjallStore`] on disk (feature `fjall`) and
 //! [`MemoryStore`]. Each is a [`LocalStore`] over a key-value backend: in-flight claims
 //! live in memory (one process owns a store), done-records and state on the backend. The
-//! on-disk ones put a write-ahead log with group commit ([`log`]) in front of their engine.
+//! on-disk ones put a write-ahead log with group commit in front of their engine
+//! (docs/STORE.md); how they are put together is private to this crate.
 
 #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 mod disk;
 mod layout;
 mod leases;
-mod local;
-pub mod log;
+pub(crate) mod local;
+mod log;
 mod memory;
 mod purge;
+#[cfg(test)]
+mod purge_tests;
 mod record;
 mod sweeper;
 
 #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
-pub use disk::{DiskStoreBuilder, EngineSettings, OpenEngine, engine_at};
+pub use disk::{DiskStoreBuilder, engine_at};
 #[cfg(feature = "fjall")]
-pub use disk::{FjallEngine, FjallStore, FjallStoreBuilder};
+pub use disk::{FjallStore, FjallStoreBuilder};
 #[cfg(feature = "redb")]
-pub use disk::{RedbEngine, RedbStore, RedbStoreBuilder};
+pub use disk::{RedbStore, RedbStoreBuilder};
 #[cfg(feature = "sled")]
-pub use disk::{SledEngine, SledStore, SledStoreBuilder};
+pub use disk::{SledStore, SledStoreBuilder};
 pub use layout::StoreKey;
-pub use local::{
-    BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch,
-    expiry_index_ops,
-};
-pub use log::{Cut, Engine, EngineLimits, FsyncObserver, LogBackend, LogOptions};
-pub use memory::{MemoryBackend, MemoryStore};
+pub use local::{DEFAULT_BUCKET_WIDTH_MS, Durable, LocalStore};
+pub use log::{Cut, DEFAULT_FILTER_KEYS, FsyncObserver};
+#[cfg(feature = "testing")]
+pub(crate) use memory::MemoryBackend;
+pub use memory::MemoryStore;
 pub use record::{FORMAT_VERSION, RecordState, RecordView};
 pub use sweeper::Sweeper;
+
+/// The building blocks of the local stores, for the loom models (`tests/loom.rs`) only:
+/// public only in a build with `--cfg exactly_loom`.
+#[cfg(exactly_loom)]
+#[doc(hidden)]
+pub mod internals {
+    pub use super::local::backend::{BackendStats, KvBackend, Staged, WriteBatch};
+    pub use super::log::snapshots::Snapshots;
+    pub use super::log::{Engine, LogBackend, LogOptions};
+    pub use super::memory::MemoryBackend;
+}
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::clock::Millis;
 use crate::{Fingerprint, OutboundRecord, Result};
-
-use self::local::Durable as DurableHandle;
 
 /// A fencing token: grows with every claim of the store, so with every claim of a key.
 /// A downstream system that remembers the highest token it saw for a key can refuse a
@@ -252,20 +263,32 @@ impl Default for Limits {
 
 /// A store of idempotency records.
 ///
-/// The contract every implementation keeps:
+/// The contract every implementation keeps (the conformance suite in
+/// [`testing::conformance`](crate::testing) checks it):
 /// - a key is held by at most one live claim at a time; a claim whose lease ran out may be
 ///   taken over, and the old holder is then fenced: its `complete` returns
 ///   [`Committed::Fenced`];
 /// - [`complete`](Self::complete) returns only when the record and the state writes are
 ///   durable, all or nothing;
-/// - a key that is done stays done until its record expires and is purged.
+/// - a key that is done stays done until its record expires and is purged;
+/// - nothing another caller can observe (a duplicate answer, a state value read under a
+///   lock) depends on a write that may still be lost without the caller's own write being
+///   lost with it.
+///
+/// Every operation is async so that a store across the network fits; the `_many`
+/// operations let one round trip serve a group (their defaults call the single ones).
 #[async_trait]
 pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     /// Claims a key for a handler run.
     async fn claim(&self, req: ClaimRequest<'_>) -> Result<Claim>;
 
+    /// Claims several keys, answering in the order asked.
+    async fn claim_many(&self, reqs: &[ClaimRequest<'_>]) -> Result<Vec<Claim>> {
+        futures_util::future::try_join_all(reqs.iter().map(|r| self.claim(*r))).await
+    }
+
     /// Extends a held lease; `false` if the claim was lost (taken over or completed).
-    fn renew(&self, key: &StoreKey, token: FencingToken, lease_until: Millis) -> bool;
+    async fn renew(&self, key: &StoreKey, token: FencingToken, lease_until: Millis) -> Result<bool>;
 
     /// Ends a claim after a failure that will be retried; the key keeps its attempt count
     /// and errors for the next claim.
@@ -275,6 +298,12 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     /// soon as the outcome is decided and visible; [`StagedCompletion::durable`] resolves
     /// when it is on disk. Completions become durable in the order they were applied.
     async fn complete_staged(&self, completion: Completion) -> Result<StagedCompletion>;
+
+    /// Ends several claims, answering in the order given; each commits (or not) on its
+    /// own, as [`complete_staged`](Self::complete_staged) would.
+    async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<StagedCompletion>> {
+        futures_util::future::try_join_all(completions.into_iter().map(|c| self.complete_staged(c))).await
+    }
 
     /// Ends a claim for good and waits until it is durable.
     async fn complete(&self, completion: Completion) -> Result<Committed> {
@@ -295,14 +324,14 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
                 self.meta_put(&name, value).await?;
             }
         }
-        Ok(StagedCompletion { committed, durable: DurableHandle::ready() })
+        Ok(StagedCompletion { committed, durable: Durable::ready() })
     }
 
     /// Reads a state value (a namespaced state key, see [`StoreKey::state`]).
-    fn state_get(&self, state_key: &[u8]) -> Result<Option<Bytes>>;
+    async fn state_get(&self, state_key: &[u8]) -> Result<Option<Bytes>>;
 
     /// Reads a value adapters keep beside the records (Kafka offset watermarks).
-    fn meta_get(&self, name: &str) -> Result<Option<Bytes>>;
+    async fn meta_get(&self, name: &str) -> Result<Option<Bytes>>;
 
     /// Writes such a value durably, in the next group commit.
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()>;
@@ -311,7 +340,19 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     async fn purge_expired(&self, now: Millis, budget: usize) -> Result<PurgeReport>;
 
     /// The record of a key, for inspection.
-    fn inspect(&self, key: &StoreKey) -> Result<Option<RecordView>>;
+    async fn inspect(&self, key: &StoreKey) -> Result<Option<RecordView>>;
+
+    /// Records in key order, at most `limit`: those whose key starts with `prefix`
+    /// (namespace, then the start of the key; every record when `None`), after `after`.
+    async fn list(&self, prefix: Option<&StoreKey>, after: Option<&StoreKey>, limit: usize) -> Result<Vec<RecordView>>;
+
+    /// Removes a key's record and any claim on it, so its next delivery runs the handler
+    /// again (an operator fixing a stuck or wrongly recorded key). `false` if there was
+    /// none.
+    async fn forget(&self, key: &StoreKey) -> Result<bool>;
+
+    /// Writes a record as given (importing an exported store).
+    async fn import(&self, record: RecordView) -> Result<()>;
 
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;

@@ -26,11 +26,15 @@
 //! ```
 
 mod broker;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod crash;
 mod drain;
+mod gated;
 mod runs;
 
 pub use broker::{DeadLetterRecord, Delivery, MemoryBroker, MemoryConsumer, QueueStats};
 pub use crash::CrashPlan;
 pub use drain::{DrainOptions, DrainReport, drain};
+pub use gated::{Gated, GatedStore};
 pub use runs::Runs;

@@ -22,11 +22,11 @@ use std::time::Duration;
 pub(crate) use self::dir::StoreDir as StoreDirLock;
 use self::dir::{Found, StoreDir};
 #[cfg(feature = "fjall")]
-pub use self::fjall::{FjallEngine, FjallStore, FjallStoreBuilder};
+pub use self::fjall::{FjallStore, FjallStoreBuilder};
 #[cfg(feature = "redb")]
-pub use self::redb::{RedbEngine, RedbStore, RedbStoreBuilder};
+pub use self::redb::{RedbStore, RedbStoreBuilder};
 #[cfg(feature = "sled")]
-pub use self::sled::{SledEngine, SledStore, SledStoreBuilder};
+pub use self::sled::{SledStore, SledStoreBuilder};
 use super::local::{DEFAULT_BUCKET_WIDTH_MS, LocalStore};
 use super::log::wal::recover::Mode;
 use super::log::{Cut, Engine, FsyncObserver, LogBackend, LogOptions};
@@ -202,8 +202,7 @@ impl<E: OpenEngine> DiskStoreBuilder<E> {
 /// names it (or, for a store made before identity files, as its files show); `None` when
 /// there is no store there. For tools that open a store without being told its engine.
 pub fn engine_at(path: &Path) -> Option<String> {
-    if let Some(engine) = std::fs::read_to_string(path.join(dir::IDENTITY)).ok().and_then(|t| dir::parse_identity(&t))
-    {
+    if let Some(engine) = std::fs::read_to_string(path.join(dir::IDENTITY)).ok().and_then(|t| dir::parse_identity(&t)) {
         return Some(engine);
     }
     ENGINES.iter().find(|(_, files)| files.iter().all(|f| path.join(f).exists())).map(|(name, _)| (*name).to_owned())

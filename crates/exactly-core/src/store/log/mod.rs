@@ -25,6 +25,10 @@
 mod committer;
 mod filter;
 mod memtable;
+#[cfg(any(test, exactly_loom))]
+pub(crate) mod snapshots;
+#[cfg(test)]
+mod tests;
 pub(crate) mod wal;
 
 use std::fmt;
@@ -48,7 +52,7 @@ use crate::sync::{mpsc, thread::JoinHandle};
 use crate::{Error, Result};
 
 /// One write of a group: a key and its new value, `None` to delete.
-pub type Op = (Vec<u8>, Option<Bytes>);
+pub(crate) type Op = (Vec<u8>, Option<Bytes>);
 
 /// Observes fsyncs: called with the path after each one succeeded.
 pub trait FsyncObserver: Send + Sync + 'static {
@@ -109,6 +113,9 @@ impl Default for EngineLimits {
     }
 }
 
+/// The fewest done keys the filter of new keys is sized for, by default.
+pub const DEFAULT_FILTER_KEYS: u64 = 1 << 20;
+
 /// Settings of the log.
 #[derive(Clone)]
 pub struct LogOptions {
@@ -127,7 +134,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        Self { segment_size: 16 * 1024 * 1024, max_batch: 4096, observer: None, filter_keys: 1 << 20 }
+        Self { segment_size: 16 * 1024 * 1024, max_batch: 4096, observer: None, filter_keys: DEFAULT_FILTER_KEYS }
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) const MAGIC_V1: &[u8; 8] = b"EXWAL001";
 /// Bytes of a segment header.
 pub(crate) const HEADER: u64 = 32;
 /// The first bytes of every record.
-const RECORD_MAGIC: &[u8; 4] = b"EXRG";
+pub(crate) const RECORD_MAGIC: &[u8; 4] = b"EXRG";
 /// Bytes of a record header.
 pub(crate) const RECORD_HEADER: u64 = 28;
 /// The most bytes one record's payload may have.

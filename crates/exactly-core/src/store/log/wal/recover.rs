@@ -222,7 +222,9 @@ impl Reader {
     }
 
     /// Segments older than the checkpoint hold only groups it covers; a newer group in
-    /// one means the checkpoint is ahead of the log.
+    /// one means the checkpoint is ahead of the log. Only the one just before the
+    /// checkpoint's segment is read: a checkpoint further ahead names a segment that does
+    /// not exist (only the next one is ever made in advance), which `load_range` refuses.
     fn check_older(
         &mut self,
         files: &[(u64, PathBuf)],
@@ -230,7 +232,7 @@ impl Reader {
         checkpointed: u64,
         marker: &Path,
     ) -> Result<(), Refusal> {
-        for (seq, path) in files.iter().filter(|(s, _)| *s < start) {
+        for (seq, path) in files.iter().filter(|(s, _)| *s + 1 == start) {
             let data = std::fs::read(path).map_err(io_refusal(path))?;
             let newer = records(&data, *seq, HEADER as usize).find(|(_, r)| r.group > checkpointed);
             if let Some((offset, group)) = newer.map(|(o, r)| (o, r.group)) {
@@ -373,14 +375,13 @@ fn position(range: &[Segment], at: (usize, usize)) -> (PathBuf, u64) {
 
 /// The valid records of `data` (segment `seq`) at `from` or after, wherever they start.
 fn records(data: &[u8], seq: u64, from: usize) -> impl Iterator<Item = (usize, format::Record<'_>)> + '_ {
+    let finder = memchr::memmem::Finder::new(format::RECORD_MAGIC);
     let mut at = from;
     std::iter::from_fn(move || {
-        while at + 4 <= data.len() {
-            let here = at;
-            at += 1;
-            if format::looks_like_record(data, here)
-                && let Some(r) = format::read_record(data, here, seq)
-            {
+        while let Some(found) = data.get(at..).and_then(|rest| finder.find(rest)) {
+            let here = at + found;
+            at = here + 1;
+            if let Some(r) = format::read_record(data, here, seq) {
                 at = r.end;
                 return Some((here, r));
             }

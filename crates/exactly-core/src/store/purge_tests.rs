@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::FencingToken;
+use super::local::{BackendStats, KvBackend, LocalStore, OnDurable, Staged, WriteBatch};
+use super::memory::MemoryBackend;
+use crate::{Clock, Context, Disposition, ManualClock, Message, Processor, Result, async_trait, handler_fn};
 use bytes::Bytes;
-use exactly_core::store::{
-    BackendStats, FencingToken, KvBackend, LocalStore, MemoryBackend, OnDurable, Staged, WriteBatch,
-};
-use exactly_core::{Clock, Context, Disposition, ManualClock, Message, Processor, Result, async_trait, handler_fn};
 
 /// The memory backend, with reads that take 3 ms once `slow` is set: an engine whose
 /// pages are not in its cache.

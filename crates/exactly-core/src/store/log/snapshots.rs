@@ -1,28 +1,29 @@
-//! An engine in memory for tests of the write-ahead log (`tests/log_engine.rs`,
-//! `tests/loom.rs`), included by path.
+//! An engine in memory for tests of the write-ahead log (`store/log/tests.rs`, and the
+//! loom models in `tests/loom.rs`).
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::Engine;
+use crate::Result;
 use bytes::Bytes;
-use exactly_core::Result;
-use exactly_core::store::Engine;
 
-pub(crate) type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
+pub type Map = Arc<Mutex<BTreeMap<Vec<u8>, Bytes>>>;
 
 /// A gate threads wait at while it is closed; clones share it.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Gate(Arc<(Mutex<bool>, Condvar)>);
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
 impl Gate {
     /// Closes (or opens) the gate.
-    pub(crate) fn close(&self, closed: bool) {
+    pub fn close(&self, closed: bool) {
         *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = closed;
         self.0.1.notify_all();
     }
 
     /// Waits until the gate is open.
-    pub(crate) fn pass(&self) {
+    pub fn pass(&self) {
         let mut closed = self.0.0.lock().unwrap();
         while *closed {
             closed = self.0.1.wait(closed).unwrap();
@@ -34,16 +35,18 @@ impl Gate {
 /// applies wait while it is held ([`Snapshots::hold`]); clones share the maps, so a test
 /// can look at them after the log is closed.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Snapshots {
-    pub(crate) live: Map,
-    pub(crate) durable: Map,
+pub struct Snapshots {
+    /// What the engine holds now.
+    pub live: Map,
+    /// What its last checkpoint made durable.
+    pub durable: Map,
     held: Gate,
 }
 
 impl Snapshots {
     /// Holds back (or lets go of) every apply.
     #[allow(dead_code)] // the loom checks never hold it
-    pub(crate) fn hold(&self, held: bool) {
+    pub fn hold(&self, held: bool) {
         self.held.close(held);
     }
 }

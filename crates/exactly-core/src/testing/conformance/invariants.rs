@@ -1,6 +1,5 @@
-//! Property tests of the protocol's invariants under random deliveries, duplicates,
-//! handler failures and crashes, on the in-memory store and on sled (reopened after
-//! each crash).
+//! The protocol's invariants under random deliveries, duplicates, handler failures and
+//! crashes, as property tests on any store.
 //!
 //! Invariants checked after every case:
 //! - every key whose handler can succeed is credited exactly once in the transactional
@@ -11,23 +10,34 @@
 //! - the shared total equals the number of credited keys (no lost update between
 //!   concurrent runs).
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::Runs;
-use exactly_core::store::{FjallStore, RecordState, RedbStore};
-use exactly_core::testing::{CrashPlan, DrainOptions, MemoryBroker, drain};
-use exactly_core::{
-    Context, DedupStore, Error, HandlerError, MemoryStore, Message, Processor, RetryPolicy, SledStore, StoreKey,
-    handler_fn,
-};
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use super::Subject;
+use crate::store::{DedupStore, RecordState, StoreKey};
+use crate::testing::{CrashPlan, DrainOptions, MemoryBroker, Runs, drain};
+use crate::{Context, Error, HandlerError, Message, Processor, RetryPolicy, handler_fn};
+
+/// Runs the property test on fresh subjects made by `subject`: 96 cases of up to 12 keys
+/// on an in-memory store, 24 of up to 8 keys on others (they reopen after every crash).
+///
+/// # Panics
+/// With the smallest failing case, when an invariant breaks.
+pub fn keeps_the_invariants<S: Subject>(subject: impl Fn() -> S) {
+    let probe = subject();
+    let (cases, keys, extra) = if probe.in_memory() { (96, 12, 30) } else { (24, 8, 16) };
+    drop(probe);
+    let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+    let result = runner.run(&case(keys, extra), |c| run_case(c, &subject()));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Behaviour {
@@ -71,51 +81,26 @@ fn case(max_keys: usize, max_extra: usize) -> impl Strategy<Value = Case> {
     )
 }
 
-/// The store under test, and how a crash and restart are simulated for it.
-enum Subject {
-    Memory(Arc<MemoryStore>),
-    /// An on-disk store, opened again by `open` after each crash.
-    Disk {
-        open: fn(&std::path::Path) -> Arc<dyn DedupStore>,
-        path: std::path::PathBuf,
-        _dir: tempfile::TempDir,
-    },
-}
-
-impl Subject {
-    /// An on-disk store in a new temporary directory.
-    fn disk(open: fn(&std::path::Path) -> Arc<dyn DedupStore>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Subject::Disk { open, path: dir.path().join("store"), _dir: dir }
-    }
-    fn open(&self) -> Arc<dyn DedupStore> {
-        match self {
-            Subject::Memory(s) => s.clone(),
-            Subject::Disk { open, path, .. } => open(path),
-        }
-    }
-    fn crash(&self) {
-        if let Subject::Memory(s) = self {
-            s.simulate_crash();
-        }
-    }
-}
-
-fn credit_of(store: &Arc<dyn DedupStore>, key: &[u8]) -> i64 {
+async fn credit_of(store: &Arc<dyn DedupStore>, key: &[u8]) -> i64 {
     store
         .state_get(&StoreKey::state("ledger", key))
-        .unwrap()
-        .map(|raw| serde_json::from_slice(&raw).unwrap())
+        .await
+        .expect("a state read")
+        .map(|raw| serde_json::from_slice(&raw).expect("a JSON credit"))
         .unwrap_or(0)
 }
 
-fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
+fn run_case(case: Case, subject: &dyn Subject) -> Result<(), TestCaseError> {
     // The in-memory store never waits on another thread, so its cases can run on tokio's
     // paused clock (retry delays take no time). Sled's commits wait on its commit thread;
     // a paused clock would jump ahead meanwhile and fire timeouts, so sled runs on the real
     // clock.
-    let paused = matches!(subject, Subject::Memory(_));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(paused).build().unwrap();
+    let paused = subject.in_memory();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .map_err(|e| TestCaseError::fail(format!("a runtime: {e}")))?;
     rt.block_on(async move {
         let broker = MemoryBroker::new();
         for &k in &case.deliveries {
@@ -131,7 +116,7 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
         let plan = Arc::new(CrashPlan::random(case.seed, case.crash_probability));
         let mut crashes = 0;
         loop {
-            let store = subject.open();
+            let store = subject.open().await;
             let (runs2, violations2, behaviours2, store2) =
                 (runs.clone(), violations.clone(), behaviours.clone(), store.clone());
             let handler = handler_fn(move |_m: Message, ctx: Context| {
@@ -141,6 +126,7 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
                     let key = ctx.message_key().to_owned();
                     let done = store
                         .inspect(&StoreKey::new("ledger", &key))
+                        .await
                         .map_err(HandlerError::transient)?
                         .is_some_and(|r| matches!(r.state, RecordState::Done { .. }));
                     if done {
@@ -165,11 +151,14 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
             });
             let processor = Processor::builder("ledger", handler)
                 .shared_store(store.clone())
-                .retry(RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(100), 3).unwrap())
+                .retry(
+                    RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(100), 3)
+                        .expect("the test setup"),
+                )
                 .no_breaker()
                 .faults(plan.clone())
                 .build()
-                .unwrap();
+                .expect("the test setup");
             let opts = DrainOptions { concurrency: case.concurrency, faults: Some(plan.clone()), max_deliveries: None };
             match drain(&broker, "q", &processor, opts).await {
                 Ok(_) => {
@@ -183,13 +172,13 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
                     }
                     drop(processor);
                     drop(store);
-                    subject.crash();
+                    subject.crash().await;
                 }
                 Err(e) => return Err(TestCaseError::fail(format!("unexpected error: {e}"))),
             }
         }
 
-        let store = subject.open();
+        let store = subject.open().await;
         let stats = broker.stats("q");
         prop_assert_eq!((stats.ready, stats.unacked), (0, 0), "messages left behind: {:?}", stats);
         prop_assert_eq!(stats.acked, stats.published, "a message was lost: {:?}", stats);
@@ -201,7 +190,7 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
         let mut credited = 0;
         for (i, b) in case.keys.iter().enumerate() {
             let key = format!("k{i}");
-            let credit = credit_of(&store, key.as_bytes());
+            let credit = credit_of(&store, key.as_bytes()).await;
             let dl = dead.get(&key).copied().unwrap_or(0);
             prop_assert!(credit <= 1, "{} credited {} times", key, credit);
             prop_assert!(credit == 1 || dl > 0, "{} ({:?}) neither credited nor dead-lettered", key, b);
@@ -213,33 +202,7 @@ fn run_case(case: Case, subject: Subject) -> Result<(), TestCaseError> {
             }
             credited += credit;
         }
-        prop_assert_eq!(credit_of(&store, b"total"), credited, "lost update on the shared total");
+        prop_assert_eq!(credit_of(&store, b"total").await, credited, "lost update on the shared total");
         Ok(())
     })
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
-    #[test]
-    fn memory_store_keeps_the_invariants(case in case(12, 30)) {
-        run_case(case, Subject::Memory(Arc::new(MemoryStore::new())))?;
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    #[test]
-    fn sled_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        run_case(case, Subject::disk(|p| Arc::new(SledStore::open(p).expect("reopen after crash"))))?;
-    }
-
-    #[test]
-    fn redb_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        run_case(case, Subject::disk(|p| Arc::new(RedbStore::open(p).expect("reopen after crash"))))?;
-    }
-
-    #[test]
-    fn fjall_store_keeps_the_invariants_across_reopens(case in case(8, 16)) {
-        run_case(case, Subject::disk(|p| Arc::new(FjallStore::open(p).expect("reopen after crash"))))?;
-    }
 }

@@ -11,12 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::snapshots::{Gate, Snapshots};
+use super::{Engine, LogBackend, LogOptions};
+use crate::store::local::{KvBackend, WriteBatch};
 use bytes::Bytes;
-use exactly_core::store::{Engine, KvBackend, LogBackend, LogOptions, WriteBatch};
-
-#[path = "support/snapshots.rs"]
-mod snapshots;
-use snapshots::{Gate, Snapshots};
 
 fn put(k: &[u8]) -> WriteBatch {
     WriteBatch { ops: vec![(k.to_vec(), Some(Bytes::from_static(b"1")))], ..WriteBatch::default() }

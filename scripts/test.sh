@@ -10,6 +10,13 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The store fault tests inject failed fdatasyncs and watch system calls with strace.
+if ! command -v strace >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing strace" >&2
+    apt-get install -y -q strace >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null; }
+fi
+
 # tests/tests/compose.rs validates docker-compose.yml with Debian's docker-compose (there is
 # no Docker engine on these machines; `config` needs none).
 if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

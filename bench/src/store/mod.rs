@@ -12,6 +12,7 @@ use crate::report::{histogram, machine, median, percentiles, record, spread};
 
 mod load;
 mod lookup;
+mod native;
 mod sweeper;
 
 #[derive(clap::Args)]
@@ -109,6 +110,9 @@ pub(crate) enum Section {
     Load,
     /// The expiry sweeper's cost as the store grows.
     Sweeper,
+    /// redb and fjall behind the write-ahead log against their own durable commits (not in
+    /// the default run).
+    Native,
 }
 
 fn noop() -> impl exactly::Handler<Output = ()> {
@@ -218,6 +222,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if on(Section::Load) {
         load::run(&args).await?;
+    }
+    if args.only.contains(&Section::Native) {
+        native::run(&args, n).await?;
     }
     Ok(())
 }

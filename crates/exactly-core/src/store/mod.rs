@@ -22,6 +22,9 @@ mod purge_tests;
 mod record;
 mod sweeper;
 
+#[cfg(feature = "bench-native")]
+#[doc(hidden)]
+pub use disk::native;
 #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 pub use disk::{DiskStoreBuilder, engine_at};
 #[cfg(feature = "fjall")]

@@ -108,6 +108,14 @@ fn keyspace_options() -> KeyspaceCreateOptions {
         .filter_block_pinning_policy(PinningPolicy::all(true))
 }
 
+#[cfg(feature = "bench-native")]
+impl FjallEngine {
+    /// An fdatasync of fjall's journal (the native prototype).
+    pub(crate) fn persist_data(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncData).map_err(io("persist"))
+    }
+}
+
 impl OpenEngine for FjallEngine {
     const NAME: &'static str = "fjall";
     const FILES: &'static [&'static str] = &["fjall"];

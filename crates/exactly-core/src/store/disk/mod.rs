@@ -9,6 +9,9 @@
 mod dir;
 #[cfg(feature = "fjall")]
 mod fjall;
+#[cfg(feature = "bench-native")]
+#[doc(hidden)]
+pub mod native;
 #[cfg(feature = "redb")]
 mod redb;
 #[cfg(feature = "sled")]

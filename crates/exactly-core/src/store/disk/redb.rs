@@ -99,6 +99,33 @@ impl Engine for RedbEngine {
     }
 }
 
+#[cfg(feature = "bench-native")]
+impl RedbEngine {
+    /// One write transaction, committed with an fsync (the native prototype).
+    pub(crate) fn apply_durably(&self, ops: &[Op]) -> Result<()> {
+        let write = || -> std::result::Result<(), redb::Error> {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            {
+                let mut table = tx.open_table(TABLE)?;
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => {
+                            table.insert(k.as_slice(), v.as_ref())?;
+                        }
+                        None => {
+                            table.remove(k.as_slice())?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        write().map_err(io("write"))
+    }
+}
+
 impl OpenEngine for RedbEngine {
     const NAME: &'static str = "redb";
     const FILES: &'static [&'static str] = &["data.redb"];

@@ -68,7 +68,7 @@ impl Session {
                     self.acks.dropped(d.delivery_tag);
                     return Ok(());
                 }
-                let p = self.processor.process(msg.clone()).await?;
+                let mut p = self.processor.process(msg.clone()).await?;
                 let wait = match &p.disposition {
                     Disposition::Ack => {
                         if let Err(e) = self.publish_outputs(&d, &p).await {
@@ -105,14 +105,14 @@ impl Session {
                         );
                         match self.publish(&topo.dead_letter_exchange, &topo.dead_letter_routing_key, &payload, props).await {
                             Ok(()) => {
-                                self.processor.confirm_dead_letter(&p).await?;
+                                p.confirm_dead_letter().await?;
                                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                                 self.ack(&d);
                                 return Ok(());
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "dead-letter not confirmed; keeping the message and trying again");
-                                self.processor.abandon(&p).await?;
+                                p.abandon_dead_letter().await?;
                                 Duration::from_secs(1)
                             }
                         }

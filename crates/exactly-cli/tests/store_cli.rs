@@ -36,8 +36,8 @@ async fn write_store(dir: &Path) {
         let done = p.process(m).await.unwrap();
         assert!(matches!(done.disposition, Disposition::Ack), "{:?}", done.disposition);
     }
-    let poisoned = p.process(Message::builder("poison").message_id("poison").build()).await.unwrap();
-    p.confirm_dead_letter(&poisoned).await.unwrap();
+    let mut poisoned = p.process(Message::builder("poison").message_id("poison").build()).await.unwrap();
+    poisoned.confirm_dead_letter().await.unwrap();
     p.flush().await.unwrap();
 }
 

@@ -71,11 +71,16 @@ pub use key::{
     DEFAULT_MAX_KEY_LEN, Fingerprint, IDEMPOTENCY_KEY_HEADER, KeyLookup, KeySource, KeyStrategy, MissingKey,
 };
 pub use message::{Coordinates, HeaderValue, Headers, Message, MessageBuilder};
+pub use processor::layers;
+pub use processor::layers::{HandlerRequest, HandlerService};
 pub use processor::{
     BreakerConfig, BreakerState, CrashPoint, DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_TIMEOUT, DeadLetter,
-    Disposition, FaultInjector, OrphanPolicy, Outcome, Processed, Processor, ProcessorBuilder, REDRIVE_HEADER,
-    RetryPolicy, Staged, reasons,
+    Disposition, FaultInjector, OrphanPolicy, Outcome, PendingDeadLetter, Processed, Processor, ProcessorBuilder,
+    REDRIVE_HEADER, RetryPolicy, Staged, reasons,
 };
 #[cfg(feature = "sled")]
 pub use store::SledStore;
 pub use store::{DedupStore, MemoryStore, StoreKey, Sweeper};
+/// tower, for [`ProcessorBuilder::layer`]: its middleware (with the features `util`,
+/// `limit`, `load-shed` and `timeout`) works around a handler unchanged.
+pub use tower;

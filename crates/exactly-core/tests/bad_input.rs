@@ -27,11 +27,11 @@ async fn an_empty_payload_is_dead_lettered_as_decode() {
         .store(SledStore::open(dir.path()).unwrap())
         .build()
         .unwrap();
-    let out = p.process(Message::builder(Vec::new()).message_id("empty").build()).await.unwrap();
+    let mut out = p.process(Message::builder(Vec::new()).message_id("empty").build()).await.unwrap();
     let dl = out.dead_letter().unwrap();
     assert_eq!(dl.reason, reasons::DECODE);
     assert!(dl.last_error.as_deref().unwrap().contains("EOF"), "{:?}", dl.last_error);
-    p.confirm_dead_letter(&out).await.unwrap();
+    out.confirm_dead_letter().await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     // Its redelivery is acknowledged as already dead-lettered, not run or dead-lettered twice.
     let again = p.process(Message::builder(Vec::new()).message_id("empty").build()).await.unwrap();

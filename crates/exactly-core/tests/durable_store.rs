@@ -250,10 +250,10 @@ macro_rules! durable_store_tests {
                     .orphans(OrphanPolicy::Quarantine)
                     .build()
                     .unwrap();
-                let out = p.process(Message::builder("x").header("idempotency-key", "k").build()).await.unwrap();
+                let mut out = p.process(Message::builder("x").header("idempotency-key", "k").build()).await.unwrap();
                 assert_eq!(out.dead_letter().unwrap().reason, reasons::UNKNOWN_OUTCOME);
                 assert_eq!(runs.load(Ordering::SeqCst), 0);
-                p.confirm_dead_letter(&out).await.unwrap();
+                out.confirm_dead_letter().await.unwrap();
                 let again = p.process(Message::builder("x").header("idempotency-key", "k").build()).await.unwrap();
                 assert_eq!(again.outcome, Outcome::AlreadyDeadLettered);
             }

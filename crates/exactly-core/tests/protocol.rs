@@ -83,11 +83,11 @@ async fn the_same_key_with_another_payload_is_a_key_conflict() {
     let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
     let p = Processor::builder("ledger", crediting(runs.clone())).shared_store(store.clone()).build().unwrap();
     let _ = p.process(msg("tx-1", "5")).await.unwrap();
-    let conflict = p.process(msg("tx-1", "500")).await.unwrap();
+    let mut conflict = p.process(msg("tx-1", "500")).await.unwrap();
     let dl = conflict.dead_letter().expect("dead-letter");
     assert_eq!(dl.reason, reasons::KEY_CONFLICT);
     assert!(dl.last_error.as_deref().unwrap().contains("fingerprint"));
-    p.confirm_dead_letter(&conflict).await.unwrap();
+    conflict.confirm_dead_letter().await.unwrap();
     // The original stays done: a true duplicate is still acked from the cache.
     assert_eq!(p.process(msg("tx-1", "5")).await.unwrap().outcome, Outcome::Duplicate);
     assert_eq!(runs.get("tx-1"), 1);
@@ -125,11 +125,11 @@ async fn a_permanent_failure_is_dead_lettered_at_once_and_remembered_until_redri
     let runs = Runs::default();
     let p = Processor::builder("ledger", crediting(runs.clone())).store(MemoryStore::new()).build().unwrap();
     let poison = msg("tx-9", "not a number");
-    let out = p.process(poison.clone()).await.unwrap();
+    let mut out = p.process(poison.clone()).await.unwrap();
     let dl = out.dead_letter().unwrap().clone();
     assert_eq!((dl.reason.as_str(), dl.attempts), (reasons::DECODE, 1));
     assert_eq!(dl.key.as_deref(), Some("tx-9"));
-    p.confirm_dead_letter(&out).await.unwrap();
+    out.confirm_dead_letter().await.unwrap();
 
     let again = p.process(poison.clone()).await.unwrap();
     assert_eq!((again.disposition, again.outcome), (Disposition::Ack, Outcome::AlreadyDeadLettered));
@@ -162,12 +162,12 @@ async fn transient_failures_retry_with_growing_delays_then_dead_letter() {
         assert!(after <= retry.ceiling(attempt), "{after:?} above the ceiling of attempt {attempt}");
         assert_eq!(out.outcome, Outcome::Retry);
     }
-    let out = p.process(msg("k", "x")).await.unwrap();
+    let mut out = p.process(msg("k", "x")).await.unwrap();
     let dl = out.dead_letter().unwrap();
     assert_eq!((dl.reason.as_str(), dl.attempts), (reasons::RETRIES_EXHAUSTED, 4));
     assert_eq!(dl.first_error.as_deref(), Some("ledger down (1)"));
     assert_eq!(dl.last_error.as_deref(), Some("ledger down (4)"));
-    p.confirm_dead_letter(&out).await.unwrap();
+    out.confirm_dead_letter().await.unwrap();
     assert_eq!(p.process(msg("k", "x")).await.unwrap().outcome, Outcome::AlreadyDeadLettered);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
@@ -339,7 +339,7 @@ async fn a_crash_mid_run_is_run_again_or_quarantined_by_policy() {
             .orphans(policy)
             .build()
             .unwrap();
-        let out = p.process(msg("k", "7")).await.unwrap();
+        let mut out = p.process(msg("k", "7")).await.unwrap();
         match policy {
             OrphanPolicy::RunAgain => {
                 assert_eq!(out.outcome, Outcome::Handled);
@@ -348,7 +348,7 @@ async fn a_crash_mid_run_is_run_again_or_quarantined_by_policy() {
             OrphanPolicy::Quarantine => {
                 assert_eq!(out.dead_letter().unwrap().reason, reasons::UNKNOWN_OUTCOME);
                 assert_eq!(runs.get("k"), 1, "never run twice");
-                p.confirm_dead_letter(&out).await.unwrap();
+                out.confirm_dead_letter().await.unwrap();
                 assert_eq!(p.process(msg("k", "7")).await.unwrap().outcome, Outcome::AlreadyDeadLettered);
             }
         }
@@ -537,13 +537,13 @@ async fn a_record_rewritten_after_expiry_indexing_is_not_purged_early() {
         .retention(Duration::from_secs(10))
         .build()
         .unwrap();
-    let out = p.process(msg("k", "bad")).await.unwrap();
-    p.confirm_dead_letter(&out).await.unwrap(); // dead-lettered, expires at 10 s
+    let mut out = p.process(msg("k", "bad")).await.unwrap();
+    out.confirm_dead_letter().await.unwrap(); // dead-lettered, expires at 10 s
     clock.advance(Duration::from_secs(8));
     let mut redrive = msg("k", "bad");
     redrive.headers_mut().insert(REDRIVE_HEADER, "1");
-    let out = p.process(redrive).await.unwrap();
-    p.confirm_dead_letter(&out).await.unwrap(); // rewritten, now expires at 18 s
+    let mut out = p.process(redrive).await.unwrap();
+    out.confirm_dead_letter().await.unwrap(); // rewritten, now expires at 18 s
     clock.advance(Duration::from_secs(3)); // 11 s: the first index entry is due
     let r = store.purge_expired(clock.now(), 100).await.unwrap();
     assert_eq!((r.index_entries, r.records_removed), (1, 0));

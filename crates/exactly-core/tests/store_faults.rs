@@ -91,7 +91,7 @@ macro_rules! store_fault_tests {
                 {
                     let store: Arc<dyn DedupStore> = Arc::new(Store::open(&path).unwrap());
                     let p = writer(store.clone(), 70_000);
-                    let out = p.process(credit("big")).await.unwrap();
+                    let mut out = p.process(credit("big")).await.unwrap();
                     match &out.disposition {
                         Disposition::DeadLetter(dl) => {
                             assert_eq!(dl.reason, reasons::TOO_LARGE);
@@ -99,7 +99,7 @@ macro_rules! store_fault_tests {
                         }
                         other => panic!("acknowledged or retried a write the store cannot take: {other:?}"),
                     }
-                    p.confirm_dead_letter(&out).await.unwrap();
+                    out.confirm_dead_letter().await.unwrap();
                     // The store goes on working.
                     let ok = writer(store.clone(), 10).process(credit("small")).await.unwrap();
                     assert_eq!(ok.disposition, Disposition::Ack);

@@ -270,17 +270,17 @@ async fn settle_in(
                 *after
             }
             Disposition::DeadLetter(_) => {
-                let p = staged.durable().await?;
+                let mut p = staged.durable().await?;
                 let Disposition::DeadLetter(dl) = &p.disposition else { unreachable!("checked above") };
                 match dead_letter(shared, m, dl).await {
                     Ok(()) => {
-                        shared.processor.confirm_dead_letter(&p).await?;
+                        p.confirm_dead_letter().await?;
                         shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                         return Ok(Step::Finished);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "dead-letter not delivered; keeping the record and trying again");
-                        shared.processor.abandon(&p).await?;
+                        p.abandon_dead_letter().await?;
                         Duration::from_secs(1)
                     }
                 }

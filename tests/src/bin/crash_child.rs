@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
                 let (p, tx, dlq) = (processor.clone(), done_tx.clone(), dlq.clone());
                 tokio::spawn(async move {
                     loop {
-                        let out = p.process(msg.clone()).await.expect("store failure");
+                        let mut out = p.process(msg.clone()).await.expect("store failure");
                         match &out.disposition {
                             Disposition::Ack => break,
                             Disposition::DeadLetter(dl) => {
@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
                                     f.write_all(line.as_bytes()).expect("dlq write");
                                     f.sync_data().expect("dlq fsync");
                                 }
-                                p.confirm_dead_letter(&out).await.expect("confirm");
+                                out.confirm_dead_letter().await.expect("confirm");
                                 break;
                             }
                             Disposition::Retry { after } | Disposition::Pause { after } => tokio::time::sleep(*after).await,

@@ -26,6 +26,19 @@ pub enum OrphanPolicy {
     Quarantine,
 }
 
+/// Builder methods that each set one field to the value given.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($field:ident: $ty:ty)),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
 /// Configures a [`Processor`]. Every setting has a default; `build` validates them.
 #[must_use]
 pub struct ProcessorBuilder {
@@ -43,6 +56,7 @@ pub struct ProcessorBuilder {
     faults: Option<Arc<dyn FaultInjector>>,
     max_state_conflicts: u32,
     lock_timeout: Duration,
+    layers: Vec<super::layers::AddLayer>,
 }
 
 impl std::fmt::Debug for ProcessorBuilder {
@@ -57,6 +71,7 @@ impl std::fmt::Debug for ProcessorBuilder {
             .field("orphans", &self.orphans)
             .field("retention", &self.retention)
             .field("breaker", &self.breaker)
+            .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +100,7 @@ impl ProcessorBuilder {
             faults: None,
             max_state_conflicts: 16,
             lock_timeout: Duration::from_secs(5),
+            layers: Vec::new(),
         }
     }
 
@@ -100,43 +116,29 @@ impl ProcessorBuilder {
         self
     }
 
-    /// Where keys come from (default: `idempotency-key` header, message id, coordinates).
-    pub fn keys(mut self, keys: KeyStrategy) -> Self {
-        self.keys = keys;
-        self
-    }
-
-    /// Retries of transient failures (default: 5 attempts, 100 ms to 30 s).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// The longest one attempt may run (default 30 s); then it counts as a transient
-    /// failure with reason `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long a claim lasts without renewal (default 60 s). A heartbeat renews it every
-    /// third of that while the handler runs, so a long handler never loses its claim.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// What to do with a key whose previous holder crashed (default: run again).
-    pub fn orphans(mut self, policy: OrphanPolicy) -> Self {
-        self.orphans = policy;
-        self
-    }
-
-    /// How long done-records are kept (default 7 days). A duplicate arriving later runs
-    /// the handler again.
-    pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
+    setters! {
+        /// Where keys come from (default: `idempotency-key` header, message id, coordinates).
+        keys(keys: KeyStrategy),
+        /// Retries of transient failures (default: 5 attempts, 100 ms to 30 s).
+        retry(retry: RetryPolicy),
+        /// The longest one attempt may run (default 30 s); then it counts as a transient
+        /// failure with reason `timeout`.
+        timeout(timeout: Duration),
+        /// How long a claim lasts without renewal (default 60 s). A heartbeat renews it
+        /// every third of that while the handler runs, so a long handler never loses its
+        /// claim.
+        lease(lease: Duration),
+        /// What to do with a key whose previous holder crashed (default: run again).
+        orphans(orphans: OrphanPolicy),
+        /// How long done-records are kept (default 7 days). A duplicate arriving later runs
+        /// the handler again.
+        retention(retention: Duration),
+        /// The clock (default: the system clock). Tests inject a
+        /// [`ManualClock`](crate::ManualClock).
+        clock(clock: SharedClock),
+        /// How long a handler waits for the lock of a state key another run holds before
+        /// it fails transiently with reason `state-lock-timeout` (default 5 s).
+        state_lock_timeout(lock_timeout: Duration),
     }
 
     /// The circuit breaker (default on, see [`BreakerConfig`]).
@@ -148,12 +150,6 @@ impl ProcessorBuilder {
     /// Turns the circuit breaker off: transient failures only retry and dead-letter.
     pub fn no_breaker(mut self) -> Self {
         self.breaker = None;
-        self
-    }
-
-    /// The clock (default: the system clock). Tests inject a [`ManualClock`](crate::ManualClock).
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -170,10 +166,39 @@ impl ProcessorBuilder {
         self
     }
 
-    /// How long a handler waits for the lock of a state key another run holds before it
-    /// fails transiently with reason `state-lock-timeout` (default 5 s).
-    pub fn state_lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = timeout;
+    /// Wraps the handler in a [`tower::Layer`], as `tower::ServiceBuilder` and axum's
+    /// `Router::layer` do: `tower::limit::ConcurrencyLimitLayer`, `RateLimitLayer`,
+    /// `LoadShedLayer`, `TimeoutLayer`, or a layer of your own (see
+    /// [`layers`](crate::layers) for the request it sees). Each call wraps what
+    /// is there: the last layer added runs first.
+    ///
+    /// A layer runs inside the claim, between the claim and the commit of the
+    /// done-record: its effects are protected like the handler's, and while it makes a
+    /// message wait (a concurrency or rate limit) the claim is held and its lease
+    /// renewed. An error a layer returns is a failure of the attempt: a load-shedding
+    /// layer's refusal is transient (reason `overloaded`) and retried, never lost; a
+    /// [`HandlerError`](crate::HandlerError) it returns through
+    /// [`HandlerError::into_box`](crate::HandlerError::into_box) is taken as it is.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), exactly_core::Error> {
+    /// use exactly_core::{handler_fn, Context, Message, MemoryStore, Processor};
+    /// use exactly_core::tower::limit::ConcurrencyLimitLayer;
+    ///
+    /// let p = Processor::builder("orders", handler_fn(|_m: Message, _c: Context| async { Ok(()) }))
+    ///     .store(MemoryStore::new())
+    ///     .layer(ConcurrencyLimitLayer::new(8)) // at most 8 handler calls at once
+    ///     .build()?;
+    /// # let _ = p; Ok(()) }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<super::layers::HandlerService> + Send + Sync + 'static,
+        L::Service: tower::Service<super::layers::HandlerRequest, Response = Option<bytes::Bytes>> + Send + 'static,
+        <L::Service as tower::Service<super::layers::HandlerRequest>>::Error: Into<super::layers::BoxError>,
+        <L::Service as tower::Service<super::layers::HandlerRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(super::layers::add(layer));
         self
     }
 
@@ -199,14 +224,14 @@ impl ProcessorBuilder {
             return Err(Error::config("retention", "must be at least one second"));
         }
         let metrics = ConsumerMetrics::new(consumer);
+        let stack = super::layers::Stack::new(self.handler, self.timeout, metrics.clone(), self.layers);
         Ok(Processor {
             inner: Arc::new(Inner {
                 consumer: consumer.into(),
-                handler: self.handler,
+                stack,
                 store,
                 keys: self.keys,
                 retry: self.retry,
-                timeout: self.timeout,
                 lease: self.lease,
                 orphans: self.orphans,
                 retention: self.retention,

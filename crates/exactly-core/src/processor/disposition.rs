@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::store::FencingToken;
-use crate::{Coordinates, Fingerprint, OutboundRecord, StoreKey};
+use super::PendingDeadLetter;
+use super::dead_letter::Hold;
+use crate::{Coordinates, OutboundRecord, Result};
 
 /// Dead-letter reasons the processor itself gives. Handlers add their own through
 /// [`HandlerError::permanent`](crate::HandlerError::permanent).
@@ -25,6 +26,9 @@ pub mod reasons {
     /// A state key or value, or the output with the emitted records, is larger than the
     /// store takes.
     pub const TOO_LARGE: &str = "too-large";
+    /// A load-shedding layer refused the message (a retry reason: it is retried later,
+    /// and the refusal does not count as an attempt).
+    pub const OVERLOADED: &str = "overloaded";
 }
 
 /// The broker operation an adapter performs for a delivery.
@@ -40,8 +44,8 @@ pub enum Disposition {
         after: Duration,
     },
     /// Publish to the dead-letter destination with these details, wait for the broker's
-    /// confirmation, call [`Processor::confirm_dead_letter`](crate::Processor::confirm_dead_letter),
-    /// then acknowledge.
+    /// confirmation, call [`Processed::confirm_dead_letter`] (or, if it could not be
+    /// delivered, [`Processed::abandon_dead_letter`]), then acknowledge.
     DeadLetter(DeadLetter),
     /// The circuit breaker is open: keep this message unacknowledged, stop taking new
     /// messages (pause partitions, stop prefetching) for `after`, then process it again.
@@ -125,25 +129,44 @@ pub struct Processed {
     /// Failed attempts so far, for a retry or a dead-letter (an adapter that requeues the
     /// message elsewhere carries it along, see [`Message::delivery_count`](crate::Message::delivery_count)).
     pub attempts: u32,
-    pub(crate) hold: Option<Hold>,
+    /// The claim a dead-letter holds until it is confirmed or abandoned.
+    pending: Option<PendingDeadLetter>,
     /// The done-record on its way to disk (see [`Staged`](crate::Staged)).
     pub(crate) durable: Option<crate::store::Durable>,
 }
 
-/// A claim still held after `process` returned: a dead-letter waiting for its
-/// confirmation.
-#[derive(Debug, Clone)]
-pub(crate) struct Hold {
-    pub(crate) key: StoreKey,
-    pub(crate) token: FencingToken,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) attempts: u32,
-    pub(crate) reason: String,
-}
-
 impl Processed {
     pub(crate) fn new(disposition: Disposition, outcome: Outcome, key: Option<String>) -> Self {
-        Self { disposition, outcome, key, output: None, emitted: Vec::new(), attempts: 0, hold: None, durable: None }
+        Self { disposition, outcome, key, output: None, emitted: Vec::new(), attempts: 0, pending: None, durable: None }
+    }
+
+    pub(crate) fn set_hold(&mut self, processor: &super::Processor, hold: Hold) {
+        self.pending = Some(PendingDeadLetter::new(processor, hold));
+    }
+
+    /// For a dead-letter: once the broker has confirmed the dead-letter publish, marks the
+    /// key dead-lettered, so redeliveries are acknowledged without a run until the message
+    /// is re-driven. Call it before acknowledging the original. Nothing to do (`Ok`) for
+    /// other dispositions, and for dead-letters of messages without a claimed key.
+    pub async fn confirm_dead_letter(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(p) => p.confirm().await,
+            None => Ok(()),
+        }
+    }
+
+    /// For a dead-letter that could not be published: releases the claim, so the
+    /// unacknowledged message runs again when the broker delivers it again.
+    pub async fn abandon_dead_letter(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(p) => p.abandon().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The claim a dead-letter holds, to settle separately from this value.
+    pub fn take_pending_dead_letter(&mut self) -> Option<PendingDeadLetter> {
+        self.pending.take()
     }
 
     /// The dead-letter details, when the disposition is a dead-letter.

@@ -130,7 +130,7 @@ async fn settle(
 ) -> Result<(Outcome, u64)> {
     let mut pauses = 0;
     loop {
-        let p = processor.process(d.message.clone()).await?;
+        let mut p = processor.process(d.message.clone()).await?;
         match &p.disposition {
             Disposition::Ack => {
                 broker.record_outputs(p.key.as_deref(), p.output.as_ref(), &p.emitted);
@@ -144,7 +144,7 @@ async fn settle(
             }
             Disposition::DeadLetter(dl) => {
                 consumer.dead_letter(d.tag, dl.clone());
-                processor.confirm_dead_letter(&p).await?;
+                p.confirm_dead_letter().await?;
             }
             Disposition::Pause { after } => {
                 pauses += 1;

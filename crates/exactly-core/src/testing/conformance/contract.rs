@@ -306,12 +306,12 @@ pub async fn writes_over_the_limits_are_dead_lettered_as_too_large(s: &dyn Subje
         Ok(())
     });
     let p = Processor::builder("c", handler).shared_store(store.clone()).no_breaker().build().expect("processor");
-    let out = p.process(Message::builder("key").header("idempotency-key", "big").build()).await.expect("process");
+    let mut out = p.process(Message::builder("key").header("idempotency-key", "big").build()).await.expect("process");
     match &out.disposition {
         Disposition::DeadLetter(dl) => assert_eq!(dl.reason, reasons::TOO_LARGE),
         other => panic!("a state key over the limit was not dead-lettered: {other:?}"),
     }
-    p.confirm_dead_letter(&out).await.expect("confirm");
+    out.confirm_dead_letter().await.expect("confirm");
     let ok = p.process(Message::builder("ok").header("idempotency-key", "small").build()).await.expect("process");
     assert_eq!(ok.disposition, Disposition::Ack);
 }

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! # RabbitMQ on 127.0.0.1:5672 (guest/guest); scripts/services.sh up starts it
-//! cargo run -p exactly-examples --example amqp_rpc
+//! cargo run -p exactly-examples --features amqp --example amqp_rpc
 //! ```
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use exactly::amqp::lapin::options::{
 };
 use exactly::amqp::lapin::types::{AMQPValue, FieldTable};
 use exactly::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
-use exactly::amqp::{Consumer, names};
+use exactly::amqp::{Consumer, header_names};
 use exactly::{Context, MemoryStore, Message, Processor, handler_fn};
 use futures_util::StreamExt;
 
@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .properties
             .headers()
             .as_ref()
-            .and_then(|h| h.inner().get(names::CACHED).cloned())
+            .and_then(|h| h.inner().get(header_names::CACHED).cloned())
             .is_some_and(|v| v == AMQPValue::Boolean(true));
         println!(
             "{:<22} -> {}{}",

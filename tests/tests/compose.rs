@@ -1,4 +1,4 @@
-//! docker-compose.yml is valid and has what the README promises. There is no Docker
+//! docker-compose.yml is valid and has what docs/OPERATIONS.md promises. There is no Docker
 //! engine on CI machines, so the file is checked with `docker-compose config` (Debian's
 //! docker-compose, which scripts/test.sh installs), not started.
 #![allow(clippy::unwrap_used)]
@@ -37,14 +37,14 @@ fn the_services_and_ports_the_readme_names_are_in_it() {
     let services: Vec<&str> = services.lines().map(str::trim).collect();
     // The resolved configuration, where published ports are spelled one way.
     let config = String::from_utf8(compose(&["config"]).unwrap().stdout).unwrap();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let section = readme.split("## Playground").nth(1).expect("README has a Playground section");
+    let readme = std::fs::read_to_string(root().join("docs/OPERATIONS.md")).unwrap();
+    let section = readme.split("## Playground").nth(1).expect("docs/OPERATIONS.md has a Playground section");
     let section = section.split("\n## ").next().unwrap();
-    // Rows of the README's table: | `service` | what | port, port |
+    // Rows of the page's table: | `service` | what | port, port |
     let mut named = 0;
     for row in section.lines().filter(|l| l.starts_with("| `")) {
         let service = row.split('`').nth(1).unwrap();
-        assert!(services.contains(&service), "README names service {service}, compose has {services:?}");
+        assert!(services.contains(&service), "docs/OPERATIONS.md names service {service}, compose has {services:?}");
         let ports = row.split('|').nth(3).unwrap_or_default();
         for port in ports.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "-") {
             assert!(
@@ -52,10 +52,10 @@ fn the_services_and_ports_the_readme_names_are_in_it() {
                     || config.contains(&format!("published: '{port}'"))
                     || config.contains(&format!("- {port}:"))
                     || config.contains(&format!("{port}:{port}")),
-                "README says {service} listens on {port}; the compose file does not publish it:\n{config}"
+                "docs/OPERATIONS.md says {service} listens on {port}; the compose file does not publish it:\n{config}"
             );
         }
         named += 1;
     }
-    assert!(named >= 5, "the README's Playground table lists {named} services");
+    assert!(named >= 5, "the Playground table lists {named} services");
 }

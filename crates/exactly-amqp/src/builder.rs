@@ -13,8 +13,8 @@ use crate::error::redact_url;
 use crate::{Error, Topology};
 
 /// Settings of a [`Consumer`]. Every one has a default; [`build`](Self::build) checks
-/// them.
-#[derive(Debug, Clone)]
+/// them. `Debug` shows the URL without its password.
+#[derive(Clone)]
 #[must_use]
 pub struct ConsumerBuilder {
     url: String,
@@ -27,6 +27,20 @@ pub struct ConsumerBuilder {
     reconnect_min: Duration,
     reconnect_max: Duration,
     wait_in_place_up_to: Duration,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("topology", &self.topology)
+            .field("consumer_tag", &self.consumer_tag)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConsumerBuilder {

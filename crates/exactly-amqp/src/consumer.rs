@@ -132,7 +132,7 @@ impl Consumer {
         let started = Instant::now();
         let mut ever_connected = false;
         let mut failures = 0u32;
-        let sweeper = self.processor.spawn_sweeper(exactly_core::Sweeper::default());
+        let _sweeper = self.processor.sweeper();
         let result = loop {
             if self.shutdown.is_cancelled() {
                 break Ok(());
@@ -163,7 +163,6 @@ impl Consumer {
                 }
             }
         };
-        sweeper.abort();
         self.processor.flush().await?;
         result
     }
@@ -283,5 +282,44 @@ fn fatal(joined: Result<Result<(), exactly_core::Error>, tokio::task::JoinError>
             None
         }
         Err(_) => None,
+    }
+}
+
+#[exactly_core::async_trait]
+impl exactly_core::Subscription for Consumer {
+    fn describe(&self) -> String {
+        format!("amqp {}", self.config.queue)
+    }
+
+    fn status(&self) -> Arc<dyn exactly_core::SubscriptionStatus> {
+        self.stats.clone()
+    }
+
+    async fn run(
+        self: Box<Self>,
+        stop: exactly_core::subscription::CancellationToken,
+    ) -> Result<(), exactly_core::subscription::SubscriptionError> {
+        let handle = self.shutdown_handle();
+        let link = tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.shutdown();
+        });
+        let result = (*self).run().await;
+        link.abort();
+        result.map_err(Into::into)
+    }
+}
+
+impl exactly_core::SubscriptionStatus for Stats {
+    fn ready(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> exactly_core::SubscriptionStats {
+        exactly_core::SubscriptionStats::new(
+            self.deliveries.load(Ordering::Relaxed),
+            self.acked.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+        )
     }
 }

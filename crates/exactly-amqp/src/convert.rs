@@ -6,7 +6,7 @@ use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 
-use crate::names;
+use crate::header_names;
 
 /// A short string, cut at 255 bytes on a character boundary (lapin's `From` panics
 /// beyond).
@@ -66,9 +66,9 @@ pub(crate) fn to_message(d: &Delivery, payload: Bytes, queue: &str) -> Message {
             headers.append(k.as_str(), header_value(v));
         }
     }
-    let exchange = header_str(table, names::ORIGINAL_EXCHANGE).unwrap_or_else(|| d.exchange.as_str().to_owned());
+    let exchange = header_str(table, header_names::ORIGINAL_EXCHANGE).unwrap_or_else(|| d.exchange.as_str().to_owned());
     let routing_key =
-        header_str(table, names::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_owned());
+        header_str(table, header_names::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_owned());
     let mut coordinates = Coordinates::new(queue).with_route(exchange, routing_key);
     if let Some(ts) = props.timestamp()
         && let Ok(ts) = i64::try_from(*ts)
@@ -80,7 +80,7 @@ pub(crate) fn to_message(d: &Delivery, payload: Bytes, queue: &str) -> Message {
     if let Some(id) = props.message_id() {
         b = b.message_id(id.as_str());
     }
-    if let Some(n) = header(table, names::ATTEMPTS).and_then(|v| header_value(v).as_i64()) {
+    if let Some(n) = header(table, header_names::ATTEMPTS).and_then(|v| header_value(v).as_i64()) {
         b = b.delivery_count(u32::try_from(n.max(0)).unwrap_or(u32::MAX));
     }
     b.build()
@@ -94,11 +94,11 @@ fn with_headers(d: &Delivery, edit: impl FnOnce(&mut FieldTable)) -> BasicProper
 }
 
 fn set_origin(t: &mut FieldTable, d: &Delivery, queue: &str) {
-    if !t.contains_key(names::ORIGINAL_EXCHANGE) {
-        t.insert(short(names::ORIGINAL_EXCHANGE), long(d.exchange.as_str()));
-        t.insert(short(names::ORIGINAL_ROUTING_KEY), long(d.routing_key.as_str()));
+    if !t.contains_key(header_names::ORIGINAL_EXCHANGE) {
+        t.insert(short(header_names::ORIGINAL_EXCHANGE), long(d.exchange.as_str()));
+        t.insert(short(header_names::ORIGINAL_ROUTING_KEY), long(d.routing_key.as_str()));
     }
-    t.insert(short(names::ORIGINAL_QUEUE), long(queue));
+    t.insert(short(header_names::ORIGINAL_QUEUE), long(queue));
 }
 
 /// Properties of the dead-letter copy: the original ones plus why, how often, and where
@@ -111,19 +111,22 @@ pub(crate) fn dead_letter_properties(
     now_ms: u64,
 ) -> BasicProperties {
     with_headers(d, |t| {
-        t.insert(short(names::REASON), long(&dl.reason));
-        t.insert(short(names::ATTEMPTS), AMQPValue::LongLongInt(i64::from(dl.attempts)));
+        t.insert(short(header_names::REASON), long(&dl.reason));
+        t.insert(short(header_names::ATTEMPTS), AMQPValue::LongLongInt(i64::from(dl.attempts)));
         if let Some(e) = &dl.first_error {
-            t.insert(short(names::FIRST_ERROR), long(e));
+            t.insert(short(header_names::FIRST_ERROR), long(e));
         }
         if let Some(e) = &dl.last_error {
-            t.insert(short(names::LAST_ERROR), long(e));
+            t.insert(short(header_names::LAST_ERROR), long(e));
         }
         if let Some(k) = &dl.key {
-            t.insert(short(names::KEY), long(k));
+            t.insert(short(header_names::KEY), long(k));
         }
-        t.insert(short(names::CONSUMER), long(consumer));
-        t.insert(short(names::DEAD_LETTERED_AT), AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)));
+        t.insert(short(header_names::CONSUMER), long(consumer));
+        t.insert(
+            short(header_names::DEAD_LETTERED_AT),
+            AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
+        );
         set_origin(t, d, queue);
     })
     .with_delivery_mode(2)
@@ -132,7 +135,7 @@ pub(crate) fn dead_letter_properties(
 /// Properties of a retry copy: the original ones plus the attempts so far.
 pub(crate) fn retry_properties(d: &Delivery, attempts: u32, queue: &str) -> BasicProperties {
     with_headers(d, |t| {
-        t.insert(short(names::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
+        t.insert(short(header_names::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
         set_origin(t, d, queue);
     })
     .with_delivery_mode(2)
@@ -141,7 +144,7 @@ pub(crate) fn retry_properties(d: &Delivery, attempts: u32, queue: &str) -> Basi
 /// Properties of a reply to a request.
 pub(crate) fn reply_properties(d: &Delivery, cached: bool) -> BasicProperties {
     let mut table = FieldTable::default();
-    table.insert(short(names::CACHED), AMQPValue::Boolean(cached));
+    table.insert(short(header_names::CACHED), AMQPValue::Boolean(cached));
     let mut p = BasicProperties::default().with_headers(table);
     if let Some(c) = d.properties.correlation_id() {
         p = p.with_correlation_id(c.clone());
@@ -191,9 +194,9 @@ mod tests {
     fn messages_carry_id_route_and_attempts() {
         let mut t = FieldTable::default();
         t.insert(short("idempotency-key"), long("k1"));
-        t.insert(short(names::ATTEMPTS), AMQPValue::LongLongInt(2));
-        t.insert(short(names::ORIGINAL_EXCHANGE), long("orders"));
-        t.insert(short(names::ORIGINAL_ROUTING_KEY), long("eu"));
+        t.insert(short(header_names::ATTEMPTS), AMQPValue::LongLongInt(2));
+        t.insert(short(header_names::ORIGINAL_EXCHANGE), long("orders"));
+        t.insert(short(header_names::ORIGINAL_ROUTING_KEY), long("eu"));
         let props = BasicProperties::default().with_message_id(short("m1")).with_headers(t);
         let d = Delivery::mock(1, short(""), short("q.retry.2s"), true, b"{}".to_vec());
         let d = Delivery { properties: props, ..d };

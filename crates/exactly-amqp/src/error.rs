@@ -99,18 +99,7 @@ impl Error {
 /// assert_eq!(exactly_amqp::redact_url("amqp://guest:secret@host/%2f"), "amqp://guest:***@host/%2f");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            format!("{}{}{}", &url[..scheme_end + 3], hidden, &rest[at..])
-        }
-        None => url.to_owned(),
-    }
+    exactly_core::redact::url(url)
 }
 
 #[cfg(test)]

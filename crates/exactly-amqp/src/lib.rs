@@ -45,7 +45,7 @@ mod builder;
 mod consumer;
 mod convert;
 mod error;
-pub mod names;
+pub mod header_names;
 mod settle;
 mod topology;
 

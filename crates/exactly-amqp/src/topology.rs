@@ -135,6 +135,15 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares, idempotently, what this topology declares for `queue`: the queue with its
+    /// dead-letter arguments, the dead-letter exchange and queue, the retry queues. A
+    /// consumer does it when it connects; a deployment script or a test that publishes
+    /// before any consumer ran can do it first. (A topology of
+    /// [`existing`](Self::existing) declares nothing.)
+    pub async fn apply(&self, channel: &Channel, queue: &str) -> Result<(), Error> {
+        self.resolve(queue)?.declare(channel).await
+    }
+
     pub(crate) fn resolve(&self, queue: &str) -> Result<Resolved, Error> {
         let name = |field: &'static str, s: String| -> Result<String, Error> {
             if s.is_empty() || s.len() > 255 {

@@ -11,7 +11,7 @@ use common::{Broker, Runs, eventually, header_i64, header_str, props_with_id, un
 use exactly_amqp::lapin::BasicProperties;
 use exactly_amqp::lapin::options::QueueDeclareOptions;
 use exactly_amqp::lapin::types::{FieldTable, ShortString};
-use exactly_amqp::{Consumer, names};
+use exactly_amqp::{Consumer, header_names};
 use exactly_core::{
     Context, CrashPoint, DedupStore, FaultInjector, HandlerError, KeySource, KeyStrategy, MemoryStore, Message,
     Processor, RetryPolicy, SledStore, StoreKey, handler_fn,
@@ -185,7 +185,9 @@ async fn poison_keyless_and_failing_messages_are_dead_lettered_with_their_reason
     assert_eq!(dead.len(), 3, "exactly the three bad messages are dead-lettered");
     let mut by_reason: Vec<(String, i64, Vec<u8>)> = dead
         .iter()
-        .map(|(p, body)| (header_str(p, names::REASON).unwrap(), header_i64(p, names::ATTEMPTS).unwrap(), body.clone()))
+        .map(|(p, body)| {
+            (header_str(p, header_names::REASON).unwrap(), header_i64(p, header_names::ATTEMPTS).unwrap(), body.clone())
+        })
         .collect();
     by_reason.sort();
     assert_eq!(by_reason[0].0, "decode");
@@ -193,11 +195,14 @@ async fn poison_keyless_and_failing_messages_are_dead_lettered_with_their_reason
     assert_eq!(by_reason[1].0, "missing-key");
     assert_eq!(by_reason[2].0, "retries-exhausted");
     assert_eq!(by_reason[2].1, 3, "three attempts before giving up");
-    let flaky =
-        &dead.iter().find(|(p, _)| header_str(p, names::REASON).as_deref() == Some("retries-exhausted")).unwrap().0;
-    assert_eq!(header_str(flaky, names::LAST_ERROR).as_deref(), Some("the ledger is down"));
-    assert_eq!(header_str(flaky, names::ORIGINAL_QUEUE).as_deref(), Some(queue.as_str()));
-    assert_eq!(header_str(flaky, names::KEY).as_deref(), Some("flaky"));
+    let flaky = &dead
+        .iter()
+        .find(|(p, _)| header_str(p, header_names::REASON).as_deref() == Some("retries-exhausted"))
+        .unwrap()
+        .0;
+    assert_eq!(header_str(flaky, header_names::LAST_ERROR).as_deref(), Some("the ledger is down"));
+    assert_eq!(header_str(flaky, header_names::ORIGINAL_QUEUE).as_deref(), Some(queue.as_str()));
+    assert_eq!(header_str(flaky, header_names::KEY).as_deref(), Some("flaky"));
     assert_eq!(flaky.message_id().as_ref().map(|s| s.as_str()), Some("flaky"));
     assert_eq!(broker.ready(&queue).await, 0, "nothing left unacknowledged");
     broker.cleanup(&queue).await;
@@ -351,7 +356,7 @@ async fn a_duplicate_request_gets_the_same_cached_reply() {
     let corr: Vec<_> = got.iter().map(|(p, _)| p.correlation_id().as_ref().map(|c| c.to_string())).collect();
     assert_eq!(corr, vec![Some("c1".into()), Some("c2".into())]);
     use exactly_amqp::lapin::types::AMQPValue;
-    let mut cached: Vec<_> = got.iter().map(|(p, _)| common::header(p, names::CACHED).cloned()).collect();
+    let mut cached: Vec<_> = got.iter().map(|(p, _)| common::header(p, header_names::CACHED).cloned()).collect();
     cached.sort_by_key(|v| format!("{v:?}"));
     assert_eq!(
         cached,

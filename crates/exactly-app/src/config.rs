@@ -73,6 +73,15 @@ pub struct StoreConfig {
     /// The store directory.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Whether a directory without a store gets a new, empty one (default `true`). Set it
+    /// to `false` once the store is in service: a lost volume then stops the consumer at
+    /// its start instead of handling again every message within the retention.
+    #[serde(default = "default_true")]
+    pub create_if_missing: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_store_path() -> PathBuf {
@@ -81,7 +90,7 @@ fn default_store_path() -> PathBuf {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { engine: Engine::default(), path: default_store_path() }
+        Self { engine: Engine::default(), path: default_store_path(), create_if_missing: true }
     }
 }
 
@@ -121,25 +130,16 @@ impl Default for HttpConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json`.
     #[serde(default)]
     pub format: LogFormat,
-    /// An env-filter directive (`info`, `exactly=debug,warn`); `RUST_LOG` wins over it.
-    #[serde(default = "default_filter")]
-    pub filter: String,
-}
-
-fn default_filter() -> String {
-    "info".into()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { format: LogFormat::default(), filter: default_filter() }
-    }
+    /// An env-filter directive (`exactly=debug,warn`; default `info`); `RUST_LOG` wins
+    /// over it.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 /// Log format.
@@ -153,8 +153,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// A Kafka subscription: see `exactly_kafka::ConsumerBuilder`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A Kafka subscription: see `exactly_kafka::ConsumerBuilder`. `Debug` hides secret
+/// librdkafka settings (`sasl.password`, `ssl.key.password`, ...).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSubscription {
     /// Bootstrap servers.
@@ -171,8 +172,9 @@ pub struct KafkaSubscription {
     pub librdkafka: BTreeMap<String, String>,
 }
 
-/// A RabbitMQ subscription: see `exactly_amqp::ConsumerBuilder`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A RabbitMQ subscription: see `exactly_amqp::ConsumerBuilder`. `Debug` shows the URL
+/// without its password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSubscription {
     /// `amqp://user:pass@host:port/vhost`.
@@ -182,6 +184,30 @@ pub struct AmqpSubscription {
     /// `basic.qos` prefetch.
     #[serde(default)]
     pub prefetch: Option<u16>,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let librdkafka: BTreeMap<&str, &str> =
+            self.librdkafka.iter().map(|(k, v)| (k.as_str(), exactly_core::redact::setting(k, v))).collect();
+        f.debug_struct("KafkaSubscription")
+            .field("brokers", &exactly_core::redact::url(&self.brokers))
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("librdkafka", &librdkafka)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AmqpSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSubscription")
+            .field("url", &exactly_core::redact::url(&self.url))
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
 }
 
 impl Default for Config {

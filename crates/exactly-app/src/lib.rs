@@ -29,17 +29,17 @@
 
 mod config;
 mod http;
+mod runner;
+mod subscriptions;
 mod telemetry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use config::{AmqpSubscription, Config, Engine, HttpConfig, KafkaSubscription, LogConfig, LogFormat, StoreConfig};
 use exactly_core::store::{FjallStore, RedbStore};
-use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore};
-use tokio::task::JoinSet;
+use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore, Subscription};
 
 /// What can stop an app.
 #[derive(Debug, thiserror::Error)]
@@ -51,21 +51,14 @@ pub enum Error {
     /// The store could not be opened or flushed.
     #[error("store: {0}")]
     Store(#[from] exactly_core::Error),
-    /// A Kafka subscription failed.
-    #[error("kafka subscription {name}: {source}")]
-    Kafka {
-        /// The subscription.
+    /// A subscription could not start, or stopped on an error it cannot recover from.
+    #[error("subscription {name}: {source}")]
+    Subscription {
+        /// The subscription, as its table is named (`kafka.orders`, `amqp.payments`).
         name: String,
-        /// Why.
-        source: Box<exactly_kafka::Error>,
-    },
-    /// A RabbitMQ subscription failed.
-    #[error("amqp subscription {name}: {source}")]
-    Amqp {
-        /// The subscription.
-        name: String,
-        /// Why.
-        source: Box<exactly_amqp::Error>,
+        /// Why: the adapter's error.
+        #[source]
+        source: exactly_core::subscription::SubscriptionError,
     },
     /// The HTTP endpoint could not listen.
     #[error("http endpoint on {addr}: {source}")]
@@ -75,6 +68,22 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// The configured store.
+fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
+    let create = cfg.create_if_missing;
+    Ok(match cfg.engine {
+        Engine::Sled => Arc::new(SledStore::builder(&cfg.path).create_if_missing(create).open()?),
+        Engine::Redb => Arc::new(RedbStore::builder(&cfg.path).create_if_missing(create).open()?),
+        Engine::Fjall => Arc::new(FjallStore::builder(&cfg.path).create_if_missing(create).open()?),
+    })
+}
+
+impl Error {
+    fn subscription(kind: &str, name: &str, source: impl Into<exactly_core::subscription::SubscriptionError>) -> Self {
+        Error::Subscription { name: format!("{kind}.{name}"), source: source.into() }
+    }
 }
 
 type MakeProcessor = Box<dyn FnOnce(Arc<dyn DedupStore>) -> Result<Processor, exactly_core::Error> + Send>;
@@ -156,11 +165,7 @@ impl App {
             true => None,
             false => Some(http::bind(config.http.listen).await?),
         };
-        let store: Arc<dyn DedupStore> = match config.store.engine {
-            Engine::Sled => Arc::new(SledStore::open(&config.store.path)?),
-            Engine::Redb => Arc::new(RedbStore::open(&config.store.path)?),
-            Engine::Fjall => Arc::new(FjallStore::open(&config.store.path)?),
-        };
+        let store = open_store(&config.store)?;
         let mut take = |kind: &str, name: &str| {
             let make = handlers.remove(name).ok_or_else(|| {
                 Error::Config(format!("{kind}.{name}: no handler is registered under {name:?} (App::handler)"))
@@ -169,114 +174,27 @@ impl App {
         };
 
         // Every subscription is built before any starts: a bad one stops the start cleanly.
-        let mut starting: Vec<futures_util::future::BoxFuture<'static, Result<(), Error>>> = Vec::new();
-        let mut stops: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
-        let mut ready: Vec<http::Probe> = Vec::new();
+        let mut subscriptions: Vec<(String, Box<dyn Subscription>)> = Vec::new();
         for (name, sub) in &config.kafka {
-            let processor = take("kafka", name)?;
-            let mut b = exactly_kafka::Consumer::builder(&sub.brokers, &sub.group)
-                .topics(sub.topics.iter().cloned())
-                .shutdown_timeout(config.shutdown_timeout);
-            if let Some(n) = sub.max_in_flight {
-                b = b.max_in_flight(n);
-            }
-            for (k, v) in &sub.librdkafka {
-                b = b.set(k, v);
-            }
-            let consumer =
-                b.build(processor).map_err(|source| Error::Kafka { name: name.clone(), source: Box::new(source) })?;
-            let handle = consumer.shutdown_handle();
-            stops.push(Box::new(move || handle.shutdown()));
-            let stats = consumer.stats();
-            let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            ready.push(http::Probe {
-                name: format!("kafka.{name}"),
-                ready: Box::new({
-                    let alive = alive.clone();
-                    move || alive.load(Ordering::Relaxed) && stats.joined.load(Ordering::Relaxed)
-                }),
-            });
-            let name = name.clone();
-            starting.push(Box::pin(async move {
-                let r = consumer.run().await.map_err(|source| Error::Kafka { name, source: Box::new(source) });
-                alive.store(false, Ordering::Relaxed);
-                r
-            }));
+            let s = subscriptions::kafka(name, sub, &config, take("kafka", name)?)?;
+            subscriptions.push((format!("kafka.{name}"), s));
         }
         for (name, sub) in &config.amqp {
-            let processor = take("amqp", name)?;
-            let mut b = exactly_amqp::Consumer::builder(&sub.url, &sub.queue).shutdown_timeout(config.shutdown_timeout);
-            if let Some(n) = sub.prefetch {
-                b = b.prefetch(n);
-            }
-            let consumer =
-                b.build(processor).map_err(|source| Error::Amqp { name: name.clone(), source: Box::new(source) })?;
-            let handle = consumer.shutdown_handle();
-            stops.push(Box::new(move || handle.shutdown()));
-            let stats = consumer.stats();
-            let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            ready.push(http::Probe {
-                name: format!("amqp.{name}"),
-                ready: Box::new({
-                    let alive = alive.clone();
-                    move || alive.load(Ordering::Relaxed) && stats.consuming.load(Ordering::Relaxed)
-                }),
-            });
-            let name = name.clone();
-            starting.push(Box::pin(async move {
-                let r = consumer.run().await.map_err(|source| Error::Amqp { name, source: Box::new(source) });
-                alive.store(false, Ordering::Relaxed);
-                r
-            }));
+            let s = subscriptions::amqp(name, sub, &config, take("amqp", name)?)?;
+            subscriptions.push((format!("amqp.{name}"), s));
         }
         for name in handlers.keys() {
             tracing::warn!(handler = %name, "a handler is registered but no subscription names it");
         }
-        let mut running = JoinSet::new();
-        for s in starting {
-            running.spawn(s);
-        }
-
-        let server = listener.map(|l| http::serve(l, metrics, ready, stop.clone()));
+        // One sweeper for the store, whatever the number of subscriptions.
+        let _sweeper = exactly_core::Sweeper::default().start(store.clone(), Arc::new(exactly_core::SystemClock));
+        let (mut running, probes) = runner::Running::start(subscriptions);
+        let server = listener.map(|l| http::serve(l, metrics, probes, stop.clone()));
         let gauges = tokio::spawn(telemetry::store_gauges(store.clone()));
         tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.path.display(), "exactly app running");
 
-        // Run until asked to stop or until a subscription ends on its own (an error).
-        let mut first_error = None;
-        tokio::select! {
-            () = stop.cancelled() => tracing::info!("stopping: finishing messages in flight"),
-            Some(done) = running.join_next() => {
-                first_error = Some(match done {
-                    Ok(Ok(())) => Error::Config("a subscription stopped on its own".into()),
-                    Ok(Err(e)) => e,
-                    Err(e) => Error::Config(format!("a subscription panicked: {e}")),
-                });
-                if let Some(e) = &first_error {
-                    tracing::error!(error = %e, "a subscription failed; stopping the others");
-                }
-            }
-        }
-        for s in &stops {
-            s();
-        }
-        let deadline = config.shutdown_timeout + Duration::from_secs(5);
-        let drained = tokio::time::timeout(deadline, async {
-            while let Some(done) = running.join_next().await {
-                match done {
-                    Ok(Err(e)) if first_error.is_none() => first_error = Some(e),
-                    Ok(Err(e)) => tracing::error!(error = %e, "subscription failed while stopping"),
-                    Err(e) => tracing::error!(error = %e, "subscription task panicked while stopping"),
-                    Ok(Ok(())) => {}
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                "subscriptions did not stop within {deadline:?}; what they did not acknowledge is delivered again"
-            );
-            running.abort_all();
-        }
+        let failed = running.until_stopped(&stop).await;
+        let first_error = running.drain(config.shutdown_timeout + Duration::from_secs(5), failed).await;
         gauges.abort();
         store.flush().await?;
         stop.cancel();

@@ -13,7 +13,7 @@ use crate::config::{LogConfig, LogFormat};
 /// configured filter.
 pub(crate) fn init_logs(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.filter))
+        .or_else(|_| EnvFilter::try_new(cfg.filter.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _already_set = match cfg.format {

@@ -39,3 +39,24 @@ async fn a_subscription_without_a_handler_is_named() {
     let text = err.unwrap_err().to_string();
     assert!(text.contains("amqp.orders") && text.contains("no handler"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_store_stops_the_start_when_creating_one_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = config(tmp.path(), port);
+    cfg.store.create_if_missing = false;
+    let err = App::new(cfg).handler("orders", noop()).run_until(CancellationToken::new()).await;
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("no store there") && text.contains("create_if_missing"), "{text}");
+    assert!(!tmp.path().join("store").exists(), "no empty store was made");
+}
+
+#[test]
+fn creating_a_missing_store_is_on_unless_the_file_says_otherwise() {
+    let sub = "[amqp.orders]\nurl = \"amqp://127.0.0.1/%2f\"\nqueue = \"q\"\n";
+    let on = Config::from_toml(&format!("[store]\npath = \"s\"\n{sub}")).unwrap();
+    assert!(on.store.create_if_missing);
+    let off = Config::from_toml(&format!("[store]\npath = \"s\"\ncreate_if_missing = false\n{sub}")).unwrap();
+    assert!(!off.store.create_if_missing);
+}

@@ -42,22 +42,24 @@
 //!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `sled` | yes | [`SledStore`], the embedded on-disk store |
-//! | `testing` | no | [`testing::MemoryBroker`] and fault injection for handler tests |
+//! | `sled` | yes | `SledStore`, the embedded on-disk store |
+//! | `testing` | no | `testing::MemoryBroker` and fault injection for handler tests |
 //! | `conformance` | no | the store conformance suite (`store_conformance_tests!`), for tests of a store |
 
 mod clock;
 mod context;
 mod error;
 mod handler;
+pub mod header_names;
 mod key;
 mod message;
 pub mod metrics;
-pub mod names;
 mod processor;
+pub mod redact;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;
+pub mod subscription;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -81,6 +83,7 @@ pub use processor::{
 #[cfg(feature = "sled")]
 pub use store::SledStore;
 pub use store::{DedupStore, MemoryStore, StoreKey, Sweeper};
+pub use subscription::{Subscription, SubscriptionStats, SubscriptionStatus};
 /// tower, for [`ProcessorBuilder::layer`]: its middleware (with the features `util`,
 /// `limit`, `load-shed` and `timeout`) works around a handler unchanged.
 pub use tower;

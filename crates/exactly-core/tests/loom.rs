@@ -35,7 +35,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use exactly_core::store::internals::{
-    BackendStats, KvBackend, LogBackend, LogOptions, MemoryBackend, Snapshots, Staged, WriteBatch,
+    AppliedWrite, BackendStats, KvBackend, LogBackend, LogOptions, MemoryBackend, Snapshots, WriteBatch,
 };
 use exactly_core::store::{
     Claim, ClaimRequest, Committed, Completion, Durable, FencingToken, Final, LocalStore, RecordState, StateChanges,
@@ -107,7 +107,7 @@ impl KvBackend for Deferred {
         self.inner.range(from, to, limit)
     }
 
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         let staged = self.inner.stage(batch, None).await?;
         if !staged.applied {
             return Ok(staged);
@@ -115,7 +115,7 @@ impl KvBackend for Deferred {
         let (tx, rx) = oneshot::channel();
         self.owed.lock().unwrap().0.push((on_durable, tx));
         self.wake.notify_all();
-        Ok(Staged { applied: true, durable: Durable::pending(rx) })
+        Ok(AppliedWrite { applied: true, durable: Durable::pending(rx) })
     }
 
     async fn flush(&self) -> Result<()> {

@@ -42,18 +42,13 @@ pub struct ConsumerBuilder {
 }
 
 impl fmt::Debug for ConsumerBuilder {
-    /// Settings whose name mentions a password, secret or key are hidden.
+    /// Settings whose name says they are secret are hidden
+    /// ([`exactly_core::redact::is_secret`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let settings: Vec<(&str, &str)> = self
-            .settings
-            .iter()
-            .map(|(k, v)| {
-                let secret = ["password", "secret", "key", "token"].iter().any(|s| k.contains(s));
-                (k.as_str(), if secret { "***" } else { v.as_str() })
-            })
-            .collect();
+        let settings: Vec<(&str, &str)> =
+            self.settings.iter().map(|(k, v)| (k.as_str(), exactly_core::redact::setting(k, v))).collect();
         f.debug_struct("ConsumerBuilder")
-            .field("brokers", &self.brokers)
+            .field("brokers", &exactly_core::redact::url(&self.brokers))
             .field("group", &self.group)
             .field("topics", &self.topics)
             .field("settings", &settings)
@@ -66,6 +61,18 @@ impl fmt::Debug for ConsumerBuilder {
 }
 
 impl ConsumerBuilder {
+    /// The error of a client librdkafka would not create, with secret settings' values
+    /// hidden from its message.
+    pub(crate) fn create_error(&self, client: &'static str, e: &rdkafka::error::KafkaError) -> Error {
+        let mut reason = e.to_string();
+        for (k, v) in &self.settings {
+            if exactly_core::redact::is_secret(k) && !v.is_empty() {
+                reason = reason.replace(v.as_str(), "***");
+            }
+        }
+        Error::Create { client, reason }
+    }
+
     pub(crate) fn new(brokers: impl Into<String>, group: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),

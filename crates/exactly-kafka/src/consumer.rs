@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::builder::ConsumerBuilder;
-use crate::context::Ctx;
-use crate::shared::{Committer, Control, Shared, Tp};
+use crate::hooks::ConsumerHooks;
+use crate::state::{Committer, ConsumerState, Control, TopicPartition};
 
 /// Counters of a consumer, for tests and monitoring.
 #[derive(Debug, Default)]
@@ -24,6 +24,9 @@ pub struct Stats {
     pub records: AtomicU64,
     /// Records skipped below the local watermark, without a store lookup.
     pub skipped: AtomicU64,
+    /// Records whose outcome is decided and durable (handled, duplicates, dead-lettered,
+    /// skipped): their offsets are committed at the next commit.
+    pub finished: AtomicU64,
     /// Records dead-lettered (delivered to the dead-letter topic).
     pub dead_lettered: AtomicU64,
     /// Offset commits (or transactions) that succeeded.
@@ -66,15 +69,15 @@ impl Stats {
 /// ```
 #[must_use = "a consumer does nothing until it runs"]
 pub struct Consumer {
-    consumer: Arc<StreamConsumer<Ctx>>,
-    shared: Arc<Shared>,
+    consumer: Arc<StreamConsumer<ConsumerHooks>>,
+    state: Arc<ConsumerState>,
     control: mpsc::UnboundedReceiver<Control>,
     shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("config", &self.shared.cfg).finish_non_exhaustive()
+        f.debug_struct("Consumer").field("config", &self.state.cfg).finish_non_exhaustive()
     }
 }
 
@@ -96,16 +99,16 @@ impl Drop for Consumer {
     /// and let the revoke at close skip waiting. Nothing uncommitted is lost: it is
     /// delivered again.
     fn drop(&mut self) {
-        self.shared.closing.store(true, std::sync::atomic::Ordering::Relaxed);
-        for p in self.shared.parts().values() {
+        self.state.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        for p in self.state.partitions().values() {
             p.stop.cancel();
         }
     }
 }
 
-struct Live<'a>(&'a StreamConsumer<Ctx>);
+struct Live<'a>(&'a StreamConsumer<ConsumerHooks>);
 
-fn list(tps: &[Tp]) -> TopicPartitionList {
+fn list(tps: &[TopicPartition]) -> TopicPartitionList {
     let mut l = TopicPartitionList::new();
     for tp in tps {
         l.add_partition(&tp.0, tp.1);
@@ -131,28 +134,23 @@ impl Consumer {
     }
 
     pub(crate) fn new(cfg: ConsumerBuilder, processor: Processor) -> Result<Self, Error> {
-        let producer: FutureProducer = cfg
-            .producer_config()
-            .remove("transactional.id")
-            .create()
-            .map_err(|source| Error::Create { client: "producer", source })?;
+        let producer: FutureProducer =
+            cfg.producer_config().remove("transactional.id").create().map_err(|e| cfg.create_error("producer", &e))?;
         let txn_producer: Option<FutureProducer> = match &cfg.transactional_id {
             None => None,
-            Some(_) => {
-                Some(cfg.producer_config().create().map_err(|source| Error::Create { client: "producer", source })?)
-            }
+            Some(_) => Some(cfg.producer_config().create().map_err(|e| cfg.create_error("producer", &e))?),
         };
-        let consumer: StreamConsumer<Ctx> = cfg
+        let consumer: StreamConsumer<ConsumerHooks> = cfg
             .consumer_config()
-            .create_with_context(Ctx::default())
-            .map_err(|source| Error::Create { client: "consumer", source })?;
+            .create_with_context(ConsumerHooks::default())
+            .map_err(|e| cfg.create_error("consumer", &e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        let shared = Arc::new(Shared::new(cfg, processor, producer, txn_producer, tx, stats));
-        let _ = consumer.context().shared.set(shared.clone());
+        let state = Arc::new(ConsumerState::new(cfg, processor, producer, txn_producer, tx, stats));
+        let _ = consumer.context().state.set(state.clone());
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-        Ok(Self { consumer, shared, control: rx, shutdown: CancellationToken::new() })
+        Ok(Self { consumer, state, control: rx, shutdown: CancellationToken::new() })
     }
 
     /// A handle that stops the consumer.
@@ -162,7 +160,7 @@ impl Consumer {
 
     /// The consumer's counters.
     pub fn stats(&self) -> Arc<Stats> {
-        self.shared.stats.clone()
+        self.state.stats.clone()
     }
 
     /// Runs until SIGINT or SIGTERM, then stops gracefully; a second signal exits at once
@@ -176,15 +174,15 @@ impl Consumer {
     /// Runs until [`ShutdownHandle::shutdown`]. Returns an error only when the store fails
     /// or the consumer cannot start; broker errors are retried by librdkafka.
     pub async fn run(mut self) -> Result<(), Error> {
-        let cfg = &self.shared.cfg;
-        if let Some(p) = &self.shared.txn_producer {
+        let cfg = &self.state.cfg;
+        if let Some(p) = &self.state.txn_producer {
             p.init_transactions(Duration::from_secs(30))
                 .map_err(|source| Error::Transaction { step: "init", source })?;
         }
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         self.consumer.subscribe(&topics).map_err(|source| Error::Subscribe { topics: cfg.topics.clone(), source })?;
         tracing::info!(group = %cfg.group, topics = ?cfg.topics, "consuming");
-        let sweeper = self.shared.processor.spawn_sweeper(exactly_core::Sweeper::default());
+        let _sweeper = self.state.processor.sweeper();
         let mut commit_tick = tokio::time::interval(cfg.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut breaker_paused = Vec::new();
@@ -194,7 +192,7 @@ impl Consumer {
             tokio::select! {
                 () = self.shutdown.cancelled() => break Ok(()),
                 m = consumer.recv() => match m {
-                    Ok(m) => self.shared.route(m.detach()),
+                    Ok(m) => self.state.route(m.detach()),
                     Err(e) => {
                         tracing::warn!(error = %e, "consume error (librdkafka retries)");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -202,18 +200,18 @@ impl Consumer {
                 },
                 Some(Control::Fatal(e)) = self.control.recv() => break Err(Error::Store(e)),
                 _ = commit_tick.tick() => {
-                    if let Err(e) = self.shared.commit(&live, CommitMode::Async).await {
+                    if let Err(e) = self.state.commit(&live, CommitMode::Async).await {
                         break Err(e);
                     }
                     // The circuit breaker: pause every partition while it is open.
-                    if self.shared.breaker_paused() && breaker_paused.is_empty() {
-                        breaker_paused = self.shared.assigned();
+                    if self.state.breaker_paused() && breaker_paused.is_empty() {
+                        breaker_paused = self.state.assigned();
                         if let Err(e) = consumer.pause(&list(&breaker_paused)) {
                             tracing::warn!(error = %e, "pausing partitions failed");
                         }
                         tracing::warn!(partitions = breaker_paused.len(), "circuit breaker open: partitions paused");
-                    } else if !self.shared.breaker_paused() && !breaker_paused.is_empty() {
-                        let assigned = self.shared.assigned();
+                    } else if !self.state.breaker_paused() && !breaker_paused.is_empty() {
+                        let assigned = self.state.assigned();
                         breaker_paused.retain(|tp| assigned.contains(tp));
                         if let Err(e) = consumer.resume(&list(&breaker_paused)) {
                             tracing::warn!(error = %e, "resuming partitions failed");
@@ -223,16 +221,56 @@ impl Consumer {
                 }
             }
         };
-        sweeper.abort();
-        self.shared.stop_all(cfg.shutdown_timeout).await;
+        self.state.stop_all(cfg.shutdown_timeout).await;
         // Outcomes of the last records: commit them before leaving.
-        let committed = self.shared.commit(&live, CommitMode::Sync).await;
-        self.shared.processor.flush().await?;
+        let committed = self.state.commit(&live, CommitMode::Sync).await;
+        self.state.processor.flush().await?;
         self.consumer.unsubscribe();
-        if let Some(p) = &self.shared.txn_producer {
+        if let Some(p) = &self.state.txn_producer {
             let _ = p.flush(Duration::from_secs(10));
         }
-        let _ = self.shared.producer.flush(Duration::from_secs(10));
+        let _ = self.state.producer.flush(Duration::from_secs(10));
         result.and(committed)
+    }
+}
+
+#[exactly_core::async_trait]
+impl exactly_core::Subscription for Consumer {
+    fn describe(&self) -> String {
+        let cfg = &self.state.cfg;
+        format!("kafka {} [{}]", cfg.group, cfg.topics.join(", "))
+    }
+
+    fn status(&self) -> Arc<dyn exactly_core::SubscriptionStatus> {
+        self.state.stats.clone()
+    }
+
+    async fn run(
+        self: Box<Self>,
+        stop: exactly_core::subscription::CancellationToken,
+    ) -> Result<(), exactly_core::subscription::SubscriptionError> {
+        let handle = self.shutdown_handle();
+        let link = tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.shutdown();
+        });
+        let result = (*self).run().await;
+        link.abort();
+        result.map_err(Into::into)
+    }
+}
+
+impl exactly_core::SubscriptionStatus for Stats {
+    fn ready(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> exactly_core::SubscriptionStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        exactly_core::SubscriptionStats::new(
+            self.records.load(Relaxed) + self.skipped.load(Relaxed),
+            self.finished.load(Relaxed),
+            self.dead_lettered.load(Relaxed),
+        )
     }
 }

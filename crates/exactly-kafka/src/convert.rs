@@ -5,7 +5,7 @@ use exactly_core::{Coordinates, DeadLetter, Headers, Message, OutboundRecord};
 use rdkafka::Message as _;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
 
-use crate::names;
+use crate::header_names;
 
 /// The message a record carries, with its topic, partition, offset and timestamp.
 pub(crate) fn to_message(m: &OwnedMessage) -> Message {
@@ -27,7 +27,7 @@ pub(crate) fn to_message(m: &OwnedMessage) -> Message {
     }
     if let Some(n) = m
         .headers()
-        .and_then(|hs| hs.iter().find(|h| h.key == names::ATTEMPTS))
+        .and_then(|hs| hs.iter().find(|h| h.key == header_names::ATTEMPTS))
         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u32>().ok())
     {
         b = b.delivery_count(n);
@@ -48,24 +48,24 @@ pub(crate) fn dead_letter_headers(m: &OwnedMessage, dl: &DeadLetter, consumer: &
             h = h.insert(Header { key: x.key, value: x.value });
         }
     }
-    h = add(h, names::REASON, &dl.reason);
-    h = add(h, names::ATTEMPTS, &dl.attempts.to_string());
+    h = add(h, header_names::REASON, &dl.reason);
+    h = add(h, header_names::ATTEMPTS, &dl.attempts.to_string());
     if let Some(e) = &dl.first_error {
-        h = add(h, names::FIRST_ERROR, e);
+        h = add(h, header_names::FIRST_ERROR, e);
     }
     if let Some(e) = &dl.last_error {
-        h = add(h, names::LAST_ERROR, e);
+        h = add(h, header_names::LAST_ERROR, e);
     }
     if let Some(k) = &dl.key {
-        h = add(h, names::KEY, k);
+        h = add(h, header_names::KEY, k);
     }
-    h = add(h, names::CONSUMER, consumer);
-    h = add(h, names::DEAD_LETTERED_AT, &now_ms.to_string());
-    h = add(h, names::ORIGINAL_TOPIC, m.topic());
-    h = add(h, names::ORIGINAL_PARTITION, &m.partition().to_string());
-    h = add(h, names::ORIGINAL_OFFSET, &m.offset().to_string());
+    h = add(h, header_names::CONSUMER, consumer);
+    h = add(h, header_names::DEAD_LETTERED_AT, &now_ms.to_string());
+    h = add(h, header_names::ORIGINAL_TOPIC, m.topic());
+    h = add(h, header_names::ORIGINAL_PARTITION, &m.partition().to_string());
+    h = add(h, header_names::ORIGINAL_OFFSET, &m.offset().to_string());
     if let Some(ts) = m.timestamp().to_millis() {
-        h = add(h, names::ORIGINAL_TIMESTAMP, &ts.to_string());
+        h = add(h, header_names::ORIGINAL_TIMESTAMP, &ts.to_string());
     }
     h
 }

@@ -15,13 +15,13 @@ pub enum Error {
         reason: String,
     },
     /// Creating the consumer or producer failed (librdkafka refused the settings).
-    #[error("cannot create the Kafka {client}: {source}")]
+    #[error("cannot create the Kafka {client}: {reason}")]
     Create {
         /// `consumer` or `producer`.
         client: &'static str,
-        /// What rdkafka reported.
-        #[source]
-        source: KafkaError,
+        /// What librdkafka reported, with the values of secret settings hidden (its
+        /// message can quote a setting's value).
+        reason: String,
     },
     /// Subscribing to the topics failed.
     #[error("cannot subscribe to {topics:?}: {source}")]

@@ -53,12 +53,12 @@
 mod anchor;
 mod builder;
 mod consumer;
-mod context;
 mod convert;
 mod error;
-pub mod names;
+pub mod header_names;
+mod hooks;
 mod offsets;
-mod shared;
+mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod txn;

@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaError};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
-use crate::shared::Committer;
+use crate::state::Committer;
 use crate::{Error, convert};
 
 const TIMEOUT: Duration = Duration::from_secs(10);

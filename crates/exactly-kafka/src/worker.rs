@@ -20,16 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::builder::Ordering;
-use crate::context::Ctx;
+use crate::hooks::ConsumerHooks;
 use crate::offsets::Tracker;
-use crate::shared::{Control, Shared, Tp};
+use crate::state::{ConsumerState, Control, TopicPartition};
 use crate::{Error, convert};
 
 pub(crate) struct Worker {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tp: Tp,
+    pub(crate) state: Arc<ConsumerState>,
+    pub(crate) tp: TopicPartition,
     /// The partition's own queue: librdkafka stops fetching the partition while it is full.
-    pub(crate) queue: StreamPartitionQueue<Ctx>,
+    pub(crate) queue: StreamPartitionQueue<ConsumerHooks>,
     /// Records of this partition that came through the main queue, taken first.
     pub(crate) spill: mpsc::UnboundedReceiver<OwnedMessage>,
     pub(crate) tracker: Arc<Tracker>,
@@ -52,12 +52,12 @@ enum Step {
 
 impl Worker {
     pub(crate) async fn run(mut self) {
-        let result = match self.shared.cfg.ordering {
+        let result = match self.state.cfg.ordering {
             Ordering::Partition => self.in_order().await,
             Ordering::Key => self.by_key().await,
         };
         if let Err(e) = result {
-            let _ = self.shared.control.send(Control::Fatal(e));
+            let _ = self.state.control.send(Control::Fatal(e));
         }
     }
 
@@ -82,15 +82,20 @@ impl Worker {
         }
     }
 
+    /// A record's outcome is decided and durable: its offset may be committed.
+    fn finished(&self, offset: i64) {
+        self.tracker.finished(offset);
+        self.state.stats.finished.fetch_add(1, AtomicOrdering::Relaxed);
+    }
+
     /// Registers a received record; `false` if it is below the watermark (finished already).
     fn admit(&mut self, m: &OwnedMessage) -> bool {
         let offset = m.offset();
         if !self.anchored {
             // The first record of this assignment anchors the watermark to this log.
             self.anchored = true;
-            let name =
-                crate::anchor::name(&crate::shared::watermark_name(&self.shared.cfg.group, &self.tp.0, self.tp.1));
-            let (store, value) = (self.shared.processor.store().clone(), crate::anchor::Anchor::of(m).encode());
+            let name = crate::anchor::name(&crate::state::watermark_name(&self.state.cfg.group, &self.tp.0, self.tp.1));
+            let (store, value) = (self.state.processor.store().clone(), crate::anchor::Anchor::of(m).encode());
             tokio::spawn(async move {
                 if let Err(e) = store.meta_put(&name, value).await {
                     tracing::warn!(error = %e, "cannot save the watermark's anchor");
@@ -99,11 +104,11 @@ impl Worker {
         }
         self.tracker.received(offset);
         if offset < self.start {
-            self.shared.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
-            self.tracker.finished(offset);
+            self.state.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
+            self.finished(offset);
             return false;
         }
-        self.shared.stats.records.fetch_add(1, AtomicOrdering::Relaxed);
+        self.state.stats.records.fetch_add(1, AtomicOrdering::Relaxed);
         true
     }
 
@@ -117,26 +122,26 @@ impl Worker {
         let stop = self.stop.clone();
         // In offset order, a record keyed by its position has the partition watermark as
         // its done-record.
-        let watermark = crate::shared::watermark_name(&self.shared.cfg.group, &self.tp.0, self.tp.1);
+        let watermark = crate::state::watermark_name(&self.state.cfg.group, &self.tp.0, self.tp.1);
         loop {
             tokio::select! {
                 biased;
                 () = oldest_ready(&mut durable), if !durable.is_empty() => {
                     if let Some((offset, staged)) = durable.pop_front() {
                         let _durable = staged.durable().await?;
-                        self.tracker.finished(offset);
+                        self.finished(offset);
                     }
                 }
                 () = stop.cancelled() => break,
-                m = self.next(), if durable.len() < self.shared.cfg.max_in_flight => {
+                m = self.next(), if durable.len() < self.state.cfg.max_in_flight => {
                     let Some(m) = m else { break };
                     let offset = m.offset();
                     if !self.admit(&m) {
                         continue;
                     }
-                    match settle(&self.shared, &m, &self.stop, Some(&watermark)).await? {
+                    match settle(&self.state, &m, &self.stop, Some(&watermark)).await? {
                         Step::Staged(s) => durable.push_back((offset, s)),
-                        Step::Finished => self.tracker.finished(offset),
+                        Step::Finished => self.finished(offset),
                         Step::Stopped => break,
                     }
                 }
@@ -145,20 +150,20 @@ impl Worker {
         // Records already handled become durable on their own; count them finished.
         while let Some((offset, staged)) = durable.pop_front() {
             let _durable = staged.durable().await?;
-            self.tracker.finished(offset);
+            self.finished(offset);
         }
         Ok(())
     }
 
     /// Records of different keys in parallel, each key in offset order.
     async fn by_key(&mut self) -> Result<(), exactly_core::Error> {
-        let limit = self.shared.cfg.max_in_flight;
+        let limit = self.state.cfg.max_in_flight;
         let mut waiting: HashMap<Option<Bytes>, VecDeque<OwnedMessage>> = HashMap::new();
         let mut running = FuturesUnordered::new();
-        let run = |m: OwnedMessage, shared: Arc<Shared>, stop: CancellationToken| async move {
+        let run = |m: OwnedMessage, state: Arc<ConsumerState>, stop: CancellationToken| async move {
             let key = m.key().map(Bytes::copy_from_slice);
             let offset = m.offset();
-            let step = match settle(&shared, &m, &stop, None).await {
+            let step = match settle(&state, &m, &stop, None).await {
                 Ok(Step::Staged(s)) => s.durable().await.map(|_| true),
                 Ok(Step::Finished) => Ok(true),
                 Ok(Step::Stopped) => Ok(false),
@@ -173,12 +178,12 @@ impl Worker {
                 biased;
                 Some((key, offset, step)) = running.next(), if !running.is_empty() => {
                     if step? {
-                        self.tracker.finished(offset);
+                        self.finished(offset);
                     }
                     // The next record of the same key may start now.
                     let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
                     match next {
-                        Some(m) if !stopping => running.push(run(m, self.shared.clone(), self.stop.clone())),
+                        Some(m) if !stopping => running.push(run(m, self.state.clone(), self.stop.clone())),
                         _ => {
                             waiting.remove(&key);
                         }
@@ -195,7 +200,7 @@ impl Worker {
                         Some(queue) => queue.push_back(m),
                         None => {
                             waiting.insert(key, VecDeque::new());
-                            running.push(run(m, self.shared.clone(), self.stop.clone()));
+                            running.push(run(m, self.state.clone(), self.stop.clone()));
                         }
                     }
                 }
@@ -220,17 +225,17 @@ fn oldest_ready(queue: &mut VecDeque<(i64, Box<Staged>)>) -> impl std::future::F
 /// Processes one record until it is staged, dead-lettered, or the worker stops. With a
 /// watermark name, a record keyed by its position takes the watermark path.
 async fn settle(
-    shared: &Shared,
+    state: &ConsumerState,
     m: &OwnedMessage,
     stop: &CancellationToken,
     watermark: Option<&str>,
 ) -> Result<Step, exactly_core::Error> {
     let span = tracing::debug_span!("kafka_record", topic = m.topic(), partition = m.partition(), offset = m.offset());
-    settle_in(shared, m, stop, watermark).instrument(span).await
+    settle_in(state, m, stop, watermark).instrument(span).await
 }
 
 async fn settle_in(
-    shared: &Shared,
+    state: &ConsumerState,
     m: &OwnedMessage,
     stop: &CancellationToken,
     watermark: Option<&str>,
@@ -238,8 +243,8 @@ async fn settle_in(
     let mut msg = convert::to_message(m);
     loop {
         let staged = match watermark {
-            Some(w) => shared.processor.process_positioned(msg.clone(), w).await?,
-            None => shared.processor.process_staged(msg.clone()).await?,
+            Some(w) => state.processor.process_positioned(msg.clone(), w).await?,
+            None => state.processor.process_staged(msg.clone()).await?,
         };
         // Attempts made so far travel with the message to its next try.
         msg.set_delivery_count(staged.processed().attempts);
@@ -247,14 +252,14 @@ async fn settle_in(
             Disposition::Ack => {
                 let p = staged.processed();
                 if !p.emitted.is_empty() {
-                    if shared.txn_producer.is_some() {
+                    if state.txn_producer.is_some() {
                         // Produced with the offsets, in the next transaction; the record is
                         // finished only once its done-record is durable.
                         let p = staged.durable().await?;
-                        shared.outbox.lock().unwrap_or_else(|e| e.into_inner()).records.extend(p.emitted);
+                        state.outbox.lock().unwrap_or_else(|e| e.into_inner()).records.extend(p.emitted);
                         return Ok(Step::Finished);
                     }
-                    if let Err(e) = emit(shared, &p.emitted).await {
+                    if let Err(e) = emit(state, &p.emitted).await {
                         tracing::warn!(error = %e, "emitted records not produced; retrying the record");
                         Duration::from_secs(1)
                     } else {
@@ -266,16 +271,16 @@ async fn settle_in(
             }
             Disposition::Retry { after } => *after,
             Disposition::Pause { after } => {
-                shared.pause_all(*after);
+                state.pause_all(*after);
                 *after
             }
             Disposition::DeadLetter(_) => {
                 let mut p = staged.durable().await?;
                 let Disposition::DeadLetter(dl) = &p.disposition else { unreachable!("checked above") };
-                match dead_letter(shared, m, dl).await {
+                match dead_letter(state, m, dl).await {
                     Ok(()) => {
                         p.confirm_dead_letter().await?;
-                        shared.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                        state.stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                         return Ok(Step::Finished);
                     }
                     Err(e) => {
@@ -294,14 +299,14 @@ async fn settle_in(
 }
 
 /// Produces the records a handler emitted and waits for their delivery.
-async fn emit(shared: &Shared, records: &[exactly_core::OutboundRecord]) -> Result<(), Error> {
+async fn emit(state: &ConsumerState, records: &[exactly_core::OutboundRecord]) -> Result<(), Error> {
     for r in records {
         let mut rec =
             FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(convert::outbound_headers(r));
         if let Some(k) = &r.key {
             rec = rec.key(k.as_ref());
         }
-        shared
+        state
             .producer
             .send(rec, Timeout::After(Duration::from_secs(30)))
             .await
@@ -311,15 +316,15 @@ async fn emit(shared: &Shared, records: &[exactly_core::OutboundRecord]) -> Resu
 }
 
 /// Produces a dead-letter copy of the record, with acks=all, and waits for its delivery.
-async fn dead_letter(shared: &Shared, m: &OwnedMessage, dl: &exactly_core::DeadLetter) -> Result<(), Error> {
-    let topic = shared.dlq_topic(m.topic());
-    let now = shared.processor.clock().now();
-    let headers = convert::dead_letter_headers(m, dl, shared.processor.consumer(), now);
+async fn dead_letter(state: &ConsumerState, m: &OwnedMessage, dl: &exactly_core::DeadLetter) -> Result<(), Error> {
+    let topic = state.dlq_topic(m.topic());
+    let now = state.processor.clock().now();
+    let headers = convert::dead_letter_headers(m, dl, state.processor.consumer(), now);
     let mut rec = FutureRecord::to(&topic).payload(m.payload().unwrap_or_default()).headers(headers);
     if let Some(k) = m.key() {
         rec = rec.key(k);
     }
-    shared
+    state
         .producer
         .send(rec, Timeout::After(Duration::from_secs(30)))
         .await

@@ -13,7 +13,7 @@ use exactly_core::{
 };
 use exactly_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use exactly_kafka::testing::MockKafka;
-use exactly_kafka::{Consumer, Ordering, names};
+use exactly_kafka::{Consumer, Ordering, header_names};
 
 /// A memory store's state value (its reads answer at once).
 fn credited(store: &Arc<dyn DedupStore>, ns: &str, key: &str) -> i64 {
@@ -190,10 +190,9 @@ async fn records_keyed_by_position_are_done_by_the_watermark_with_their_state() 
         assert_eq!(credited(&store, "pos", key), 1, "{key}");
     }
     let dead = read_all(kafka.bootstrap_servers(), &format!("{topic}.dlq"), 3).await;
-    assert!(
-        dead.iter()
-            .all(|(_, payload, h)| payload == b"poison" && h.get(names::REASON).map(String::as_str) == Some("decode"))
-    );
+    assert!(dead.iter().all(
+        |(_, payload, h)| payload == b"poison" && h.get(header_names::REASON).map(String::as_str) == Some("decode")
+    ));
 
     // A restart with the same store, the broker's offsets lost: nothing runs again.
     a_restart_on_the_same_store_fetches_nothing(&kafka, &group, &topic, "pos", &runs, &store).await;
@@ -269,13 +268,13 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_headers() {
     let dead = read_all(kafka.bootstrap_servers(), &format!("{topic}.dlq"), 1).await;
     let (key, payload, h) = &dead[0];
     assert_eq!((key.as_deref(), payload.as_slice()), (Some(&b"k2"[..]), &b"poison"[..]));
-    assert_eq!(h[names::REASON], "decode");
-    assert_eq!(h[names::ATTEMPTS], "1");
-    assert_eq!(h[names::KEY], "bad-1");
-    assert_eq!(h[names::ORIGINAL_TOPIC], topic);
-    assert_eq!(h[names::ORIGINAL_PARTITION], "0");
-    assert_eq!(h[names::ORIGINAL_OFFSET], offset.to_string());
-    assert!(h.contains_key(names::LAST_ERROR) && h.contains_key(names::ORIGINAL_TIMESTAMP));
+    assert_eq!(h[header_names::REASON], "decode");
+    assert_eq!(h[header_names::ATTEMPTS], "1");
+    assert_eq!(h[header_names::KEY], "bad-1");
+    assert_eq!(h[header_names::ORIGINAL_TOPIC], topic);
+    assert_eq!(h[header_names::ORIGINAL_PARTITION], "0");
+    assert_eq!(h[header_names::ORIGINAL_OFFSET], offset.to_string());
+    assert!(h.contains_key(header_names::LAST_ERROR) && h.contains_key(header_names::ORIGINAL_TIMESTAMP));
     assert_eq!(h["idempotency-key"], "bad-1", "the original headers are kept");
     assert_eq!(
         committed(kafka.bootstrap_servers(), &group, &topic, 1),

@@ -1,5 +1,5 @@
 //! Test support: unique queues on the local RabbitMQ, publishing, reading back.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, unreachable_pub, clippy::unwrap_used)]
 
 use std::time::Duration;
 

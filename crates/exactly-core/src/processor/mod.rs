@@ -239,8 +239,10 @@ impl Processor {
         }
     }
 
-    /// Starts the background purge of expired records.
-    pub fn spawn_sweeper(&self, sweeper: crate::Sweeper) -> tokio::task::JoinHandle<()> {
-        sweeper.spawn(self.inner.store.clone(), self.inner.clock.clone())
+    /// The store's background purge of expired records: the one running on it already,
+    /// or a [`Sweeper`](crate::Sweeper) with default settings, started. Adapters hold it
+    /// while they run; it stops when the last holder lets go.
+    pub fn sweeper(&self) -> Arc<crate::store::SweeperHandle> {
+        crate::Sweeper::default().start(self.inner.store.clone(), self.inner.clock.clone())
     }
 }

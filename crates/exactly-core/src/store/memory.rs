@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::FencingToken;
 use super::local::{
-    BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch,
+    AppliedWrite, BackendStats, DEFAULT_BUCKET_WIDTH_MS, Durable, KvBackend, LocalStore, OnDurable, WriteBatch,
     expiry_index_ops,
 };
 use crate::Result;
@@ -43,12 +43,12 @@ impl KvBackend for MemoryBackend {
         Ok(self.map().range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         let applied = self.apply(batch);
         if applied && let Some(f) = on_durable {
             f(true);
         }
-        Ok(Staged { applied, durable: Durable::ready() })
+        Ok(AppliedWrite { applied, durable: Durable::ready() })
     }
 
     async fn flush(&self) -> Result<()> {

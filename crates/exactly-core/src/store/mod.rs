@@ -40,14 +40,14 @@ pub use log::{Cut, DEFAULT_FILTER_KEYS, FsyncObserver};
 pub(crate) use memory::MemoryBackend;
 pub use memory::MemoryStore;
 pub use record::{FORMAT_VERSION, RecordState, RecordView};
-pub use sweeper::Sweeper;
+pub use sweeper::{Sweeper, SweeperHandle, SweeperSlot};
 
 /// The building blocks of the local stores, for the loom models (`tests/loom.rs`) only:
 /// public only in a build with `--cfg exactly_loom`.
 #[cfg(exactly_loom)]
 #[doc(hidden)]
 pub mod internals {
-    pub use super::local::backend::{BackendStats, KvBackend, Staged, WriteBatch};
+    pub use super::local::backend::{AppliedWrite, BackendStats, KvBackend, WriteBatch};
     pub use super::log::snapshots::Snapshots;
     pub use super::log::{Engine, LogBackend, LogOptions};
     pub use super::memory::MemoryBackend;
@@ -366,5 +366,11 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     /// The largest keys and values it takes.
     fn limits(&self) -> Limits {
         Limits::LOCAL
+    }
+
+    /// Where its running [`Sweeper`] is kept, so that one runs per store however many
+    /// consumers share it (`None`: one per consumer).
+    fn sweeper_slot(&self) -> Option<&SweeperSlot> {
+        None
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::FencingToken;
-use super::local::{BackendStats, KvBackend, LocalStore, OnDurable, Staged, WriteBatch};
+use super::local::{AppliedWrite, BackendStats, KvBackend, LocalStore, OnDurable, WriteBatch};
 use super::memory::MemoryBackend;
 use crate::{Clock, Context, Disposition, ManualClock, Message, Processor, Result, async_trait, handler_fn};
 use bytes::Bytes;
@@ -31,7 +31,7 @@ impl KvBackend for SlowReads {
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
         self.inner.range(from, to, limit)
     }
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         self.inner.stage(batch, on_durable).await
     }
     async fn flush(&self) -> Result<()> {
@@ -50,8 +50,8 @@ impl KvBackend for SlowReads {
 
 /// A purge reads every record it may delete, on the task that calls it. On a runtime
 /// with one worker thread, another task must keep running meanwhile: the reads hand
-/// the worker's tasks to another thread first instead of holding it (at ten million
-/// keys a call of the default budget took 40-250 ms of reads on a sled store).
+/// the worker's tasks to another thread first instead of holding it (a call's reads
+/// take long once the store outgrows the cache: docs/PERFORMANCE.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_purge_does_not_hold_up_the_other_tasks_of_its_runtime_thread() {
     let slow = Arc::new(AtomicBool::new(false));

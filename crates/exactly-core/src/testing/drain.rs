@@ -121,7 +121,7 @@ fn count(r: &mut DrainReport, o: Outcome) {
 }
 
 /// Processes one delivery to the end, as an adapter does.
-async fn settle(
+pub(super) async fn settle(
     consumer: &MemoryConsumer,
     processor: &Processor,
     broker: &MemoryBroker,

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::Result;
-use crate::store::local::{BackendStats, KvBackend, OnDurable, Staged, WriteBatch};
+use crate::store::local::{AppliedWrite, BackendStats, KvBackend, OnDurable, WriteBatch};
 use crate::store::{Durable, FencingToken, LocalStore, MemoryBackend};
 
 type Waiting = (tokio::sync::oneshot::Sender<Result<()>>, Option<OnDurable>);
@@ -76,13 +76,13 @@ impl KvBackend for Gated {
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
         self.inner.range(from, to, limit)
     }
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         let applied = self.inner.stage(batch, None).await?.applied;
         let (tx, rx) = tokio::sync::oneshot::channel();
         if applied {
             self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push((tx, on_durable));
         }
-        Ok(Staged { applied, durable: Durable::pending(rx) })
+        Ok(AppliedWrite { applied, durable: Durable::pending(rx) })
     }
     async fn flush(&self) -> Result<()> {
         Ok(())

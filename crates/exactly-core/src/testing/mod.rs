@@ -32,9 +32,11 @@ mod crash;
 mod drain;
 mod gated;
 mod runs;
+mod subscription;
 
 pub use broker::{DeadLetterRecord, Delivery, MemoryBroker, MemoryConsumer, QueueStats};
 pub use crash::CrashPlan;
 pub use drain::{DrainOptions, DrainReport, drain};
 pub use gated::{Gated, GatedStore};
 pub use runs::Runs;
+pub use subscription::MemorySubscription;

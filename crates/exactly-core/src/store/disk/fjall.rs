@@ -92,14 +92,12 @@ impl Engine for FjallEngine {
 
 /// The records' keyspace is tuned for point reads of duplicates, which are the engine's
 /// only hot reads (a new key is answered by the filter in front of it): data blocks are
-/// not compressed (lz4 saved no clear space on done-records, whose payload hash does not
-/// compress: at ten million keys the store took 674-675 MiB without it and 595-726 MiB
-/// with it, as compaction had left it; and each block read paid a decompression), each
-/// data block carries a hash index, and every level's filter blocks stay in memory (10
-/// bits a key, about 12 MB at ten million keys). At ten million keys, two alternating
-/// pairs: eight tasks answered 182k and 172k duplicates/s against 139k and 144k/s with
-/// fjall's defaults (docs/performance-log.md). fjall stores these options with the keyspace
-/// when it creates it; a store created with other options keeps them.
+/// not compressed (a done-record's payload hash does not compress, so lz4 saved no clear
+/// space and cost a decompression per block read), each data block carries a hash index,
+/// and every level's filter blocks stay in memory (10 bits a key). Together they answer
+/// duplicates faster than fjall's defaults (figures in docs/PERFORMANCE.md). fjall stores
+/// these options with the keyspace when it creates it; a store created with other options
+/// keeps them.
 fn keyspace_options() -> KeyspaceCreateOptions {
     use fjall::config::{CompressionPolicy, HashRatioPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()

@@ -139,7 +139,7 @@ impl<E: OpenEngine> DiskStoreBuilder<E> {
     }
 
     /// The fewest done keys the in-memory filter of new keys is sized for (default
-    /// 1,048,576, about 1.3 MB; it grows with the store, at about 2.4 bytes a live key).
+    /// 1,048,576; it grows with the store, at a few bytes a live key: docs/PERFORMANCE.md).
     /// A key the filter has never seen is answered as new without reading the engine.
     /// 0 turns the filter off.
     pub fn filter_keys(mut self, keys: u64) -> Self {

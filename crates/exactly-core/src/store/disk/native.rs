@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{EngineSettings, OpenEngine};
-use crate::store::local::{BackendStats, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch};
+use crate::store::local::{AppliedWrite, BackendStats, Durable, KvBackend, LocalStore, OnDurable, WriteBatch};
 use crate::store::local::{expiry_index_ops, open_meta};
 use crate::store::log::{Engine, Op};
 use crate::store::{DEFAULT_BUCKET_WIDTH_MS, DedupStore, FencingToken};
@@ -197,7 +197,7 @@ impl<E: Native> KvBackend for NativeBackend<E> {
         }
         self.engine.range(from, to, limit)
     }
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         let (applied, applied_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
         let requests = self.requests.as_ref().ok_or(Error::StoreClosed)?;
@@ -205,7 +205,7 @@ impl<E: Native> KvBackend for NativeBackend<E> {
             .send(Request::Write { batch, applied, durable: (durable, on_durable) })
             .map_err(|_| Error::StoreClosed)?;
         let applied = applied_rx.await.map_err(|_| Error::StoreClosed)??;
-        Ok(Staged { applied, durable: Durable::pending(durable_rx) })
+        Ok(AppliedWrite { applied, durable: Durable::pending(durable_rx) })
     }
     async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();

@@ -50,7 +50,7 @@ pub(crate) type OnDurable = Box<dyn FnOnce(bool) + Send>;
 
 /// A write applied (visible to reads) and on its way to disk.
 #[derive(Debug)]
-pub struct Staged {
+pub struct AppliedWrite {
     /// Every expectation held and the write is applied. When `false` nothing was
     /// written and `durable` resolves at once.
     pub applied: bool,
@@ -113,9 +113,9 @@ pub trait KvBackend: Send + Sync + fmt::Debug + 'static {
     /// Reads up to `limit` entries with `from <= key < to`, in key order.
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>>;
     /// Applies a batch atomically if every expectation holds, and returns as soon as it
-    /// is visible to reads; [`Staged::durable`] resolves when it is on disk. Writes become
+    /// is visible to reads; [`AppliedWrite::durable`] resolves when it is on disk. Writes become
     /// durable in the order they were applied. `on_durable` runs then, if it was applied.
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged>;
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite>;
     /// Queues a batch without expectations and returns at once, before it is applied:
     /// for writes nobody reads back under a lock. It is applied in order with every other
     /// write; [`Durable::wait`] reports a failure.

@@ -12,7 +12,7 @@ use std::fmt;
 use bytes::Bytes;
 
 pub use self::backend::Durable;
-pub(crate) use self::backend::{BackendStats, KvBackend, OnDurable, Staged, WriteBatch, expiry_index_ops};
+pub(crate) use self::backend::{AppliedWrite, BackendStats, KvBackend, OnDurable, WriteBatch, expiry_index_ops};
 pub(crate) use self::meta::{check_format, open_meta};
 use super::layout::{self, StoreKey};
 use super::leases::{Ended, Entry, Held, LeaseTable};
@@ -29,6 +29,7 @@ pub struct LocalStore<B> {
     pub(crate) backend: B,
     pub(crate) leases: std::sync::Arc<LeaseTable>,
     bucket_width: Millis,
+    sweeper: crate::store::SweeperSlot,
 }
 
 /// How long a claim waits for another delivery's claim of the same key to end (its
@@ -65,7 +66,12 @@ impl<B: KvBackend> LocalStore<B> {
     /// this crate and its loom models: backends are private to it.)
     #[doc(hidden)]
     pub fn with_backend(backend: B, bucket_width: Millis) -> Self {
-        Self { backend, leases: std::sync::Arc::new(LeaseTable::new()), bucket_width: bucket_width.max(1) }
+        Self {
+            backend,
+            leases: std::sync::Arc::new(LeaseTable::new()),
+            bucket_width: bucket_width.max(1),
+            sweeper: crate::store::SweeperSlot::default(),
+        }
     }
 
     /// The backend.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 #[cfg(not(exactly_loom))]
 use super::HOLDER_WAIT;
-use super::{KvBackend, LocalStore, Look, OnDurable, Staged, WriteBatch};
+use super::{AppliedWrite, KvBackend, LocalStore, Look, OnDurable, WriteBatch};
 use crate::Result;
 use crate::clock::Millis;
 use crate::store::layout::{self, StoreKey};
@@ -133,11 +133,11 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         // Without state, nothing can conflict and nobody reads it back under a lock: do
         // not wait for it to be applied.
         let result = if batch.expect.is_empty() && batch.ops.len() == 1 {
-            self.backend.submit(batch, Some(on_durable)).await.map(|durable| Staged { applied: true, durable })
+            self.backend.submit(batch, Some(on_durable)).await.map(|durable| AppliedWrite { applied: true, durable })
         } else {
             self.backend.stage(batch, Some(on_durable)).await
         };
-        if !matches!(result, Ok(Staged { applied: true, .. })) {
+        if !matches!(result, Ok(AppliedWrite { applied: true, .. })) {
             // Back to held: whoever waits keeps waiting for this claim to end.
             let mut shard = self.leases.lock(&c.key);
             if let Some(Entry::Completing(h)) = shard.get(&c.key)
@@ -148,8 +148,8 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             }
         }
         match result? {
-            Staged { applied: true, durable } => Ok(StagedCompletion { committed: Committed::Ok, durable }),
-            Staged { applied: false, .. } => {
+            AppliedWrite { applied: true, durable } => Ok(StagedCompletion { committed: Committed::Ok, durable }),
+            AppliedWrite { applied: false, .. } => {
                 Ok(StagedCompletion { committed: Committed::Conflict, durable: Durable::ready() })
             }
         }
@@ -226,6 +226,10 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
 
     async fn flush(&self) -> Result<()> {
         self.backend.flush().await
+    }
+
+    fn sweeper_slot(&self) -> Option<&crate::store::SweeperSlot> {
+        Some(&self.sweeper)
     }
 
     fn stats(&self) -> StoreStats {

@@ -3,9 +3,9 @@
 //! Most messages are new: their idempotency key was never written, and without the
 //! filter every claim would walk the engine's tree to learn that, a walk that gets
 //! longer, and colder, as the store grows. With it, a read of a key the filter has never
-//! seen is answered from memory, in about a microsecond or less from ten thousand keys to
-//! ten million (docs/PERFORMANCE.md). A key the filter may hold is read from the engine as before, so a false
-//! positive (about 1 in 100 at the sized load) costs one engine read, and nothing else.
+//! seen is answered from memory, at any store size (figures in docs/PERFORMANCE.md). A key
+//! the filter may hold is read from the engine as before, so a false positive (about 1 in
+//! 100 at the sized load) costs one engine read, and nothing else.
 //!
 //! What must never happen is a "no" for a key the engine holds: that would run a
 //! handler twice. Every covered key reaches the engine in one of two ways, and each is in

@@ -46,7 +46,7 @@ pub use self::wal::recover::Cut;
 use self::wal::recover::{Mode, Recovery, Refusal};
 use super::FencingToken;
 use super::local::{
-    BackendStats, Durable, KvBackend, LocalStore, OnDurable, Staged, WriteBatch, check_format, open_meta,
+    AppliedWrite, BackendStats, Durable, KvBackend, LocalStore, OnDurable, WriteBatch, check_format, open_meta,
 };
 use crate::sync::{mpsc, thread::JoinHandle};
 use crate::{Error, Result};
@@ -322,13 +322,13 @@ impl<E: Engine> KvBackend for LogBackend<E> {
         self.memtable.range(&*self.engine, from, to, limit)
     }
 
-    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Staged> {
+    async fn stage(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<AppliedWrite> {
         let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
         let request = Request::Commit { batch, applied: Some(applied_tx), durable: durable_tx, on_durable };
         self.requests.send(request).map_err(|_| Error::StoreClosed)?;
         let applied = applied_rx.await.map_err(|_| Error::StoreClosed)??;
-        Ok(Staged { applied, durable: Durable::pending(durable_rx) })
+        Ok(AppliedWrite { applied, durable: Durable::pending(durable_rx) })
     }
 
     async fn submit(&self, batch: WriteBatch, on_durable: Option<OnDurable>) -> Result<Durable> {

@@ -1,8 +1,9 @@
 //! One suite of tests every [`DedupStore`] must pass, written once against the trait:
 //! the claim, lease, fencing, state, dead-letter, expiry and admin contract
 //! ([`contract`]), and property tests of the protocol's invariants under random
-//! deliveries, duplicates, failures and crashes ([`invariants`]). A store gets all of them
-//! with one line:
+//! deliveries, duplicates, failures and crashes ([`invariants`]); and one suite every
+//! broker adapter must pass ([`adapter`]), written once against
+//! [`Subscription`](crate::Subscription). A store gets all of its tests with one line:
 //!
 //! ```ignore
 //! exactly_core::store_conformance_tests!(sled, exactly_core::testing::conformance::DiskSubject::new(
@@ -14,6 +15,7 @@
 //! macro needs `tokio` (with `macros` and `rt-multi-thread`) among its dev-dependencies.
 //! Feature `conformance`.
 
+pub mod adapter;
 pub mod contract;
 pub mod invariants;
 

@@ -41,8 +41,8 @@ impl Engine for SledEngine {
     }
 
     /// One `insert` or `remove` per write, not a `sled::Batch`: sled's `apply_batch`
-    /// takes a process-wide write lock that every `get` then waits for (up to 6 ms a batch
-    /// here, on the runtime threads that look up claims). The group needs no atomicity in
+    /// takes a process-wide write lock that every `get` then waits for, on the runtime
+    /// threads that look up claims (docs/PERFORMANCE.md). The group needs no atomicity in
     /// sled: it is durable in the log before it comes here (see [`Engine`]).
     fn apply(&self, ops: &[Op]) -> Result<()> {
         for (k, v) in ops {

@@ -151,9 +151,9 @@ impl Wal {
     /// Starts making the segment after the current one on its own thread: a recycled file
     /// renamed, or (with none spare) a new one written with zeros, its header written, the
     /// file and the directory fsynced. The commit thread, which rotates segments, then only
-    /// swaps files: writing and syncing a new 16 MiB segment took it 11-29 ms here, during
-    /// which no group was written (docs/performance-log.md). Until the swap the file is a
-    /// segment with no records, which replay reads as empty.
+    /// swaps files: writing and syncing a whole segment is milliseconds during which no
+    /// group could be written (figures in docs/PERFORMANCE.md). Until the swap the file is
+    /// a segment with no records, which replay reads as empty.
     fn prepare_next(&mut self) {
         let (dir, seq, size, reuse) = (self.dir.clone(), self.current.seq + 1, self.segment_size, self.reuse());
         let job = move || Self::make_segment(&dir, seq, size, reuse);

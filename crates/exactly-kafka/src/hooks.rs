@@ -10,19 +10,19 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::shared::Shared;
+use crate::state::ConsumerState;
 
-/// The consumer's context. The shared state and the consumer are set right after the
+/// The consumer's context. The consumer state and the consumer are set right after the
 /// consumer is created.
 #[derive(Default)]
-pub(crate) struct Ctx {
-    pub(crate) shared: OnceLock<Arc<Shared>>,
-    pub(crate) consumer: OnceLock<Weak<StreamConsumer<Ctx>>>,
+pub(crate) struct ConsumerHooks {
+    pub(crate) state: OnceLock<Arc<ConsumerState>>,
+    pub(crate) consumer: OnceLock<Weak<StreamConsumer<ConsumerHooks>>>,
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for ConsumerHooks {
     fn stats(&self, statistics: Statistics) {
-        let Some(shared) = self.shared.get() else { return };
+        let Some(state) = self.state.get() else { return };
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition < 0 || p.consumer_lag < 0 {
@@ -30,13 +30,13 @@ impl ClientContext for Ctx {
                 }
                 metrics::gauge!("exactly_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
                     .set(p.consumer_lag as f64);
-                shared.stats.set_lag(topic, *partition, p.consumer_lag);
+                state.stats.set_lag(topic, *partition, p.consumer_lag);
             }
         }
     }
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for ConsumerHooks {
     /// Settles the partitions before librdkafka assigns or revokes them: on assign, start
     /// from the later of the committed offset and the local watermark; on revoke, let the
     /// records in flight finish and commit them first.
@@ -44,24 +44,24 @@ impl ConsumerContext for Ctx {
         let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.shared.get().map(|s| s.on_assign(base, tpl)).unwrap_or_default();
+                let starts = self.state.get().map(|s| s.on_assign(base, tpl)).unwrap_or_default();
                 let assigned = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
                 // Queues are split after the assignment (it resets them), before any fetch.
-                if let (Some(s), Some(c)) = (self.shared.get(), self.consumer.get().and_then(Weak::upgrade)) {
+                if let (Some(s), Some(c)) = (self.state.get(), self.consumer.get().and_then(Weak::upgrade)) {
                     s.start_partitions(&c, starts);
                 }
-                if let Some(s) = self.shared.get() {
+                if let Some(s) = self.state.get() {
                     s.stats.assigned.store(s.assigned().len() as u64, Ordering::Relaxed);
                     s.stats.joined.store(assigned.is_ok(), Ordering::Relaxed);
                 }
                 assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if let Some(s) = self.shared.get() {
+                if let Some(s) = self.state.get() {
                     s.on_revoke(base, tpl);
                 }
                 let unassigned = if cooperative { base.incremental_unassign(tpl) } else { base.unassign() };
-                if let Some(s) = self.shared.get() {
+                if let Some(s) = self.state.get() {
                     s.stats.assigned.store(s.assigned().len() as u64, Ordering::Relaxed);
                 }
                 unassigned
@@ -69,7 +69,7 @@ impl ConsumerContext for Ctx {
             other => {
                 tracing::error!(error = ?other, "rebalance error");
                 if !cooperative {
-                    if let Some(s) = self.shared.get() {
+                    if let Some(s) = self.state.get() {
                         s.on_revoke(base, tpl);
                     }
                     base.unassign()
@@ -86,7 +86,7 @@ impl ConsumerContext for Ctx {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
-                let Some(s) = self.shared.get() else { return };
+                let Some(s) = self.state.get() else { return };
                 let confirmed: Vec<_> = offsets
                     .elements()
                     .iter()

@@ -1,7 +1,9 @@
 //! Header names the adapter writes on dead-letter records.
 
 // The names every adapter writes.
-pub use exactly_core::names::{ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE};
+pub use exactly_core::header_names::{
+    ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE,
+};
 
 /// The topic the record was consumed from.
 pub const ORIGINAL_TOPIC: &str = "x-exactly-original-topic";

@@ -17,12 +17,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::ConsumerBuilder;
-use crate::context::Ctx;
+use crate::hooks::ConsumerHooks;
 use crate::offsets::Tracker;
 use crate::{Error, Stats};
 
 /// A topic and partition.
-pub(crate) type Tp = (Arc<str>, i32);
+pub(crate) type TopicPartition = (Arc<str>, i32);
 
 /// Messages from the workers to the polling loop.
 pub(crate) enum Control {
@@ -31,7 +31,7 @@ pub(crate) enum Control {
 }
 
 /// One assigned partition.
-pub(crate) struct Part {
+pub(crate) struct AssignedPartition {
     /// Records of this partition that arrived on the consumer's main queue instead of the
     /// partition's own (fetched before its queue was split): the worker takes them first.
     spill: mpsc::UnboundedSender<OwnedMessage>,
@@ -49,7 +49,7 @@ pub(crate) struct Outbox {
     pub(crate) records: Vec<OutboundRecord>,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct ConsumerState {
     pub(crate) cfg: ConsumerBuilder,
     pub(crate) processor: Processor,
     /// Dead-letters, and emitted records when not transactional.
@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     /// Emitted records and offsets, when transactional.
     pub(crate) txn_producer: Option<FutureProducer>,
     pub(crate) outbox: Mutex<Outbox>,
-    parts: Mutex<HashMap<Tp, Part>>,
+    partitions: Mutex<HashMap<TopicPartition, AssignedPartition>>,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     pub(crate) runtime: tokio::runtime::Handle,
     pause_until: Mutex<Option<Instant>>,
@@ -72,7 +72,7 @@ pub(crate) fn watermark_name(group: &str, topic: &str, partition: i32) -> String
     format!("kafka/{group}/{topic}/{partition}")
 }
 
-impl Shared {
+impl ConsumerState {
     pub(crate) fn new(
         cfg: ConsumerBuilder,
         processor: Processor,
@@ -87,7 +87,7 @@ impl Shared {
             producer,
             txn_producer,
             outbox: Mutex::default(),
-            parts: Mutex::default(),
+            partitions: Mutex::default(),
             control,
             runtime: tokio::runtime::Handle::current(),
             pause_until: Mutex::default(),
@@ -96,8 +96,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn parts(&self) -> MutexGuard<'_, HashMap<Tp, Part>> {
-        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn partitions(&self) -> MutexGuard<'_, HashMap<TopicPartition, AssignedPartition>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn dlq_topic(&self, topic: &str) -> String {
@@ -116,16 +116,16 @@ impl Shared {
     /// (ahead of its own queue). Records of partitions no longer assigned are dropped:
     /// their new owner consumes them.
     pub(crate) fn route(&self, m: OwnedMessage) {
-        let tp: Tp = (Arc::from(m.topic()), m.partition());
-        if let Some(part) = self.parts().get(&tp) {
+        let tp: TopicPartition = (Arc::from(m.topic()), m.partition());
+        if let Some(partition) = self.partitions().get(&tp) {
             tracing::debug!(topic = %tp.0, partition = tp.1, offset = m.offset(), "record on the main queue");
-            let _ = part.spill.send(m);
+            let _ = partition.spill.send(m);
         }
     }
 
     /// The offsets to commit: each partition's finished prefix, where it moved.
-    fn to_commit(&self, parts: &HashMap<Tp, Part>) -> Vec<(Tp, i64)> {
-        parts
+    fn to_commit(&self, partitions: &HashMap<TopicPartition, AssignedPartition>) -> Vec<(TopicPartition, i64)> {
+        partitions
             .iter()
             .filter_map(|(tp, p)| {
                 let next = p.tracker.committable()?;
@@ -140,7 +140,7 @@ impl Shared {
             // Taking the outbox and the offsets together keeps them in step: an offset is
             // committed in the same transaction as the records it emitted.
             let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let offsets = self.to_commit(&self.parts());
+            let offsets = self.to_commit(&self.partitions());
             (offsets, std::mem::take(&mut outbox.records))
         };
         if offsets.is_empty() && records.is_empty() {
@@ -181,17 +181,17 @@ impl Shared {
     }
 
     /// The broker accepted these offsets.
-    pub(crate) fn confirm_commit(&self, offsets: &[(Tp, i64)]) {
-        let mut parts = self.parts();
+    pub(crate) fn confirm_commit(&self, offsets: &[(TopicPartition, i64)]) {
+        let mut partitions = self.partitions();
         for (tp, next) in offsets {
-            if let Some(p) = parts.get_mut(tp) {
+            if let Some(p) = partitions.get_mut(tp) {
                 p.committed = Some(p.committed.map_or(*next, |c| c.max(*next)));
             }
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn save_watermarks(&self, offsets: &[(Tp, i64)]) -> Result<(), Error> {
+    async fn save_watermarks(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), Error> {
         let store = self.processor.store();
         let names: Vec<(String, Bytes)> = offsets
             .iter()
@@ -207,8 +207,12 @@ impl Shared {
     }
 
     /// Partitions about to be assigned: start each from the later of the committed offset
-    /// and the local watermark. Returns where each starts, for [`Shared::start_partitions`].
-    pub(crate) fn on_assign(&self, base: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) -> Vec<(Tp, Option<i64>)> {
+    /// and the local watermark. Returns where each starts, for [`ConsumerState::start_partitions`].
+    pub(crate) fn on_assign(
+        &self,
+        base: &BaseConsumer<ConsumerHooks>,
+        tpl: &mut TopicPartitionList,
+    ) -> Vec<(TopicPartition, Option<i64>)> {
         let list: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         let committed = base.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
         let mut starts = Vec::with_capacity(list.len());
@@ -275,8 +279,8 @@ impl Shared {
     /// Partitions assigned: give each its own queue and a worker.
     pub(crate) fn start_partitions(
         self: &Arc<Self>,
-        consumer: &Arc<StreamConsumer<Ctx>>,
-        starts: Vec<(Tp, Option<i64>)>,
+        consumer: &Arc<StreamConsumer<ConsumerHooks>>,
+        starts: Vec<(TopicPartition, Option<i64>)>,
     ) {
         for (tp, start) in starts {
             let Some(queue) = consumer.split_partition_queue(&tp.0, tp.1) else {
@@ -287,7 +291,7 @@ impl Shared {
             let tracker = Arc::new(Tracker::default());
             let stop = CancellationToken::new();
             let worker = crate::worker::Worker {
-                shared: self.clone(),
+                state: self.clone(),
                 tp: tp.clone(),
                 queue,
                 spill,
@@ -297,8 +301,8 @@ impl Shared {
                 anchored: false,
             };
             let task = self.runtime.spawn(worker.run());
-            let part = Part { spill: spill_tx, tracker, stop, task: Some(task), committed: start };
-            if let Some(old) = self.parts().insert(tp, part) {
+            let partition = AssignedPartition { spill: spill_tx, tracker, stop, task: Some(task), committed: start };
+            if let Some(old) = self.partitions().insert(tp, partition) {
                 old.stop.cancel();
             }
         }
@@ -306,15 +310,16 @@ impl Shared {
 
     /// Partitions revoked: stop their workers, let the records in flight finish (up to
     /// the revoke timeout), commit what finished, then let them go.
-    pub(crate) fn on_revoke(self: &Arc<Self>, base: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let revoked: Vec<Tp> = tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
+    pub(crate) fn on_revoke(self: &Arc<Self>, base: &BaseConsumer<ConsumerHooks>, tpl: &TopicPartitionList) {
+        let revoked: Vec<TopicPartition> =
+            tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
         tracing::info!(partitions = ?revoked, "partitions revoked; finishing records in flight");
         let mut tasks = Vec::new();
         let mut stopped = HashMap::new();
         {
-            let mut parts = self.parts();
+            let mut partitions = self.partitions();
             for tp in &revoked {
-                if let Some(mut p) = parts.remove(tp) {
+                if let Some(mut p) = partitions.remove(tp) {
                     p.stop.cancel();
                     tasks.extend(p.task.take());
                     stopped.insert(tp.clone(), p);
@@ -360,8 +365,8 @@ impl Shared {
     /// Stops every worker and waits for them (graceful shutdown).
     pub(crate) async fn stop_all(&self, within: Duration) {
         let tasks: Vec<JoinHandle<()>> = {
-            let mut parts = self.parts();
-            parts
+            let mut partitions = self.partitions();
+            partitions
                 .values_mut()
                 .filter_map(|p| {
                     p.stop.cancel();
@@ -388,8 +393,8 @@ impl Shared {
     }
 
     /// Every assigned partition.
-    pub(crate) fn assigned(&self) -> Vec<Tp> {
-        self.parts().keys().cloned().collect()
+    pub(crate) fn assigned(&self) -> Vec<TopicPartition> {
+        self.partitions().keys().cloned().collect()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Header names the adapter writes.
 
 // The names every adapter writes.
-pub use exactly_core::names::{ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE};
+pub use exactly_core::header_names::{
+    ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE,
+};
 
 /// The exchange the message was first published to.
 pub const ORIGINAL_EXCHANGE: &str = "x-exactly-original-exchange";

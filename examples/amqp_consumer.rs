@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! # RabbitMQ on 127.0.0.1:5672 (guest/guest); scripts/services.sh up starts it
-//! cargo run -p exactly-examples --example amqp_consumer
-//! AMQP_URL=amqp://user:pass@host:5672/%2f cargo run -p exactly-examples --example amqp_consumer -- --serve
+//! cargo run -p exactly-examples --features amqp --example amqp_consumer
+//! AMQP_URL=amqp://user:pass@host:5672/%2f cargo run -p exactly-examples --features amqp --example amqp_consumer -- --serve
 //! ```
 //!
 //! Without `--serve` it first publishes a few demo payments (some twice, one undecodable)

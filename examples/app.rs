@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! # RabbitMQ on 127.0.0.1:5672; the Kafka subscription uses tansu (scripts/services.sh up)
-//! EXACTLY_CONFIG=examples/app.toml cargo run -p exactly-examples --example app
+//! EXACTLY_CONFIG=examples/app.toml cargo run -p exactly-examples --features app --example app
 //! curl -s localhost:9090/metrics | grep exactly_messages_total
 //! ```
 //!

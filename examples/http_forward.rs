@@ -4,7 +4,7 @@
 //! closed by the API, which answers a repeated key with its first response.
 //!
 //! ```sh
-//! cargo run -p exactly-examples --example http_forward    # no broker: a local API and the in-memory broker
+//! cargo run -p exactly-examples --features http --example http_forward    # no broker: a local API and the in-memory broker
 //! ```
 //!
 //! It starts a small payments API on 127.0.0.1 (axum, the way Stripe-like APIs behave:

@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! # No broker needed: librdkafka's in-process mock cluster
-//! cargo run -p exactly-examples --example kafka_consumer
+//! cargo run -p exactly-examples --features kafka --example kafka_consumer
 //! # A real broker (scripts/services.sh up starts tansu on 127.0.0.1:19092)
-//! KAFKA_BROKERS=127.0.0.1:19092 cargo run -p exactly-examples --example kafka_consumer
+//! KAFKA_BROKERS=127.0.0.1:19092 cargo run -p exactly-examples --features kafka --example kafka_consumer
 //! ```
 //!
 //! It produces a few demo orders (some twice, one undecodable) to `exactly-demo-orders`,

@@ -73,7 +73,7 @@ enum Variant {
     RedisSetNx,
     MqBridge,
     /// mq-bridge without the flush before the ack: its durable route deadlocks here
-    /// (docs/performance-log.md, "mq-bridge on RabbitMQ").
+    /// (bench/results/performance-log.md, "mq-bridge on RabbitMQ").
     MqBridgeNoFlush,
 }
 

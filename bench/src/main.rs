@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 /// mimalloc as Rust's allocator (the default feature `mimalloc`): the exactly variants
 /// allocate a few small objects per message across threads, where the C library's malloc
 /// spent a third of the runtime threads' time and stalled in `malloc_consolidate` after
-/// mass frees (docs/performance-log.md). It is a binary's choice, so every variant in a run
+/// mass frees (bench/results/performance-log.md). It is a binary's choice, so every variant in a run
 /// uses the same one; librdkafka's C code keeps the C library's malloc.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -38,7 +38,7 @@ struct Cli {
     /// Leave transparent huge pages on for the bench's process. By default the bench turns
     /// them off (`prctl(PR_SET_THP_DISABLE)`): mimalloc asks for them, and on these VMs
     /// the kernel zeroing a fresh 2 MiB page stalled a runtime thread for milliseconds,
-    /// a large part of the load bench's p99 (docs/performance-log.md, "Huge pages").
+    /// a large part of the load bench's p99 (bench/results/performance-log.md, "Huge pages").
     #[arg(long, global = true)]
     keep_huge_pages: bool,
     #[command(subcommand)]

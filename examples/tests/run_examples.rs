@@ -45,6 +45,16 @@ fn quickstart_credits_each_payment_once() {
 }
 
 #[test]
+fn layers_rate_limit_the_handler_and_tag_its_logs_with_the_tenant() {
+    let out = run(example("layers"));
+    assert!(out.contains("handled 10, duplicates 1;"), "{out}");
+    let calls: Vec<&str> = out.lines().filter(|l| l.contains("calling the fulfilment API")).collect();
+    assert_eq!(calls.len(), 10, "the duplicate never reaches the layers: {out}");
+    assert!(calls.iter().any(|l| l.contains("acme") && l.contains("fulfilment:o-2")), "{out}");
+    assert!(calls.iter().any(|l| l.contains("globex") && l.contains("fulfilment:o-1")), "{out}");
+}
+
+#[test]
 fn http_forward_charges_each_payment_once_across_a_crash() {
     // The example itself fails when a payment was charged twice or not at all.
     let out = run(example("http_forward"));

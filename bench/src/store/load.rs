@@ -53,7 +53,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
         let p = Processor::builder("bench", noop()).shared_store(store).build()?;
         // Untimed, with keys of their own: the first moments of a phase otherwise carry
         // what the process did before it (glibc's malloc consolidating the previous
-        // phase's frees stalled a runtime thread for up to 150 ms; docs/performance-log.md).
+        // phase's frees stalled a runtime thread for up to 150 ms; bench/results/performance-log.md).
         process_all(&p, WARM_UP_KEYS..WARM_UP_KEYS + warm_up, 256).await;
         let (h, achieved) = open_loop(&p, offered, secs as f64, 0).await?;
         println!("| {name} | {} | {} | {} |", fmt_rate(offered), fmt_rate(achieved), percentiles(&h));
@@ -90,7 +90,7 @@ pub(super) async fn open_loop(
         ticker.tick().await;
         // Finished tasks are reaped as they finish: a JoinSet keeps each one's memory
         // until it is joined, and keeping a run's 800,000 tasks to the end made the bench
-        // grow to 2.7 GB while it measured (385 MB reaped; docs/performance-log.md).
+        // grow to 2.7 GB while it measured (385 MB reaped; bench/results/performance-log.md).
         while let Some(r) = tasks.try_join_next() {
             r??;
         }

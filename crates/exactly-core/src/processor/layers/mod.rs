@@ -19,7 +19,8 @@ mod handler;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tower::util::{BoxService, Either};
+use futures_util::future;
+use tower::util::BoxService;
 use tower::{Layer, Service, ServiceExt};
 
 use self::guard::Guard;
@@ -101,11 +102,20 @@ type Plain = Guard<Guard<HandlerCall>>;
 /// timeout, the user's layers (if any) in the order added, the last one outermost, and
 /// panic capture around all.
 #[derive(Clone)]
-pub(crate) struct Stack(Arc<tokio::sync::Mutex<Either<Plain, Guard<HandlerService>>>>);
+pub(crate) enum Stack {
+    /// No user layers: always ready, so each delivery calls its own copy (a few `Arc`s),
+    /// with no lock between deliveries.
+    Plain(Plain),
+    /// With user layers: one service, taken in turn (their readiness is shared state).
+    Layered(Arc<tokio::sync::Mutex<Guard<HandlerService>>>),
+}
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Stack")
+        f.write_str(match self {
+            Stack::Plain(_) => "Stack::Plain",
+            Stack::Layered(_) => "Stack::Layered",
+        })
     }
 }
 
@@ -117,25 +127,26 @@ impl Stack {
         layers: Vec<AddLayer>,
     ) -> Self {
         let inner = Guard::timeout(handler_service(handler, metrics), timeout);
-        let stack = if layers.is_empty() {
-            Either::Left(Guard::catch_panics(inner))
-        } else {
-            let mut svc: HandlerService = BoxService::new(inner);
-            for add in layers {
-                svc = add(svc);
-            }
-            Either::Right(Guard::catch_panics(svc))
-        };
-        Self(Arc::new(tokio::sync::Mutex::new(stack)))
+        if layers.is_empty() {
+            return Stack::Plain(Guard::catch_panics(inner));
+        }
+        let mut svc: HandlerService = BoxService::new(inner);
+        for add in layers {
+            svc = add(svc);
+        }
+        Stack::Layered(Arc::new(tokio::sync::Mutex::new(Guard::catch_panics(svc))))
     }
 
-    /// Calls the stack once it is ready: its readiness and its call under its lock (so
-    /// they go together), the call awaited without it.
+    /// Calls the stack once it is ready: with layers, their readiness and the call under
+    /// the stack's lock (so they go together), the call awaited without it.
     pub(crate) async fn call(&self, req: HandlerRequest) -> Result<Option<Bytes>, HandlerError> {
-        let call = {
-            let mut svc = self.0.lock().await;
-            svc.ready().await.map_err(HandlerError::from_box)?;
-            svc.call(req)
+        let call = match self {
+            Stack::Plain(plain) => future::Either::Left(plain.clone().call(req)),
+            Stack::Layered(stack) => {
+                let mut svc = stack.lock().await;
+                svc.ready().await.map_err(HandlerError::from_box)?;
+                future::Either::Right(svc.call(req))
+            }
         };
         call.await.map_err(HandlerError::from_box)
     }

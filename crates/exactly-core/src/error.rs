@@ -84,6 +84,16 @@ pub enum Error {
         /// The failure that poisoned the store.
         cause: String,
     },
+    /// The store could not be reached for now (a shared store across the network: the
+    /// database restarting, a connection lost, a full pool). Nothing was decided: the
+    /// processor retries the message later and pauses the consumer when it persists.
+    #[error("store {operation} failed, the store is unreachable for now: {reason}")]
+    StoreUnavailable {
+        /// The operation: `claim`, `complete`, `read`, ...
+        operation: &'static str,
+        /// What went wrong, in one line.
+        reason: String,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     StoreClosed,
@@ -102,6 +112,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying again later may succeed: the store was unreachable, not damaged.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::StoreUnavailable { .. })
+    }
+
     pub(crate) fn io(operation: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::StoreIo { operation, source: Box::new(source) }
     }

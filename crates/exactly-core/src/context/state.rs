@@ -104,7 +104,7 @@ impl State<'_> {
             return Ok(v.clone());
         }
         self.acquire(&mut tx, &full).await?;
-        let v = self.inner.store.state_get(&full).await.map_err(HandlerError::transient)?;
+        let v = self.inner.store.state_get(&full).await.map_err(crate::handler::store_error)?;
         tx.reads.insert(full, v.clone());
         Ok(v)
     }

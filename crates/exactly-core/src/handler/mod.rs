@@ -15,6 +15,14 @@ use bytes::Bytes;
 
 use crate::{Context, Message};
 
+/// A store error met while handling a message, as the handler's failure: a store out of
+/// reach is a retry that does not count as an attempt (reason `store-unavailable`).
+pub(crate) fn store_error(e: crate::Error) -> HandlerError {
+    let unavailable = e.is_transient();
+    let err = HandlerError::transient(e);
+    if unavailable { err.with_reason(crate::reasons::STORE_UNAVAILABLE) } else { err }
+}
+
 /// Processes one message. The framework calls it at most once per idempotency key that
 /// ends done, and never again for a duplicate.
 ///

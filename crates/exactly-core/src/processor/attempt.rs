@@ -46,7 +46,12 @@ impl Processor {
             // Released as soon as the writes are applied: a later run that reads them
             // commits after them, and commits become durable in order (docs/STORE.md).
             finished.release();
-            let staged = staged?;
+            let staged = match staged {
+                Ok(staged) => staged,
+                // Nothing was decided: retried later, the claim released if it can be.
+                Err(e) if e.is_transient() => break crate::handler::store_error(e),
+                Err(e) => return Err(e),
+            };
             match staged.committed {
                 Committed::Ok => {
                     if let Some(b) = &inner.breaker {

@@ -58,7 +58,16 @@ impl Processor {
                 durable: inner.orphans == OrphanPolicy::Quarantine,
                 redrive: msg.headers().get(REDRIVE_HEADER).is_some(),
             })
-            .await?;
+            .await;
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(e) if e.is_transient() => {
+                // Nothing is held: retried later (or paused by the breaker), not counted.
+                let unclaimed = Commit::Unclaimed(key);
+                return self.verdict(msg, &unclaimed, 0, probe, crate::handler::store_error(e)).await;
+            }
+            Err(e) => return Err(e),
+        };
         let lease = match claim {
             Claim::Acquired(lease) => lease,
             other => {

@@ -26,6 +26,9 @@ pub(crate) enum Commit<'a> {
     Position { key: String, watermark: &'a str, next: i64 },
     /// The state writes alone (a message without a key, let through unprotected).
     State,
+    /// Nothing: the key could not be claimed (the store was out of reach); only a failure
+    /// is ever decided for it.
+    Unclaimed(String),
 }
 
 impl Commit<'_> {
@@ -33,7 +36,7 @@ impl Commit<'_> {
     pub(crate) fn key(&self) -> Option<&str> {
         match self {
             Commit::Record(c) => Some(&c.key),
-            Commit::Position { key, .. } => Some(key),
+            Commit::Position { key, .. } | Commit::Unclaimed(key) => Some(key),
             Commit::State => None,
         }
     }
@@ -82,6 +85,10 @@ impl Processor {
                 inner.store.stage_state(state, meta).await
             }
             Commit::State => inner.store.stage_state(state, Vec::new()).await,
+            Commit::Unclaimed(_) => Err(crate::Error::StoreUnavailable {
+                operation: "complete",
+                reason: "the key was never claimed".into(),
+            }),
         }
     }
 }

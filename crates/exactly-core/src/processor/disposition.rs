@@ -29,6 +29,10 @@ pub mod reasons {
     /// A load-shedding layer refused the message (a retry reason: it is retried later,
     /// and the refusal does not count as an attempt).
     pub const OVERLOADED: &str = "overloaded";
+    /// A shared store could not be reached (a retry reason: the message is retried
+    /// later, the failure does not count as an attempt, and the breaker pauses the
+    /// consumer while it lasts).
+    pub const STORE_UNAVAILABLE: &str = "store-unavailable";
 }
 
 /// The broker operation an adapter performs for a delivery.

@@ -38,9 +38,9 @@ impl Processor {
             p.attempts = attempts_before;
             return Ok(p);
         }
-        if error.reason() == reasons::OVERLOADED {
-            // A load-shedding layer refused it: the consumer is busy, not this message at
-            // fault; the attempt does not count, so overload never dead-letters a message.
+        if error.reason() == reasons::OVERLOADED || error.reason() == reasons::STORE_UNAVAILABLE {
+            // A load-shedding layer refused it, or the shared store was out of reach: not
+            // this message's fault, so the attempt does not count and neither dead-letters it.
             let after = inner.retry.delay(attempts, error.requested_retry_after());
             self.release(commit, attempts_before, Some(text)).await?;
             let mut p = Processed::new(Disposition::Retry { after }, Outcome::Retry, key.map(str::to_owned));
@@ -58,11 +58,16 @@ impl Processor {
         Ok(p)
     }
 
-    /// Ends a claim after a failure that will be tried again.
+    /// Ends a claim after a failure that will be tried again. A store out of reach keeps
+    /// the claim until its lease ends; until then the key's copies are answered busy.
     async fn release(&self, commit: &Commit<'_>, attempts: u32, error: Option<String>) -> Result<()> {
-        match commit {
-            Commit::Record(c) => self.inner.store.release(&c.skey, c.lease.token, attempts, error).await,
-            _ => Ok(()),
+        let Commit::Record(c) = commit else { return Ok(()) };
+        match self.inner.store.release(&c.skey, c.lease.token, attempts, error).await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "cannot release the claim; it ends with its lease");
+                Ok(())
+            }
+            other => other,
         }
     }
 

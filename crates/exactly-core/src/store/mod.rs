@@ -253,6 +253,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Limits of a store of another kind (a database's index limits its key length).
+    pub const fn new(max_state_key: usize, max_value: usize) -> Self {
+        Self { max_state_key, max_value }
+    }
+
     /// The local stores' limits: 16 KiB state keys (every engine takes them, so a store
     /// can move between engines) and 64 MiB values.
     pub const LOCAL: Limits = Limits { max_state_key: 16 * 1024, max_value: 64 * 1024 * 1024 };

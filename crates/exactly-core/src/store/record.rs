@@ -107,6 +107,21 @@ pub struct RecordView {
     pub origin: Option<String>,
 }
 
+impl RecordView {
+    /// A record as a store outside this crate reads it back.
+    pub fn new(
+        key: StoreKey,
+        state: RecordState,
+        fingerprint: Fingerprint,
+        attempts: u32,
+        updated_at: Millis,
+        expires_at: Millis,
+        origin: Option<String>,
+    ) -> Self {
+        Self { key, state, fingerprint, attempts, updated_at, expires_at, origin }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,7 @@ type Plain = Guard<Guard<HandlerCall>>;
 pub(crate) enum Stack {
     /// No user layers: always ready, so each delivery calls its own copy (a few `Arc`s),
     /// with no lock between deliveries.
-    Plain(Plain),
+    Plain(Box<Plain>),
     /// With user layers: one service, taken in turn (their readiness is shared state).
     Layered(Arc<tokio::sync::Mutex<Guard<HandlerService>>>),
 }
@@ -128,7 +128,7 @@ impl Stack {
     ) -> Self {
         let inner = Guard::timeout(handler_service(handler, metrics), timeout);
         if layers.is_empty() {
-            return Stack::Plain(Guard::catch_panics(inner));
+            return Stack::Plain(Box::new(Guard::catch_panics(inner)));
         }
         let mut svc: HandlerService = BoxService::new(inner);
         for add in layers {
@@ -141,7 +141,7 @@ impl Stack {
     /// the stack's lock (so they go together), the call awaited without it.
     pub(crate) async fn call(&self, req: HandlerRequest) -> Result<Option<Bytes>, HandlerError> {
         let call = match self {
-            Stack::Plain(plain) => future::Either::Left(plain.clone().call(req)),
+            Stack::Plain(plain) => future::Either::Left((**plain).clone().call(req)),
             Stack::Layered(stack) => {
                 let mut svc = stack.lock().await;
                 svc.ready().await.map_err(HandlerError::from_box)?;

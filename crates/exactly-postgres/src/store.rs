@@ -1,0 +1,230 @@
+//! [`PgStore`]: the store, its builder, and what it shares with its batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use exactly_core::store::{Limits, SweeperSlot};
+use exactly_core::{Error, Result};
+use tokio_postgres::NoTls;
+
+use crate::batch::Batcher;
+use crate::cache::DoneCache;
+use crate::claim::ClaimJob;
+use crate::complete::Write;
+use crate::liveness::Liveness;
+use crate::sql::Sql;
+
+/// The default schema of the store's tables.
+pub const DEFAULT_SCHEMA: &str = "exactly";
+
+/// A [`DedupStore`](exactly_core::DedupStore) in PostgreSQL, shared by every instance of
+/// a consumer: a key claimed or done on one instance is claimed or done on all.
+///
+/// Claims and completions from concurrent deliveries go to the database in groups, one
+/// statement (claims) or one transaction (completions) per group, so one commit of
+/// PostgreSQL serves many messages. A completion is durable when PostgreSQL has
+/// committed it. See the crate docs for what it keeps where.
+pub struct PgStore {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) claims: Batcher<ClaimJob, exactly_core::store::Claim>,
+    pub(crate) writes: Batcher<Write, exactly_core::store::Committed>,
+    pub(crate) sweeper: SweeperSlot,
+    _liveness: Liveness,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("store", &self.shared.name).field("instance", &self.shared.holder).finish()
+    }
+}
+
+/// What the store's calls and its batches share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    pub(crate) sql: Sql,
+    /// This instance's id: the holder of its claims, locked while it runs.
+    pub(crate) holder: i32,
+    /// The schema's advisory-lock class.
+    pub(crate) class: i32,
+    pub(crate) cache: DoneCache,
+    /// The URL without its password, and the schema: for errors and logs.
+    pub(crate) name: String,
+    pub(crate) max_value: usize,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) commits: AtomicU64,
+}
+
+impl PgStore {
+    /// Opens the store at `url` (`postgres://user:password@host:5432/database`) with the
+    /// default settings, creating or migrating its tables in schema `exactly`.
+    pub async fn open(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).open().await
+    }
+
+    /// A builder for the store at `url`.
+    pub fn builder(url: impl Into<String>) -> PgStoreBuilder {
+        PgStoreBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: 8,
+            max_batch: 512,
+            cache_keys: 100_000,
+            bucket_width: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// This instance's id among the store's sessions (the holder of its claims).
+    pub fn instance(&self) -> i32 {
+        self.shared.holder
+    }
+
+    /// The store's name in errors and logs: its URL without the password, and its schema.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        // A btree index entry holds at most about 2.7 KB: the state table's key (with its
+        // namespace, at most 258 bytes) must fit.
+        Limits::new(2048, self.shared.max_value)
+    }
+}
+
+/// Settings of a [`PgStore`]; [`open`](Self::open) connects and migrates.
+pub struct PgStoreBuilder {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    max_batch: usize,
+    cache_keys: usize,
+    bucket_width: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStoreBuilder")
+            .field("url", &exactly_core::redact::url(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("max_batch", &self.max_batch)
+            .field("cache_keys", &self.cache_keys)
+            .field("bucket_width", &self.bucket_width)
+            .finish()
+    }
+}
+
+impl PgStoreBuilder {
+    /// The schema of the store's tables (default `exactly`): consumers that must not see
+    /// each other's keys, or a test each, use their own.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Connections to the database (default 8): claims and completions each run a group
+    /// per connection at a time.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections;
+        self
+    }
+
+    /// The most claims or completions one round trip takes (default 512).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Done keys this instance remembers to answer duplicates without a round trip
+    /// (default 100,000; 0 turns the cache off).
+    pub fn cache_keys(mut self, keys: usize) -> Self {
+        self.cache_keys = keys;
+        self
+    }
+
+    /// Expiry buckets (default one hour): a record is purged at most this long after it
+    /// expires, through an index of buckets rather than a scan.
+    pub fn bucket_width(mut self, width: Duration) -> Self {
+        self.bucket_width = width;
+        self
+    }
+
+    /// How long connecting may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects, creates or migrates the schema, and starts taking claims.
+    pub async fn open(self) -> Result<PgStore> {
+        let redacted = exactly_core::redact::url(&self.url);
+        let name = format!("{redacted} (schema {})", self.schema);
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e: tokio_postgres::Error| {
+            Error::Config { field: "url".into(), reason: format!("{redacted} is not a PostgreSQL URL: {e}") }
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("exactly");
+        }
+        if self.pool_size == 0 || self.max_batch == 0 {
+            return Err(Error::Config { field: "pool_size / max_batch".into(), reason: "must be at least 1".into() });
+        }
+        let bucket_ms = i64::try_from(self.bucket_width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let quoted = crate::schema::quote(&self.schema)?;
+        let class = crate::schema::lock_class(&self.schema);
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout))
+            .wait_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|e| Error::Config { field: "pool_size".into(), reason: e.to_string() })?;
+        {
+            let mut client = pool.get().await.map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => crate::error::open(&name, "connect", e),
+                other => Error::StoreOpen { path: name.clone().into(), reason: other.to_string(), source: None },
+            })?;
+            crate::schema::migrate(&mut client, &self.schema, &quoted, class, &name).await?;
+        }
+        let (holder, liveness) = crate::liveness::start(config, &quoted, class, &name).await?;
+        tracing::info!(store = %name, instance = holder, "PostgreSQL store open");
+        let shared = Arc::new(Shared {
+            pool,
+            sql: Sql::new(&quoted, class, bucket_ms),
+            holder,
+            class,
+            cache: DoneCache::new(self.cache_keys),
+            name,
+            max_value: 64 * 1024 * 1024,
+            in_flight: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+        });
+        // Claims and completions each get half the connections, at least one.
+        let groups = (self.pool_size / 2).max(1);
+        Ok(PgStore {
+            claims: Batcher::start(shared.clone(), self.max_batch, groups),
+            writes: Batcher::start(shared.clone(), self.max_batch, groups),
+            shared,
+            sweeper: SweeperSlot::default(),
+            _liveness: liveness,
+        })
+    }
+}
+
+impl Shared {
+    pub(crate) fn claimed(&self, n: u64) {
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ended(&self, n: u64) {
+        let _ = self.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+}

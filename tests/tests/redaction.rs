@@ -26,7 +26,9 @@ async fn no_configuration_type_shows_a_password() {
          [kafka.k.librdkafka]\n\"sasl.password\" = \"{SECRET}\"\n\"ssl.key.password\" = \"{SECRET}\"\n\
          \"sasl.oauthbearer.client.secret\" = \"{SECRET}\"\n"
     );
+    let toml = format!("[store]\nengine = \"postgres\"\nurl = \"postgres://u:{SECRET}@127.0.0.1:5432/db\"\n{toml}");
     let config = exactly::app::Config::from_toml(&toml).unwrap();
+    assert_hidden("StoreConfig", &format!("{:?} {}", config.store, config.store.describe()));
     assert_hidden("app::Config", &format!("{config:?} {config:#?}"));
     assert_hidden("AmqpSubscription", &format!("{:?}", config.amqp["p"]));
     assert_hidden("KafkaSubscription", &format!("{:?}", config.kafka["k"]));
@@ -64,6 +66,21 @@ async fn a_kafka_setting_librdkafka_refuses_is_named_without_its_value() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_postgres_store_never_shows_its_password() {
+    let url = format!("postgres://u:{SECRET}@127.0.0.1:1/db");
+    let builder =
+        exactly::postgres::PgStore::builder(url.clone()).connect_timeout(std::time::Duration::from_millis(500));
+    assert_hidden("PgStoreBuilder", &format!("{builder:?}"));
+    let err = builder.open().await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("127.0.0.1:1") && text.contains("PostgreSQL running"), "{text}");
+    assert_hidden("PgStore's open error", &text);
+    let bad = format!("postgres://u:{SECRET}@127.0.0.1:notaport/db");
+    let err = exactly::postgres::PgStore::open(bad).await.unwrap_err();
+    assert_hidden("PgStore's URL error", &format!("{err} {err:?}"));
 }
 
 #[tokio::test]

@@ -64,15 +64,26 @@ fn default_shutdown() -> Duration {
 }
 
 /// Which store, where.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sled` (default), `redb` or `fjall`.
+    /// `sled` (default), `redb` or `fjall` (on disk, one instance), or `postgres` (shared
+    /// by every instance).
     #[serde(default)]
     pub engine: Engine,
-    /// The store directory.
+    /// The store directory (on-disk engines).
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// The database (`postgres`): `postgres://user:password@host:5432/database`. Never
+    /// logged with its password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The schema of the store's tables (`postgres`; default `exactly`).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Connections to the database (`postgres`; default 8).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
     /// Whether a directory without a store gets a new, empty one (default `true`). Set it
     /// to `false` once the store is in service: a lost volume then stops the consumer at
     /// its start instead of handling again every message within the retention.
@@ -90,7 +101,37 @@ fn default_store_path() -> PathBuf {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { engine: Engine::default(), path: default_store_path(), create_if_missing: true }
+        Self {
+            engine: Engine::default(),
+            path: default_store_path(),
+            url: None,
+            schema: None,
+            pool_size: None,
+            create_if_missing: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("engine", &self.engine)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(exactly_core::redact::url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("create_if_missing", &self.create_if_missing)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// Where the store is, for logs: its directory, or its database without the password.
+    pub fn describe(&self) -> String {
+        match (self.engine, &self.url) {
+            (Engine::Postgres, Some(url)) => exactly_core::redact::url(url),
+            _ => self.path.display().to_string(),
+        }
     }
 }
 
@@ -105,6 +146,8 @@ pub enum Engine {
     Redb,
     /// `FjallStore`.
     Fjall,
+    /// `PgStore`: PostgreSQL, shared by every instance.
+    Postgres,
 }
 
 /// The HTTP endpoint.

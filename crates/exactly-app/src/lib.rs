@@ -71,12 +71,25 @@ pub enum Error {
 }
 
 /// The configured store.
-fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
+async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
     let create = cfg.create_if_missing;
     Ok(match cfg.engine {
         Engine::Sled => Arc::new(SledStore::builder(&cfg.path).create_if_missing(create).open()?),
         Engine::Redb => Arc::new(RedbStore::builder(&cfg.path).create_if_missing(create).open()?),
         Engine::Fjall => Arc::new(FjallStore::builder(&cfg.path).create_if_missing(create).open()?),
+        Engine::Postgres => {
+            let url = cfg.url.clone().ok_or_else(|| {
+                Error::Config("store.url: engine = \"postgres\" needs the database's URL (EXACTLY_STORE__URL)".into())
+            })?;
+            let mut b = exactly_postgres::PgStore::builder(url);
+            if let Some(schema) = &cfg.schema {
+                b = b.schema(schema);
+            }
+            if let Some(n) = cfg.pool_size {
+                b = b.pool_size(n);
+            }
+            Arc::new(b.open().await?)
+        }
     })
 }
 
@@ -165,7 +178,7 @@ impl App {
             true => None,
             false => Some(http::bind(config.http.listen).await?),
         };
-        let store = open_store(&config.store)?;
+        let store = open_store(&config.store).await?;
         let mut take = |kind: &str, name: &str| {
             let make = handlers.remove(name).ok_or_else(|| {
                 Error::Config(format!("{kind}.{name}: no handler is registered under {name:?} (App::handler)"))
@@ -191,7 +204,7 @@ impl App {
         let (mut running, probes) = runner::Running::start(subscriptions);
         let server = listener.map(|l| http::serve(l, metrics, probes, stop.clone()));
         let gauges = tokio::spawn(telemetry::store_gauges(store.clone()));
-        tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.path.display(), "exactly app running");
+        tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.describe(), "exactly app running");
 
         let failed = running.until_stopped(&stop).await;
         let first_error = running.drain(config.shutdown_timeout + Duration::from_secs(5), failed).await;

@@ -60,3 +60,19 @@ fn creating_a_missing_store_is_on_unless_the_file_says_otherwise() {
     let off = Config::from_toml(&format!("[store]\npath = \"s\"\ncreate_if_missing = false\n{sub}")).unwrap();
     assert!(!off.store.create_if_missing);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_engine_names_what_it_is_missing_or_cannot_reach() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = config(tmp.path(), port);
+    cfg.store.engine = exactly_app::Engine::Postgres;
+    let err = App::new(cfg.clone()).handler("orders", noop()).run_until(CancellationToken::new()).await;
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("store.url") && text.contains("postgres"), "{text}");
+
+    cfg.store.url = Some("postgres://app:hunter2@127.0.0.1:1/orders".into());
+    let err = App::new(cfg).handler("orders", noop()).run_until(CancellationToken::new()).await;
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("127.0.0.1:1") && !text.contains("hunter2"), "{text}");
+}

@@ -55,6 +55,7 @@
 //! | `redb`, `fjall` | no | `store::RedbStore`, `store::FjallStore`: the same store on other engines |
 //! | `amqp` | no | the RabbitMQ adapter, as `exactly::amqp` |
 //! | `kafka` | no | the Kafka adapter, as `exactly::kafka` |
+//! | `postgres` | no | `PgStore`, shared by every instance, as `exactly::postgres` |
 //! | `app` | no | consumer binaries (configuration, signals, `/metrics`), as `exactly::app` |
 //! | `testing` | no | the in-memory broker and fault injection, as `exactly::testing` |
 
@@ -72,6 +73,10 @@ pub use exactly_amqp as amqp;
 /// Consumer binaries (feature `app`): see [`exactly_app`].
 #[cfg(feature = "app")]
 pub use exactly_app as app;
+
+/// The shared PostgreSQL store (feature `postgres`): see [`exactly_postgres`].
+#[cfg(feature = "postgres")]
+pub use exactly_postgres as postgres;
 
 /// The Kafka adapter (feature `kafka`): see [`exactly_kafka`].
 #[cfg(feature = "kafka")]

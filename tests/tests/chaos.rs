@@ -4,8 +4,9 @@
 //! dependency outage, and for RabbitMQ connection cuts; one run with two consumer processes
 //! per broker; and on librdkafka's mock cluster (served over TCP by the harness) Kafka
 //! brokers taken down and brought back while the consumer runs. These run on the default
-//! store (sled) but for one run per broker on fjall. The long runs and their figures are
-//! in docs/RELIABILITY.md.
+//! store (sled) but for one run per broker on fjall, and one per broker with three
+//! consumers sharing the PostgreSQL store while its sessions are terminated and its server
+//! restarted. The long runs and their figures are in docs/RELIABILITY.md.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -156,4 +157,39 @@ fn amqp_fjall_store_under_kills_and_disk_faults() {
 #[test]
 fn kafka_fjall_store_under_kills_and_disk_faults() {
     chaos_on_fjall("kafka", "17", &[]);
+}
+
+/// Three consumers sharing the PostgreSQL store under kills, a stop, a broker cut, their
+/// database sessions terminated and the server restarted: no key lost or credited twice
+/// across them, the balances add up, nothing left on the broker.
+fn chaos_on_postgres(broker: &str, seed: &str, extra: &[&str]) {
+    let args = [
+        "--broker",
+        broker,
+        "--engine",
+        "postgres",
+        "--consumers",
+        "3",
+        "--messages",
+        "3000",
+        "--kills",
+        "3",
+        "--stops",
+        "1",
+        "--cuts",
+        "1",
+        "--db-faults",
+        "2",
+    ];
+    chaos(&[&args[..], &["--seed", seed], extra].concat());
+}
+
+#[test]
+fn amqp_three_consumers_on_postgres_under_kills_and_database_restarts() {
+    chaos_on_postgres("amqp", "18", &[]);
+}
+
+#[test]
+fn kafka_mock_three_consumers_on_postgres_under_kills_and_database_restarts() {
+    chaos_on_postgres("kafka", "19", &["--kafka", "mock"]);
 }

@@ -1,4 +1,5 @@
-//! `exactly store ...`: inspection and repair of a dedup store on disk.
+//! `exactly store ...`: inspection and repair of a dedup store on disk, or inspection of
+//! the shared PostgreSQL store.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -16,8 +17,14 @@ const PAGE: usize = 1_000;
 #[derive(Args)]
 pub(crate) struct StoreArgs {
     /// The store directory (what the consumer passed to `SledStore::open`).
-    #[arg(long, short, env = "EXACTLY_STORE")]
-    path: PathBuf,
+    #[arg(long, short, env = "EXACTLY_STORE", required_unless_present = "url", conflicts_with = "url")]
+    path: Option<PathBuf>,
+    /// The shared PostgreSQL store instead: `postgres://user:password@host:5432/database`.
+    #[arg(long, env = "EXACTLY_STORE_URL", hide_env_values = true)]
+    url: Option<String>,
+    /// The PostgreSQL store's schema (with --url).
+    #[arg(long, requires = "url", default_value = exactly_postgres::DEFAULT_SCHEMA)]
+    schema: String,
     /// The store's engine (default: what the store's identity file says; sled for a new
     /// store).
     #[arg(long, value_enum)]
@@ -112,24 +119,39 @@ pub(crate) enum Found {
 }
 
 pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<Found> {
-    if !args.path.exists() && !matches!(args.command, StoreCommand::Import { .. }) {
-        anyhow::bail!("no store at {} (a consumer creates it on its first start)", args.path.display());
+    let path = match (&args.path, &args.url) {
+        (Some(path), _) => path.clone(),
+        (None, Some(url)) => return run_postgres(url, &args.schema, args.command).await,
+        (None, None) => anyhow::bail!("name the store: --path DIR, or --url postgres://... for the shared store"),
+    };
+    if !path.exists() && !matches!(args.command, StoreCommand::Import { .. }) {
+        anyhow::bail!("no store at {} (a consumer creates it on its first start)", path.display());
     }
-    let engine = match (args.engine, exactly_core::store::engine_at(&args.path).as_deref()) {
+    let engine = match (args.engine, exactly_core::store::engine_at(&path).as_deref()) {
         (Some(e), _) => e,
         (None, Some("redb")) => Engine::Redb,
         (None, Some("fjall")) => Engine::Fjall,
         (None, _) => Engine::Sled,
     };
     if let StoreCommand::Repair = args.command {
-        return repair(engine, &args.path);
+        return repair(engine, &path);
     }
     // The store's errors name its path already.
     match engine {
-        Engine::Sled => on(&SledStore::open(&args.path)?, args.command).await,
-        Engine::Redb => on(&RedbStore::open(&args.path)?, args.command).await,
-        Engine::Fjall => on(&FjallStore::open(&args.path)?, args.command).await,
+        Engine::Sled => on(&SledStore::open(&path)?, args.command).await,
+        Engine::Redb => on(&RedbStore::open(&path)?, args.command).await,
+        Engine::Fjall => on(&FjallStore::open(&path)?, args.command).await,
     }
+}
+
+/// The same commands on the shared PostgreSQL store (it repairs itself: PostgreSQL's own
+/// log recovers it).
+async fn run_postgres(url: &str, schema: &str, command: StoreCommand) -> anyhow::Result<Found> {
+    if let StoreCommand::Repair = command {
+        anyhow::bail!("repair is for a store on disk; PostgreSQL recovers the shared store from its own log");
+    }
+    let store = exactly_postgres::PgStore::builder(url).schema(schema).pool_size(2).open().await?;
+    on(&store, command).await
 }
 
 /// `exactly store repair`: opens with the repair rules and reports every cut.

@@ -200,8 +200,14 @@ impl Consumer {
                 },
                 Some(Control::Fatal(e)) = self.control.recv() => break Err(Error::Store(e)),
                 _ = commit_tick.tick() => {
-                    if let Err(e) = self.state.commit(&live, CommitMode::Async).await {
-                        break Err(e);
+                    match self.state.commit(&live, CommitMode::Async).await {
+                        Ok(()) => {}
+                        // The store's watermarks are written before the offsets: with the
+                        // store out of reach, the same offsets go at the next tick.
+                        Err(Error::Store(e)) if e.is_transient() => {
+                            tracing::warn!(error = %e, "offsets not committed: the store is out of reach; trying at the next tick");
+                        }
+                        Err(e) => break Err(e),
                     }
                     // The circuit breaker: pause every partition while it is open.
                     if self.state.breaker_paused() && breaker_paused.is_empty() {

@@ -72,9 +72,17 @@ impl PendingDeadLetter {
                 expires_at: now + duration_millis(inner.retention),
                 state: StateChanges::default(),
             })
-            .await?;
-        if committed != Committed::Ok {
-            tracing::warn!(key = %hold.key, ?committed, "could not mark the key dead-lettered");
+            .await;
+        match committed {
+            Ok(Committed::Ok) => {}
+            Ok(committed) => tracing::warn!(key = %hold.key, ?committed, "could not mark the key dead-lettered"),
+            // The destination has the message, so acknowledging it is right; without the
+            // mark a later copy runs again (and may be dead-lettered again) when its claim
+            // has lapsed.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(key = %hold.key, error = %e, "dead-lettered, but the key's mark was not recorded")
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -90,7 +98,14 @@ impl PendingDeadLetter {
 }
 
 async fn release(p: &Processor, hold: Hold) -> Result<()> {
-    p.inner.store.release(&hold.key, hold.token, hold.attempts, None).await
+    match p.inner.store.release(&hold.key, hold.token, hold.attempts, None).await {
+        // The claim lapses with its lease instead.
+        Err(e) if e.is_transient() => {
+            tracing::warn!(key = %hold.key, error = %e, "claim not released; it lapses with its lease");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 impl Drop for PendingDeadLetter {

@@ -6,18 +6,21 @@
 //! target/release/chaos --broker amqp --messages 100000 --kills 20 --stops 3 --cuts 3 --seed 7
 //! target/release/chaos --broker kafka --messages 100000 --kills 20 --consumers 2 --seed 7
 //! target/release/chaos --broker kafka --kafka mock --messages 100000 --kills 20 --cuts 5 --seed 7
+//! target/release/chaos --broker amqp --engine postgres --consumers 3 --db-faults 4 --seed 7
 //! ```
 //!
 //! It publishes `--messages` ledger credits (a `--duplicates` share of them are copies of
 //! earlier keys, half of everything is sent while the consumer runs, so duplicates also
 //! arrive after the first copy was handled; a `--poison` share of keys do not decode),
 //! runs `app_child` (the app runner with the ledger handler on a sled store, or
-//! `--engine`'s, appending each key to an effects log) as `--consumers` processes, and
+//! `--engine`'s, appending each key to an effects log) as `--consumers` processes (each
+//! with its own store, or all on one PostgreSQL store with `--engine postgres`), and
 //! meanwhile injects faults at random moments drawn from `--seed`: SIGKILL (then a
 //! restart; a kill waits until the process has handled a message since it started, so it
 //! lands mid-stream), SIGSTOP for a few seconds then SIGCONT, connection cuts (RabbitMQ
 //! `rabbitmqctl close_all_connections`; a broker of the Kafka mock cluster down for a few
-//! seconds), disk full, a read-only store and dependency outages.
+//! seconds), disk full, a read-only store, dependency outages and, on PostgreSQL, the
+//! consumers' database sessions terminated or the server restarted.
 //! When the fault budget is spent it lets the consumers finish, stops them with SIGTERM
 //! and checks: every good key credited exactly once in the transactional state, every
 //! poison key in the dead-letter destination with reason `decode`, nothing left unacked
@@ -27,17 +30,20 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use exactly_tests::{ACCOUNTS, count_lines, payload, state_i64};
+use exactly::DedupStore;
+use exactly_tests::{ACCOUNTS, count_lines, payload, state_of};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 mod broker;
 mod consumer;
+mod database;
 mod disk;
 
 use broker::Broker;
@@ -90,10 +96,15 @@ struct Args {
     /// Size of each consumer's store tmpfs, in MiB, with --disk-faults.
     #[arg(long, default_value_t = 1024)]
     tmpfs_mb: u64,
-    /// The consumers' store engine: sled (the default), redb or fjall.
-    #[arg(long, default_value = "sled", value_parser = ["sled", "redb", "fjall"])]
+    /// The consumers' store engine: sled (the default), redb or fjall, each consumer with
+    /// its own; or postgres, one store shared by all (in $EXACTLY_POSTGRES_URL's database).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "redb", "fjall", "postgres"])]
     engine: String,
-    /// Consumer processes, each with its own store.
+    /// Database faults (`--engine postgres`): alternately every session of the consumers
+    /// terminated (`pg_terminate_backend`) and the server restarted (`pg_ctlcluster`).
+    #[arg(long, default_value_t = 0)]
+    db_faults: u32,
+    /// Consumer processes.
     #[arg(long, default_value_t = 1)]
     consumers: usize,
     /// Seed of every random choice: the same seed gives the same fault schedule.
@@ -124,6 +135,7 @@ struct Faults {
     disk_full: u32,
     read_only: u32,
     outages: u32,
+    db_faults: u32,
     exits: u32,
 }
 
@@ -192,6 +204,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    let db = match args.engine.as_str() {
+        "postgres" => Some(database::Database::new(&name)?),
+        _ if args.db_faults > 0 => bail!("--db-faults needs --engine postgres"),
+        _ => None,
+    };
+
     let (keys, unique) = plan(&args, &mut rng);
     let poison: HashSet<u64> = (0..unique).filter(|k| is_poison(args.seed, *k, args.poison)).collect();
     let good: Vec<u64> = (0..unique).filter(|k| !poison.contains(k)).collect();
@@ -210,13 +228,14 @@ async fn main() -> anyhow::Result<()> {
         };
         let mut c =
             Consumer { dir, outage: root.join("outage"), disk, port, child: None, config, progress_at_start: 0 };
-        let store = c.store();
+        let store = match &db {
+            Some(db) => db.store_toml(),
+            None => format!("engine = \"{}\"\npath = \"{}\"\n", args.engine, c.store().display()),
+        };
         std::fs::write(
             &c.config,
             format!(
-                "shutdown_timeout = \"20s\"\n[store]\nengine = \"{}\"\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"error\"\n{sub}",
-                args.engine,
-                store.display()
+                "shutdown_timeout = \"20s\"\n[store]\n{store}[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nfilter = \"error\"\n{sub}"
             ),
         )?;
         c.start(&app)?;
@@ -259,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         ))
         .chain((0..args.disk_faults).map(|i| if i % 2 == 0 { "full" } else { "read-only" }))
         .chain(std::iter::repeat_n("outage", args.outages as usize))
+        .chain((0..args.db_faults).map(|i| if i % 2 == 0 { "db-sessions" } else { "db-restart" }))
         .collect();
     while !todo.is_empty() {
         let wait = rng.random_range(args.fault_every_ms / 4..=args.fault_every_ms * 7 / 4);
@@ -348,6 +368,17 @@ async fn main() -> anyhow::Result<()> {
                 c.disk = Some(d);
                 faults.exits += u32::from(c.revive(&app)?);
             }
+            "db-sessions" | "db-restart" => {
+                let Some(db) = &db else { continue };
+                if fault == "db-sessions" {
+                    let n = db.terminate_sessions().await?;
+                    eprintln!("chaos: terminated the consumers' {n} database sessions");
+                } else {
+                    let away = db.restart_server().await?;
+                    eprintln!("chaos: PostgreSQL restarted, back after {away:.1?}");
+                }
+                faults.db_faults += 1;
+            }
             "cut" if mock.is_some() => {
                 let Some(mock) = &mock else { continue };
                 let id = rng.random_range(1..=MOCK_BROKERS);
@@ -429,14 +460,20 @@ async fn main() -> anyhow::Result<()> {
     let mut lost = Vec::new();
     let mut doubled_tx = Vec::new();
     let mut cross_instance = 0u64;
-    let stores: Vec<_> = consumers
-        .iter()
-        .map(|c| exactly_tests::open_store(&args.engine, &c.store()))
-        .collect::<Result<_, _>>()
-        .context("opening the stores after the run")?;
+    let stores: Vec<Arc<dyn DedupStore>> = match &db {
+        Some(db) => vec![Arc::new(db.open().await.context("opening the shared store after the run")?)],
+        None => consumers
+            .iter()
+            .map(|c| exactly_tests::open_store(&args.engine, &c.store()))
+            .collect::<Result<_, _>>()
+            .context("opening the stores after the run")?,
+    };
     let mut credited_total = 0i64;
     for k in &good {
-        let per: Vec<i64> = stores.iter().map(|s| state_i64(s.as_ref(), &format!("applied/k{k}"))).collect();
+        let mut per = Vec::with_capacity(stores.len());
+        for s in &stores {
+            per.push(state_of(s.as_ref(), &format!("applied/k{k}")).await);
+        }
         let total: i64 = per.iter().sum();
         if total == 0 {
             lost.push(*k);
@@ -449,8 +486,12 @@ async fn main() -> anyhow::Result<()> {
         }
         credited_total += total;
     }
-    let balances: i64 =
-        stores.iter().map(|s| (0..ACCOUNTS).map(|a| state_i64(s.as_ref(), &format!("account/{a}"))).sum::<i64>()).sum();
+    let mut balances = 0i64;
+    for s in &stores {
+        for a in 0..ACCOUNTS {
+            balances += state_of(s.as_ref(), &format!("account/{a}")).await;
+        }
+    }
     let seen = effects(&consumers);
     let doubled_fx = seen.values().filter(|n| **n > 1).count() as u64;
     let dead = broker.dead_letters().await?;
@@ -460,14 +501,17 @@ async fn main() -> anyhow::Result<()> {
     let missing_dead: Vec<&String> = want_dead.difference(&dead_keys).collect();
     let leftover = broker.leftover().await?;
 
-    println!("store engine: {}", args.engine);
+    match &db {
+        Some(db) => println!("store engine: postgres, shared by every consumer (schema {})", db.schema()),
+        None => println!("store engine: {}, one per consumer", args.engine),
+    }
     println!(
         "| broker | sent | duplicates | poison keys | consumers | SIGKILL | SIGSTOP | cuts | disk full | read-only | \
-         outages | exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"
+         outages | db faults | exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"
     );
-    println!("|{}", "---|".repeat(19));
+    println!("|{}", "---|".repeat(20));
     println!(
-        "| {:?} | {} | {} | {} | {} | {} ({} working) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
+        "| {:?} | {} | {} | {} | {} | {} ({} working) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
         args.broker,
         keys.len(),
         keys.len() as u64 - unique,
@@ -480,6 +524,7 @@ async fn main() -> anyhow::Result<()> {
         faults.disk_full,
         faults.read_only,
         faults.outages,
+        faults.db_faults,
         faults.exits,
         lost.len(),
         doubled_tx.len(),
@@ -500,12 +545,18 @@ async fn main() -> anyhow::Result<()> {
             &doubled_tx[..doubled_tx.len().min(5)]
         ));
     }
-    if args.consumers == 1 && balances != credited_total {
+    // Each store's balances add up to its credits when one store saw every credit.
+    let shared = db.is_some();
+    if (args.consumers == 1 || shared) && balances != credited_total {
         failures.push(format!("balances {balances} != credits {credited_total}"));
     }
     // A kill repeats at most the external effects of the messages in flight in that
-    // process (handled, done-record not yet durable).
-    let bound = u64::from(faults.kills + faults.exits) * broker.in_flight();
+    // process (handled, done-record not yet durable); so does a database fault (the
+    // completions it cut short are retried). With several consumers there is no such
+    // bound: on their own stores a duplicate that reaches another consumer runs again,
+    // and on a shared store handlers on different instances that change the same state
+    // (the ledger's ten accounts) conflict, and a conflict runs the handler again.
+    let bound = u64::from(faults.kills + faults.exits + faults.db_faults) * broker.in_flight();
     if args.consumers == 1 && doubled_fx > bound {
         failures.push(format!("{doubled_fx} external effects repeated, more than kills x in-flight = {bound}"));
     }
@@ -523,6 +574,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if failures.is_empty() {
         broker.cleanup().await;
+        if let Some(db) = &db {
+            db.cleanup().await;
+        }
         eprintln!("chaos: PASS (seed {})", args.seed);
         Ok(())
     } else {

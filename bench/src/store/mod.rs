@@ -13,6 +13,7 @@ use crate::report::{histogram, machine, median, percentiles, record, spread};
 mod load;
 mod lookup;
 mod native;
+mod postgres;
 mod sweeper;
 
 #[derive(clap::Args)]
@@ -113,6 +114,9 @@ pub(crate) enum Section {
     /// redb and fjall behind the write-ahead log against their own durable commits (not in
     /// the default run).
     Native,
+    /// The shared PostgreSQL store on one and three instances, against a per-message
+    /// INSERT (not in the default run: needs $EXACTLY_POSTGRES_URL).
+    Postgres,
 }
 
 fn noop() -> impl exactly::Handler<Output = ()> {
@@ -225,6 +229,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.only.contains(&Section::Native) {
         native::run(&args, n).await?;
+    }
+    if args.only.contains(&Section::Postgres) {
+        postgres::run(&args, n).await?;
     }
     Ok(())
 }

@@ -172,6 +172,13 @@ impl PgStoreBuilder {
         if config.get_application_name().is_none() {
             config.application_name("exactly");
         }
+        // A generic plan made while the tables were empty (a new store) scans them for
+        // good; each group is planned with its own values instead.
+        let options = match config.get_options() {
+            Some(o) => format!("{o} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        config.options(&options);
         if self.pool_size == 0 || self.max_batch == 0 {
             return Err(Error::Config { field: "pool_size / max_batch".into(), reason: "must be at least 1".into() });
         }

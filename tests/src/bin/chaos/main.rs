@@ -560,6 +560,11 @@ async fn main() -> anyhow::Result<()> {
     if args.consumers == 1 && doubled_fx > bound {
         failures.push(format!("{doubled_fx} external effects repeated, more than kills x in-flight = {bound}"));
     }
+    // The shared store has no disk to fill: a consumer that stopped on its own gave up on
+    // a database fault it should have waited out.
+    if shared && faults.exits > 0 {
+        failures.push(format!("{} consumer exits on their own: a database fault must be waited out", faults.exits));
+    }
     if !missing_dead.is_empty() || !wrong_reason.is_empty() {
         failures.push(format!(
             "dead-letters: {} missing (e.g. {:?}), {} with a wrong reason (e.g. {:?})",

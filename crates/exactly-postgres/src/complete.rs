@@ -35,9 +35,21 @@ const ATTEMPTS: u32 = 3;
 impl Group<Write, Committed> for Shared {
     async fn run(self: Arc<Self>, jobs: Vec<Job<Write, Committed>>) {
         let writes: Vec<&Write> = jobs.iter().map(|(w, _)| w).collect();
+        // A group that writes no state needs no values read or checked.
+        let plain: Option<Vec<&Completion>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Complete(c) if c.state.reads.is_empty() && c.state.writes.is_empty() => Some(c),
+                _ => None,
+            })
+            .collect();
         let mut attempt = 1;
         let result = loop {
-            match self.commit_group(&writes).await {
+            let run = match &plain {
+                Some(completions) => self.commit_plain(completions).await,
+                None => self.commit_group(&writes).await,
+            };
+            match run {
                 Err(Outcome::NotCommitted(e)) if e.is_transient() && attempt < ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "the group's transaction failed; running it again");
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
@@ -70,18 +82,12 @@ impl Group<Write, Committed> for Shared {
 }
 
 /// How a group's transaction failed.
-enum Outcome {
+pub(crate) enum Outcome {
     /// Nothing was committed: the group may run again.
     NotCommitted(Error),
     /// The commit was sent and its answer lost, and the transaction's fate could not be
     /// read either: the callers must not assume either way.
     Unknown(Error),
-}
-
-impl From<Error> for Outcome {
-    fn from(e: Error) -> Self {
-        Outcome::NotCommitted(e)
-    }
 }
 
 /// The row of a claimed key, as locked in the transaction.
@@ -230,15 +236,19 @@ impl Shared {
             Ok(()) => Ok(decided),
             Err(e) => {
                 drop(client);
-                let e = db(e);
-                match self.fate(txid).await {
-                    Ok(true) => Ok(decided),
-                    Ok(false) => Err(Outcome::NotCommitted(e)),
-                    Err(unknown) => {
-                        tracing::warn!(error = %unknown, txid, "a commit's answer was lost and its fate cannot be read");
-                        Err(Outcome::Unknown(e))
-                    }
-                }
+                self.settle_lost_commit(txid, db(e)).await.map(|()| decided)
+            }
+        }
+    }
+
+    /// A `COMMIT` of transaction `txid` failed with `e`: whether it committed after all.
+    pub(crate) async fn settle_lost_commit(&self, txid: i64, e: Error) -> Result<(), Outcome> {
+        match self.fate(txid).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Outcome::NotCommitted(e)),
+            Err(unknown) => {
+                tracing::warn!(error = %unknown, txid, "a commit's answer was lost and its fate cannot be read");
+                Err(Outcome::Unknown(e))
             }
         }
     }
@@ -300,21 +310,21 @@ fn key_hash(key: &[u8]) -> i32 {
 
 /// The columns of the records a group writes, one array each.
 #[derive(Default)]
-struct Records<'a> {
-    skeys: Vec<&'a [u8]>,
-    states: Vec<i16>,
-    fingerprints: Vec<&'a [u8]>,
-    attempts: Vec<i32>,
-    outputs: Vec<Option<&'a [u8]>>,
-    emitted: Vec<Option<Vec<u8>>>,
-    reasons: Vec<Option<String>>,
-    origins: Vec<Option<String>>,
-    updated_at: Vec<i64>,
-    expires_at: Vec<i64>,
+pub(crate) struct Records<'a> {
+    pub(crate) skeys: Vec<&'a [u8]>,
+    pub(crate) states: Vec<i16>,
+    pub(crate) fingerprints: Vec<&'a [u8]>,
+    pub(crate) attempts: Vec<i32>,
+    pub(crate) outputs: Vec<Option<&'a [u8]>>,
+    pub(crate) emitted: Vec<Option<Vec<u8>>>,
+    pub(crate) reasons: Vec<Option<String>>,
+    pub(crate) origins: Vec<Option<String>>,
+    pub(crate) updated_at: Vec<i64>,
+    pub(crate) expires_at: Vec<i64>,
 }
 
 impl<'a> Records<'a> {
-    fn push(&mut self, c: &'a Completion) -> Result<()> {
+    pub(crate) fn push(&mut self, c: &'a Completion) -> Result<()> {
         let (state, output, emitted, reason) = match &c.outcome {
             Final::Done { output, emitted } => (DONE, output.as_deref(), encode_emitted(emitted)?, None),
             Final::DeadLettered { reason } => (DEAD_LETTERED, None, None, Some(text(reason))),

@@ -42,6 +42,7 @@ mod claim;
 mod complete;
 mod error;
 mod liveness;
+mod plain;
 mod protocol;
 mod row;
 mod schema;

@@ -21,6 +21,7 @@ pub(crate) struct Sql {
     pub(crate) release: String,
     pub(crate) lock_rows: String,
     pub(crate) write_records: String,
+    pub(crate) complete_plain: String,
     pub(crate) read_state: String,
     pub(crate) lock_state: String,
     pub(crate) write_state: String,
@@ -85,7 +86,7 @@ impl Sql {
                         r.state, r.fingerprint, r.output, r.emitted, r.reason, r.origin, r.lease_until,
                         r.expires_at
                  FROM {s}.records r
-                 WHERE r.skey = ANY($1) AND r.skey NOT IN (SELECT skey FROM claimed)"
+                 WHERE r.skey = ANY(ARRAY(SELECT skey FROM req EXCEPT SELECT skey FROM claimed))"
             ),
             // A message re-driven from the dead-letter destination: the mark is cleared,
             // and the claim that follows starts from no attempts.
@@ -116,6 +117,7 @@ impl Sql {
                      AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at)
                  WHERE t.skey = u.skey"
             ),
+            complete_plain: crate::plain::update_sql(s, bucket_ms, IN_FLIGHT),
             read_state: format!("SELECT key, value FROM {s}.state WHERE key = ANY($1)"),
             // State keys are locked by hash before any row: a key that does not exist yet
             // is locked as well as one that does. The hashes come sorted and distinct, and

@@ -127,6 +127,13 @@ async fn two_instances_on_one_queue_credit_each_key_once_through_the_shared_stor
     assert_eq!(row, [KEYS, 0, 0], "every key done once: {stats}");
     let get = cli(&["store", "--url", &url, "--schema", &schema, "get", "ledger", "k42"]);
     assert!(get.contains("done"), "{get}");
+    // A mistyped schema is an error, not a new empty store.
+    let typo = std::process::Command::new(common::cli_path())
+        .args(["store", "--url", &url, "--schema", &format!("{schema}_typo"), "stats"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success() && said.contains("no store in schema"), "{said}");
     let store = exactly::postgres::PgStore::builder(url.clone()).schema(&schema).pool_size(1).open().await.unwrap();
     for k in 0..KEYS {
         assert_eq!(state_of(&store, &format!("applied/k{k}")).await, 1, "k{k} credited once");

@@ -81,7 +81,7 @@ async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
             let url = cfg.url.clone().ok_or_else(|| {
                 Error::Config("store.url: engine = \"postgres\" needs the database's URL (EXACTLY_STORE__URL)".into())
             })?;
-            let mut b = exactly_postgres::PgStore::builder(url);
+            let mut b = exactly_postgres::PgStore::builder(url).create_if_missing(create);
             if let Some(schema) = &cfg.schema {
                 b = b.schema(schema);
             }

@@ -150,7 +150,10 @@ async fn run_postgres(url: &str, schema: &str, command: StoreCommand) -> anyhow:
     if let StoreCommand::Repair = command {
         anyhow::bail!("repair is for a store on disk; PostgreSQL recovers the shared store from its own log");
     }
-    let store = exactly_postgres::PgStore::builder(url).schema(schema).pool_size(2).open().await?;
+    // Importing into a new schema makes the store; every other command reads one.
+    let create = matches!(command, StoreCommand::Import { .. });
+    let store =
+        exactly_postgres::PgStore::builder(url).schema(schema).pool_size(2).create_if_missing(create).open().await?;
     on(&store, command).await
 }
 

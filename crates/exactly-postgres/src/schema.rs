@@ -58,10 +58,28 @@ pub(crate) async fn migrate(
     quoted: &str,
     class: i32,
     store: &str,
+    create: bool,
 ) -> Result<(), Error> {
     let open = |what: &str, e: tokio_postgres::Error| crate::error::open(store, what, e);
     let tx = client.transaction().await.map_err(|e| open("begin the migration", e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&class]).await.map_err(|e| open("lock the schema", e))?;
+    if !create {
+        let exists: bool = tx
+            .query_one(&format!("SELECT to_regclass('{quoted}.schema_version') IS NOT NULL"), &[])
+            .await
+            .map_err(|e| open("look for the store's tables", e))?
+            .get(0);
+        if !exists {
+            return Err(Error::StoreOpen {
+                path: store.into(),
+                reason: format!(
+                    "there is no store in schema {schema}, and creating one is turned off (create_if_missing); \
+                     check the database and schema named, or allow creating an empty store"
+                ),
+                source: None,
+            });
+        }
+    }
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {quoted};
          CREATE TABLE IF NOT EXISTS {quoted}.schema_version (

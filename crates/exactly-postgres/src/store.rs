@@ -74,6 +74,7 @@ impl PgStore {
             cache_keys: 100_000,
             bucket_width: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
+            create_if_missing: true,
         }
     }
 
@@ -103,6 +104,7 @@ pub struct PgStoreBuilder {
     cache_keys: usize,
     bucket_width: Duration,
     connect_timeout: Duration,
+    create_if_missing: bool,
 }
 
 impl std::fmt::Debug for PgStoreBuilder {
@@ -114,6 +116,7 @@ impl std::fmt::Debug for PgStoreBuilder {
             .field("max_batch", &self.max_batch)
             .field("cache_keys", &self.cache_keys)
             .field("bucket_width", &self.bucket_width)
+            .field("create_if_missing", &self.create_if_missing)
             .finish()
     }
 }
@@ -159,6 +162,15 @@ impl PgStoreBuilder {
         self
     }
 
+    /// Whether an open of a schema without the store's tables creates them (default
+    /// `true`). Set it to `false` once the store is in service, so that a wrong database
+    /// or schema name stops the consumer instead of starting it on an empty store (which
+    /// would handle again every message within the retention).
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
     /// Connects, creates or migrates the schema, and starts taking claims.
     pub async fn open(self) -> Result<PgStore> {
         let redacted = exactly_core::redact::url(&self.url);
@@ -199,7 +211,7 @@ impl PgStoreBuilder {
                 deadpool_postgres::PoolError::Backend(e) => crate::error::open(&name, "connect", e),
                 other => Error::StoreOpen { path: name.clone().into(), reason: other.to_string(), source: None },
             })?;
-            crate::schema::migrate(&mut client, &self.schema, &quoted, class, &name).await?;
+            crate::schema::migrate(&mut client, &self.schema, &quoted, class, &name, self.create_if_missing).await?;
         }
         let (holder, liveness) = crate::liveness::start(config, &quoted, class, &name).await?;
         tracing::info!(store = %name, instance = holder, "PostgreSQL store open");

@@ -6,6 +6,8 @@
 //! # RabbitMQ on 127.0.0.1:5672 (guest/guest); scripts/services.sh up starts it
 //! cargo run -p exactly-examples --features amqp --example amqp_consumer
 //! AMQP_URL=amqp://user:pass@host:5672/%2f cargo run -p exactly-examples --features amqp --example amqp_consumer -- --serve
+//! # several instances sharing one store in PostgreSQL (as docker-compose.yml runs it)
+//! EXACTLY_STORE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run -p exactly-examples --features amqp --example amqp_consumer -- --serve
 //! ```
 //!
 //! Without `--serve` it first publishes a few demo payments (some twice, one undecodable)
@@ -18,6 +20,7 @@ use std::time::Duration;
 use exactly::amqp::Consumer;
 use exactly::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use exactly::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use exactly::postgres::PgStore;
 use exactly::{Context, Message, Processor, SledStore, handler_fn};
 use serde::Deserialize;
 
@@ -43,7 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(key = ctx.message_key(), account = %p.account, balance = balance + p.cents, "credited");
         Ok(())
     });
-    let processor = Processor::builder("payments", ledger).store(SledStore::open(&store_dir)?).build()?;
+    // Every instance on one PostgreSQL store, or this one on its own store on disk.
+    let processor = match std::env::var("EXACTLY_STORE_URL") {
+        Ok(db) => Processor::builder("payments", ledger).store(PgStore::open(db).await?).build()?,
+        Err(_) => Processor::builder("payments", ledger).store(SledStore::open(&store_dir)?).build()?,
+    };
     let consumer = Consumer::builder(&url, QUEUE).prefetch(32).build(processor)?;
     if serve {
         return Ok(consumer.run_until_signal().await?);
@@ -89,6 +96,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.acked.load(Ordering::Relaxed),
         stats.dead_lettered.load(Ordering::Relaxed),
     );
-    println!("store: {store_dir} (run again: the balances only grow by this run's payments)");
+    let store = match std::env::var("EXACTLY_STORE_URL") {
+        Ok(_) => "the PostgreSQL store of $EXACTLY_STORE_URL".to_owned(),
+        Err(_) => store_dir,
+    };
+    println!("store: {store} (run again: the balances only grow by this run's payments)");
     Ok(())
 }

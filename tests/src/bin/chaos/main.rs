@@ -30,13 +30,11 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use exactly::DedupStore;
-use exactly_tests::{ACCOUNTS, count_lines, payload, state_of};
+use exactly_tests::payload;
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,6 +43,7 @@ mod broker;
 mod consumer;
 mod database;
 mod disk;
+mod verdict;
 
 use broker::Broker;
 use consumer::Consumer;
@@ -126,7 +125,7 @@ struct Args {
 
 /// What happened, for the report.
 #[derive(Default, Debug)]
-struct Faults {
+pub(crate) struct Faults {
     kills: u32,
     /// Kills that fell after the process had handled a message since its last start.
     kills_working: u32,
@@ -254,15 +253,7 @@ async fn main() -> anyhow::Result<()> {
         let b = broker.clone();
         tokio::spawn(async move { b.publish(rest).await })
     };
-    let effects = |consumers: &[Consumer]| {
-        let mut all: HashMap<String, u64> = HashMap::new();
-        for c in consumers {
-            for (k, n) in count_lines(&c.dir.join("effects.log")) {
-                *all.entry(k).or_default() += n;
-            }
-        }
-        all
-    };
+    let effects = verdict::effects;
     // The good keys without an effect in `seen`.
     let unseen = |seen: &HashMap<String, u64>| -> Vec<u64> {
         good.iter().copied().filter(|k| !seen.contains_key(&format!("k{k}"))).collect()
@@ -456,127 +447,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
 
-    // The verdict.
-    let mut lost = Vec::new();
-    let mut doubled_tx = Vec::new();
-    let mut cross_instance = 0u64;
-    let stores: Vec<Arc<dyn DedupStore>> = match &db {
-        Some(db) => vec![Arc::new(db.open().await.context("opening the shared store after the run")?)],
-        None => consumers
-            .iter()
-            .map(|c| exactly_tests::open_store(&args.engine, &c.store()))
-            .collect::<Result<_, _>>()
-            .context("opening the stores after the run")?,
-    };
-    let mut credited_total = 0i64;
-    for k in &good {
-        let mut per = Vec::with_capacity(stores.len());
-        for s in &stores {
-            per.push(state_of(s.as_ref(), &format!("applied/k{k}")).await);
-        }
-        let total: i64 = per.iter().sum();
-        if total == 0 {
-            lost.push(*k);
-        }
-        if per.iter().any(|n| *n > 1) {
-            doubled_tx.push(*k);
-        }
-        if per.iter().filter(|n| **n > 0).count() > 1 {
-            cross_instance += 1;
-        }
-        credited_total += total;
-    }
-    let mut balances = 0i64;
-    for s in &stores {
-        for a in 0..ACCOUNTS {
-            balances += state_of(s.as_ref(), &format!("account/{a}")).await;
-        }
-    }
-    let seen = effects(&consumers);
-    let doubled_fx = seen.values().filter(|n| **n > 1).count() as u64;
-    let dead = broker.dead_letters().await?;
-    let want_dead: HashSet<String> = poison.iter().map(|k| format!("k{k}")).collect();
-    let wrong_reason: Vec<String> = dead.iter().filter(|(_, r)| r != "decode").map(|(k, _)| k.clone()).collect();
-    let dead_keys: HashSet<String> = dead.into_iter().map(|(k, _)| k).collect();
-    let missing_dead: Vec<&String> = want_dead.difference(&dead_keys).collect();
-    let leftover = broker.leftover().await?;
-
-    match &db {
-        Some(db) => println!("store engine: postgres, shared by every consumer (schema {})", db.schema()),
-        None => println!("store engine: {}, one per consumer", args.engine),
-    }
-    println!(
-        "| broker | sent | duplicates | poison keys | consumers | SIGKILL | SIGSTOP | cuts | disk full | read-only | \
-         outages | db faults | exits | lost | doubled tx | cross-instance | doubled external | dead-lettered | time | seed |"
-    );
-    println!("|{}", "---|".repeat(20));
-    println!(
-        "| {:?} | {} | {} | {} | {} | {} ({} working) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0?} | {} |",
-        args.broker,
-        keys.len(),
-        keys.len() as u64 - unique,
-        poison.len(),
-        args.consumers,
-        faults.kills,
-        faults.kills_working,
-        faults.stops,
-        faults.cuts,
-        faults.disk_full,
-        faults.read_only,
-        faults.outages,
-        faults.db_faults,
-        faults.exits,
-        lost.len(),
-        doubled_tx.len(),
-        cross_instance,
-        doubled_fx,
-        want_dead.len() - missing_dead.len(),
+    let run = verdict::Run {
+        args: &args,
+        consumers: &consumers,
+        db: db.as_ref(),
+        broker: &broker,
+        good: &good,
+        poison: &poison,
+        sent: keys.len() as u64,
+        unique,
+        faults: &faults,
         elapsed,
-        args.seed,
-    );
-    let mut failures = Vec::new();
-    if !lost.is_empty() {
-        failures.push(format!("{} keys lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]));
-    }
-    if !doubled_tx.is_empty() {
-        failures.push(format!(
-            "{} keys credited twice in one store, e.g. {:?}",
-            doubled_tx.len(),
-            &doubled_tx[..doubled_tx.len().min(5)]
-        ));
-    }
-    // Each store's balances add up to its credits when one store saw every credit.
-    let shared = db.is_some();
-    if (args.consumers == 1 || shared) && balances != credited_total {
-        failures.push(format!("balances {balances} != credits {credited_total}"));
-    }
-    // A kill repeats at most the external effects of the messages in flight in that
-    // process (handled, done-record not yet durable); so does a database fault (the
-    // completions it cut short are retried). With several consumers there is no such
-    // bound: on their own stores a duplicate that reaches another consumer runs again,
-    // and on a shared store handlers on different instances that change the same state
-    // (the ledger's ten accounts) conflict, and a conflict runs the handler again.
-    let bound = u64::from(faults.kills + faults.exits + faults.db_faults) * broker.in_flight();
-    if args.consumers == 1 && doubled_fx > bound {
-        failures.push(format!("{doubled_fx} external effects repeated, more than kills x in-flight = {bound}"));
-    }
-    // The shared store has no disk to fill: a consumer that stopped on its own gave up on
-    // a database fault it should have waited out.
-    if shared && faults.exits > 0 {
-        failures.push(format!("{} consumer exits on their own: a database fault must be waited out", faults.exits));
-    }
-    if !missing_dead.is_empty() || !wrong_reason.is_empty() {
-        failures.push(format!(
-            "dead-letters: {} missing (e.g. {:?}), {} with a wrong reason (e.g. {:?})",
-            missing_dead.len(),
-            &missing_dead[..missing_dead.len().min(5)],
-            wrong_reason.len(),
-            &wrong_reason[..wrong_reason.len().min(5)],
-        ));
-    }
-    if leftover > 0 {
-        failures.push(format!("{leftover} messages left unacknowledged or uncommitted"));
-    }
+    };
+    let failures = verdict::judge(&run).await?;
     if failures.is_empty() {
         broker.cleanup().await;
         if let Some(db) = &db {

@@ -71,6 +71,10 @@ enum Variant {
     Fjall,
     NaiveSled,
     RedisSetNx,
+    /// exactly on the shared PostgreSQL store (needs $EXACTLY_POSTGRES_URL).
+    Postgres,
+    /// A bare consumer with a per-message INSERT in PostgreSQL.
+    NaivePostgres,
     MqBridge,
     /// mq-bridge without the flush before the ack: its durable route deadlocks here
     /// (bench/results/performance-log.md, "mq-bridge on RabbitMQ").
@@ -88,6 +92,8 @@ impl Variant {
             Variant::Fjall => "exactly, fjall store (durable)",
             Variant::NaiveSled => "hand-rolled: bare lapin + sled get, insert, flush per message",
             Variant::RedisSetNx => "hand-rolled: bare lapin + Redis SET NX EX per message",
+            Variant::Postgres => "exactly, PostgreSQL store (shared by instances, durable)",
+            Variant::NaivePostgres => "hand-rolled: bare lapin + PostgreSQL INSERT ON CONFLICT per message",
             Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
             Variant::MqBridgeNoFlush => "mq-bridge 1.3 route, deduplication middleware (sled, durable=false: no flush)",
         }
@@ -163,11 +169,12 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         let _ = conn.close(200, "ok".into()).await;
         return Ok(took);
     }
-    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
+    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx | Variant::NaivePostgres) {
         let dir = tempfile::tempdir_in(&args.dir)?;
         let mut dedup = match v {
             Variant::NaiveSled => Dedup::sled(&dir.path().join("naive"))?,
             Variant::RedisSetNx => Dedup::redis(&args.redis, queue).await?,
+            Variant::NaivePostgres => Dedup::postgres(&postgres_url()?, queue).await?,
             _ => Dedup::None,
         };
         let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
@@ -212,6 +219,9 @@ async fn consume(v: Variant, args: &Args, prefetch: u16, queue: &str, n: u64) ->
         Variant::Memory => Arc::new(MemoryStore::new()),
         Variant::Sled => Arc::new(SledStore::open(dir.path().join("s"))?),
         Variant::Fjall => Arc::new(exactly::store::FjallStore::open(dir.path().join("s"))?),
+        Variant::Postgres => {
+            Arc::new(exactly::postgres::PgStore::builder(postgres_url()?).schema(queue.replace('-', "_")).open().await?)
+        }
         _ => Arc::new(exactly::store::RedbStore::open(dir.path().join("s"))?),
     };
     let handler = handler_fn(|_m: Message, _c: Context| async { Ok(()) });
@@ -252,6 +262,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
             _ => eprintln!("Redis does not answer at {}; the SET NX variant is skipped", args.redis),
         }
+        if std::env::var_os("EXACTLY_POSTGRES_URL").is_some() {
+            variants.extend([Variant::Postgres, Variant::NaivePostgres]);
+        } else {
+            eprintln!("EXACTLY_POSTGRES_URL is not set; the PostgreSQL variants are skipped");
+        }
         // mq-bridge's durable route deadlocks on RabbitMQ in sled's concurrent flushes
         // in most runs (docs/PERFORMANCE.md): by default its route runs without the
         // flush; `--variants mq-bridge` asks for the durable one.
@@ -284,7 +299,30 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     println!("`exactly_processing_duration_seconds`), over all runs.\n");
     let labels: Vec<&str> = variants.iter().map(|v| v.label()).collect();
     runs.print("msgs/s", "client CPU per msg", &labels, !args.no_bare);
+    if variants.iter().any(|v| matches!(v, Variant::Postgres | Variant::NaivePostgres)) {
+        drop_postgres_leftovers(&format!("exactly_bench_{}_", std::process::id())).await?;
+    }
     Ok(())
+}
+
+/// Drops the schemas and tables this run made in PostgreSQL (named after its queues).
+async fn drop_postgres_leftovers(prefix: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&postgres_url()?, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let like = format!("{prefix}%");
+    for row in client.query("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", &[&like]).await? {
+        client.batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", row.get::<_, String>(0))).await?;
+    }
+    let tables = format!("bench_naive_{like}");
+    for row in client.query("SELECT tablename FROM pg_tables WHERE tablename LIKE $1", &[&tables]).await? {
+        client.batch_execute(&format!("DROP TABLE \"{}\"", row.get::<_, String>(0))).await?;
+    }
+    Ok(())
+}
+
+fn postgres_url() -> anyhow::Result<String> {
+    std::env::var("EXACTLY_POSTGRES_URL")
+        .map_err(|_| anyhow::anyhow!("the PostgreSQL variants need $EXACTLY_POSTGRES_URL (scripts/services.sh up)"))
 }
 
 /// mq-bridge's route from the queue (`crate::mq_bridge`), keyed by the AMQP message id.

@@ -11,6 +11,9 @@ pub(crate) enum Dedup {
     Sled(sled::Db),
     /// Redis: `SET key 1 NX EX <a week>` per message (the connection, a key prefix).
     Redis(redis::aio::MultiplexedConnection, String),
+    /// PostgreSQL: `INSERT ... ON CONFLICT DO NOTHING` committed per message (the
+    /// connection, the table).
+    Postgres(tokio_postgres::Client, String),
 }
 
 impl Dedup {
@@ -23,6 +26,15 @@ impl Dedup {
     pub(crate) async fn redis(url: &str, run: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         Ok(Dedup::Redis(client.get_multiplexed_async_connection().await?, format!("bench:{run}:")))
+    }
+
+    /// PostgreSQL at `url`, in a table named after this run's `run` name.
+    pub(crate) async fn postgres(url: &str, run: &str) -> anyhow::Result<Self> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let table = format!("bench_naive_{}", run.replace('-', "_"));
+        client.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY)")).await?;
+        Ok(Dedup::Postgres(client, table))
     }
 
     /// Records `key`; whether it was new (the handler would run).
@@ -47,6 +59,10 @@ impl Dedup {
                     .query_async(conn)
                     .await?;
                 set.is_some()
+            }
+            Dedup::Postgres(client, table) => {
+                let sql = format!("INSERT INTO {table} VALUES ($1) ON CONFLICT DO NOTHING");
+                client.execute(&sql, &[&key]).await? == 1
             }
         })
     }

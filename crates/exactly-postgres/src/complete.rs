@@ -200,24 +200,7 @@ impl Shared {
         let put_values: Vec<&[u8]> = put_values.iter().map(Bytes::as_ref).collect();
         if !records.skeys.is_empty() {
             let stmt = tx.prepare_cached(&self.sql.write_records).await.map_err(db)?;
-            let r = &records;
-            tx.execute(
-                &stmt,
-                &[
-                    &r.skeys,
-                    &r.states,
-                    &r.fingerprints,
-                    &r.attempts,
-                    &r.outputs,
-                    &r.emitted,
-                    &r.reasons,
-                    &r.origins,
-                    &r.updated_at,
-                    &r.expires_at,
-                ],
-            )
-            .await
-            .map_err(db)?;
+            tx.execute(&stmt, &records.columns()).await.map_err(db)?;
         }
         if !put_keys.is_empty() {
             let stmt = tx.prepare_cached(&self.sql.write_state).await.map_err(db)?;
@@ -323,7 +306,26 @@ pub(crate) struct Records<'a> {
     pub(crate) expires_at: Vec<i64>,
 }
 
+/// A statement parameter.
+pub(crate) type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+
 impl<'a> Records<'a> {
+    /// The columns as the parameters `$1` to `$10` of `write_records` and `complete_plain`.
+    pub(crate) fn columns(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.skeys,
+            &self.states,
+            &self.fingerprints,
+            &self.attempts,
+            &self.outputs,
+            &self.emitted,
+            &self.reasons,
+            &self.origins,
+            &self.updated_at,
+            &self.expires_at,
+        ]
+    }
+
     pub(crate) fn push(&mut self, c: &'a Completion) -> Result<()> {
         let (state, output, emitted, reason) = match &c.outcome {
             Final::Done { output, emitted } => (DONE, output.as_deref(), encode_emitted(emitted)?, None),

@@ -29,20 +29,8 @@ impl Shared {
             Ok(s) => s,
             Err(e) => return Err(Outcome::NotCommitted(db(e))),
         };
-        let r = &records;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-            &r.skeys,
-            &tokens,
-            &r.states,
-            &r.fingerprints,
-            &r.attempts,
-            &r.outputs,
-            &r.emitted,
-            &r.reasons,
-            &r.origins,
-            &r.updated_at,
-            &r.expires_at,
-        ];
+        let mut params = records.columns();
+        params.push(&tokens);
         let (begun, txid, done) = tokio::join!(
             client.batch_execute("BEGIN"),
             client.query_one(&txid_stmt, &[]),
@@ -75,16 +63,16 @@ impl Shared {
     }
 }
 
-/// For the statements' text: the same columns as `write_records`, with each claim's token.
+/// The statement: the columns of `write_records`, then each claim's token.
 pub(crate) fn update_sql(s: &str, bucket_ms: i64, in_flight: i16) -> String {
     format!(
         "UPDATE {s}.records t SET state = u.state, fingerprint = u.fingerprint, attempts = u.attempts,
              output = u.output, emitted = u.emitted, reason = u.reason, origin = u.origin,
              updated_at = u.updated_at, expires_at = u.expires_at, bucket = u.expires_at / {bucket_ms},
              lease_until = 0, first_error = NULL, last_error = NULL
-         FROM unnest($1::bytea[], $2::int8[], $3::int2[], $4::bytea[], $5::int4[], $6::bytea[], $7::bytea[],
-                     $8::text[], $9::text[], $10::int8[], $11::int8[])
-             AS u(skey, token, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at)
+         FROM unnest($1::bytea[], $2::int2[], $3::bytea[], $4::int4[], $5::bytea[], $6::bytea[],
+                     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[])
+             AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at, token)
          WHERE t.skey = u.skey AND t.token = u.token AND t.state = {in_flight}
          RETURNING t.skey"
     )

@@ -74,6 +74,7 @@ impl PgStore {
             cache_keys: 100_000,
             bucket_width: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
             create_if_missing: true,
         }
     }
@@ -104,6 +105,7 @@ pub struct PgStoreBuilder {
     cache_keys: usize,
     bucket_width: Duration,
     connect_timeout: Duration,
+    statement_timeout: Duration,
     create_if_missing: bool,
 }
 
@@ -116,6 +118,7 @@ impl std::fmt::Debug for PgStoreBuilder {
             .field("max_batch", &self.max_batch)
             .field("cache_keys", &self.cache_keys)
             .field("bucket_width", &self.bucket_width)
+            .field("statement_timeout", &self.statement_timeout)
             .field("create_if_missing", &self.create_if_missing)
             .finish()
     }
@@ -162,6 +165,15 @@ impl PgStoreBuilder {
         self
     }
 
+    /// How long one statement may run, waiting for locks included (default 30 s; zero
+    /// turns the limit off). A statement that overruns it (a row held by a stuck
+    /// transaction, a server too slow to answer) fails as `StoreUnavailable`: the message
+    /// is retried and the breaker pauses the consumer, instead of hanging it.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
     /// Whether an open of a schema without the store's tables creates them (default
     /// `true`). Set it to `false` once the store is in service, so that a wrong database
     /// or schema name stops the consumer instead of starting it on an empty store (which
@@ -186,9 +198,11 @@ impl PgStoreBuilder {
         }
         // A generic plan made while the tables were empty (a new store) scans them for
         // good; each group is planned with its own values instead.
+        let ours =
+            format!("-c plan_cache_mode=force_custom_plan -c statement_timeout={}", self.statement_timeout.as_millis());
         let options = match config.get_options() {
-            Some(o) => format!("{o} -c plan_cache_mode=force_custom_plan"),
-            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+            Some(o) => format!("{o} {ours}"),
+            None => ours,
         };
         config.options(&options);
         if self.pool_size == 0 || self.max_batch == 0 {

@@ -37,7 +37,7 @@ pub(super) async fn run(args: &Args, n: u64) -> anyhow::Result<()> {
     println!("| per-message INSERT + COMMIT | - | {} | 1.00x | - | {used} |", fmt_rate(naive_rate));
 
     // One instance again last: the first run pays for the cold tables and connections.
-    for (round, instances) in [1u64, 3, 1].into_iter().enumerate() {
+    for (round, instances) in [1u64, 2, 3, 1].into_iter().enumerate() {
         let before = cpu.now().await;
         let mut processors = Vec::new();
         for _ in 0..instances {
@@ -63,12 +63,30 @@ pub(super) async fn run(args: &Args, n: u64) -> anyhow::Result<()> {
         println!("| PgStore | {instances} | {} | {:.2}x | {latency} | {used} |", fmt_rate(r), r / naive_rate);
     }
 
+
     let dir = tempfile::tempdir_in(&args.dir)?;
     let sled = Processor::builder("bench", noop()).store(SledStore::open(dir.path().join("sled"))?).build()?;
     let r = rate(n, process_all(&sled, 0..n, 256).await);
     println!("| SledStore (one instance, local) | 1 | {} | {:.2}x | - | - |", fmt_rate(r), r / naive_rate);
+    duplicates(&url, &schema, n.min(20_000)).await?;
 
     monitor.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
+    Ok(())
+}
+
+/// Duplicates of keys the first round made done, 256 in flight: on a new instance (its
+/// cache of done keys empty: each is a claim round trip), then again on the same one (the
+/// cache answers).
+async fn duplicates(url: &str, schema: &str, n: u64) -> anyhow::Result<()> {
+    println!("\nDuplicates of {n} done keys, 256 in flight, p50 / p99 / p999 (µs):\n");
+    println!("| instance | duplicates/s | p50 / p99 / p999 (µs) |\n|---|---:|---:|");
+    let store = PgStore::builder(url.to_owned()).schema(schema).open().await?;
+    let p = Processor::builder("bench", noop()).store(store).build()?;
+    let keys = 1_000_000_000..1_000_000_000 + n;
+    for what in ["new, cold cache", "same, warm cache"] {
+        let (took, latency) = super::process_all_timed(&p, keys.clone(), 256).await;
+        println!("| {what} | {} | {} |", fmt_rate(rate(n, took)), percentiles(&latency));
+    }
     Ok(())
 }
 

@@ -63,7 +63,6 @@ pub(super) async fn run(args: &Args, n: u64) -> anyhow::Result<()> {
         println!("| PgStore | {instances} | {} | {:.2}x | {latency} | {used} |", fmt_rate(r), r / naive_rate);
     }
 
-
     let dir = tempfile::tempdir_in(&args.dir)?;
     let sled = Processor::builder("bench", noop()).store(SledStore::open(dir.path().join("sled"))?).build()?;
     let r = rate(n, process_all(&sled, 0..n, 256).await);

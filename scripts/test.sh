@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after installing and starting what the tests need
-# (RabbitMQ, the tansu Kafka broker). This is the test command README.md names and
+# (RabbitMQ, PostgreSQL, the tansu Kafka broker). This is the test command README.md names and
 # .ci/run calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,13 @@ if command -v apt-get >/dev/null 2>&1; then
     export EXACTLY_REQUIRE_COMPOSE=1
 fi
 
-eval "$(./scripts/services.sh up)"
+# A service that cannot be started stops the run here, loudly (an `eval "$(...)"` alone
+# would carry on without it).
+if ! services=$(./scripts/services.sh up); then
+    echo "test.sh: RabbitMQ, PostgreSQL or tansu could not be started (see above); not running the tests" >&2
+    exit 1
+fi
+eval "$services"
 trap './scripts/services.sh down' EXIT
 
 cargo nextest run --workspace --all-features --no-fail-fast

@@ -299,14 +299,8 @@ impl exactly_core::Subscription for Consumer {
         self: Box<Self>,
         stop: exactly_core::subscription::CancellationToken,
     ) -> Result<(), exactly_core::subscription::SubscriptionError> {
-        let handle = self.shutdown_handle();
-        let link = tokio::spawn(async move {
-            stop.cancelled().await;
-            handle.shutdown();
-        });
-        let result = (*self).run().await;
-        link.abort();
-        result.map_err(Into::into)
+        let own = self.shutdown.clone();
+        exactly_core::subscription::run_linked(stop, own, (*self).run()).await
     }
 }
 

@@ -50,6 +50,23 @@ pub trait Subscription: Send + 'static {
     async fn run(self: Box<Self>, stop: CancellationToken) -> Result<(), SubscriptionError>;
 }
 
+/// Drives an adapter's own `run` future, which stops gracefully when its shutdown token
+/// `own` is cancelled, until it ends; `stop` cancels `own`. The body of
+/// [`Subscription::run`] for an adapter that has its own shutdown token.
+pub async fn run_linked<E: Into<SubscriptionError>>(
+    stop: CancellationToken,
+    own: CancellationToken,
+    run: impl Future<Output = Result<(), E>>,
+) -> Result<(), SubscriptionError> {
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => return result.map_err(Into::into),
+        () = stop.cancelled() => own.cancel(),
+    }
+    // Stopping is graceful: the adapter drains, acknowledges and flushes first.
+    run.await.map_err(Into::into)
+}
+
 /// What a running subscription says about itself.
 pub trait SubscriptionStatus: Send + Sync {
     /// Whether it is consuming now: connected, joined, its source declared (a readiness

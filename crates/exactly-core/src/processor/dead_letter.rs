@@ -98,14 +98,7 @@ impl PendingDeadLetter {
 }
 
 async fn release(p: &Processor, hold: Hold) -> Result<()> {
-    match p.inner.store.release(&hold.key, hold.token, hold.attempts, None).await {
-        // The claim lapses with its lease instead.
-        Err(e) if e.is_transient() => {
-            tracing::warn!(key = %hold.key, error = %e, "claim not released; it lapses with its lease");
-            Ok(())
-        }
-        r => r,
-    }
+    p.release_claim(&hold.key, hold.token, hold.attempts, None).await
 }
 
 impl Drop for PendingDeadLetter {

@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 use super::Processor;
 use super::commit::Commit;
 use super::dead_letter::Hold;
+use crate::store::{FencingToken, StoreKey};
 use crate::{Disposition, ErrorKind, HandlerError, Message, Outcome, Processed, Result, reasons};
 
 impl Processor {
@@ -58,13 +59,24 @@ impl Processor {
         Ok(p)
     }
 
-    /// Ends a claim after a failure that will be tried again. A store out of reach keeps
-    /// the claim until its lease ends; until then the key's copies are answered busy.
+    /// Ends a claim after a failure that will be tried again.
     async fn release(&self, commit: &Commit<'_>, attempts: u32, error: Option<String>) -> Result<()> {
         let Commit::Record(c) = commit else { return Ok(()) };
-        match self.inner.store.release(&c.skey, c.lease.token, attempts, error).await {
+        self.release_claim(&c.skey, c.lease.token, attempts, error).await
+    }
+
+    /// Releases a claim. A store out of reach keeps the claim until its lease ends; until
+    /// then the key's copies are answered busy.
+    pub(super) async fn release_claim(
+        &self,
+        key: &StoreKey,
+        token: FencingToken,
+        attempts: u32,
+        error: Option<String>,
+    ) -> Result<()> {
+        match self.inner.store.release(key, token, attempts, error).await {
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "cannot release the claim; it ends with its lease");
+                tracing::warn!(%key, error = %e, "cannot release the claim; it ends with its lease");
                 Ok(())
             }
             other => other,

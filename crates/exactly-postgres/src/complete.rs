@@ -101,7 +101,8 @@ impl Shared {
         let db = |e| crate::error::db("complete", e);
         let mut client = self.pool.get().await.map_err(|e| crate::error::pool("complete", e))?;
         let tx = client.transaction().await.map_err(db)?;
-        let txid: i64 = tx.query_one("SELECT txid_current()", &[]).await.map_err(db)?.get(0);
+        let txid_stmt = tx.prepare_cached("SELECT txid_current()").await.map_err(db)?;
+        let txid: i64 = tx.query_one(&txid_stmt, &[]).await.map_err(db)?.get(0);
 
         // The state every write reads or writes, locked, then read.
         let mut state_keys: Vec<&[u8]> = writes

@@ -46,10 +46,9 @@ impl DedupStore for PgStore {
     async fn renew(&self, key: &StoreKey, token: FencingToken, lease_until: Millis) -> Result<bool> {
         let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("renew", e))?;
         let token = i64::try_from(token).unwrap_or(i64::MAX);
-        let n = client
-            .execute(&self.shared.sql.renew, &[&key.as_bytes(), &token, &ms(lease_until)])
-            .await
-            .map_err(|e| crate::error::db("renew", e))?;
+        let db = |e| crate::error::db("renew", e);
+        let stmt = client.prepare_cached(&self.shared.sql.renew).await.map_err(db)?;
+        let n = client.execute(&stmt, &[&key.as_bytes(), &token, &ms(lease_until)]).await.map_err(db)?;
         Ok(n == 1)
     }
 
@@ -58,10 +57,9 @@ impl DedupStore for PgStore {
         let token = i64::try_from(token).unwrap_or(i64::MAX);
         let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
         let error = error.as_deref().map(text);
-        let n = client
-            .execute(&self.shared.sql.release, &[&key.as_bytes(), &token, &attempts, &error])
-            .await
-            .map_err(|e| crate::error::db("release", e))?;
+        let db = |e| crate::error::db("release", e);
+        let stmt = client.prepare_cached(&self.shared.sql.release).await.map_err(db)?;
+        let n = client.execute(&stmt, &[&key.as_bytes(), &token, &attempts, &error]).await.map_err(db)?;
         self.shared.ended(n);
         Ok(())
     }
@@ -101,10 +99,9 @@ impl DedupStore for PgStore {
 
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()> {
         let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("write", e))?;
-        client
-            .execute(&self.shared.sql.meta_put, &[&vec![name], &vec![value.as_ref()]])
-            .await
-            .map_err(|e| crate::error::db("write", e))?;
+        let db = |e| crate::error::db("write", e);
+        let stmt = client.prepare_cached(&self.shared.sql.meta_put).await.map_err(db)?;
+        client.execute(&stmt, &[&vec![name], &vec![value.as_ref()]]).await.map_err(db)?;
         Ok(())
     }
 
@@ -208,8 +205,11 @@ impl PgStore {
     where
         K: tokio_postgres::types::ToSql + Sync,
     {
+        // Prepared once per connection: a handler's state reads are on the message's path.
         let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("read", e))?;
-        let row = client.query_opt(sql, &[&key]).await.map_err(|e| crate::error::db("read", e))?;
+        let db = |e| crate::error::db("read", e);
+        let stmt = client.prepare_cached(sql).await.map_err(db)?;
+        let row = client.query_opt(&stmt, &[&key]).await.map_err(db)?;
         Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
     }
 

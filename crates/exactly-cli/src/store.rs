@@ -2,13 +2,13 @@
 //! the shared PostgreSQL store.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use exactly_core::store::{FjallStore, RecordState, RecordView, RedbStore};
+use exactly_core::store::{FjallStore, RecordState, RecordView, RedbStore, export};
 use exactly_core::{Clock, DedupStore, SledStore, StoreKey, SystemClock};
 
 /// Records read per page when the whole store is walked.
@@ -89,13 +89,25 @@ enum StoreCommand {
         #[arg(long, default_value_t = 10_000)]
         budget: usize,
     },
-    /// Writes every record as JSON lines, to stdout or a file.
+    /// Reads the values handlers wrote through `ctx.state()`.
+    ///
+    /// Each consumer has its own namespace, its name: the name given to
+    /// `Processor::builder(name, ...)`, or the subscription's name in the app's
+    /// configuration. `ctx.state().get("acct-1")` in consumer `payments` is
+    /// `exactly store state get payments acct-1`.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Writes everything the store holds as JSON lines (records, the handlers' state
+    /// values, the Kafka watermarks), to stdout or a file.
     Export {
         /// The file to write (default stdout).
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Writes records from an export into this store (existing keys are overwritten).
+    /// Writes what an export holds into this store (existing keys and values are
+    /// overwritten).
     Import {
         /// The JSON-lines file `export` wrote.
         file: PathBuf,
@@ -103,6 +115,32 @@ enum StoreCommand {
     /// Opens a store that an open refused as damaged, keeping every record of its log
     /// that can be read, and says what was cut. Copy the directory first.
     Repair,
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Shows one state value; exit code 3 when there is none.
+    Get {
+        /// The consumer name (the namespace).
+        consumer: String,
+        /// The key the handler used.
+        key: String,
+    },
+    /// Lists state values in key order.
+    List {
+        /// Only this consumer's values.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Only keys starting with this (needs --consumer).
+        #[arg(long, requires = "consumer")]
+        prefix: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -253,46 +291,82 @@ async fn on(store: &dyn DedupStore, command: StoreCommand) -> anyhow::Result<Fou
             writeln!(out, "removed {records} expired records ({entries} expiry-index entries)")?;
             Found::Yes
         }
+        StoreCommand::State { command } => state(store, command, &mut out).await?,
         StoreCommand::Export { out: file } => {
-            let mut sink: Box<dyn Write + '_> = match &file {
-                Some(f) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(f).with_context(|| format!("cannot create {}", f.display()))?,
-                )),
-                None => Box::new(std::io::BufWriter::new(&mut out)),
+            let counts = match &file {
+                Some(f) => {
+                    let file = std::fs::File::create(f).with_context(|| format!("cannot create {}", f.display()))?;
+                    export::export(store, &mut std::io::BufWriter::new(file)).await?
+                }
+                None => export::export(store, &mut std::io::BufWriter::new(&mut out)).await?,
             };
-            let mut n = 0u64;
-            walk(store, None, |r| {
-                writeln!(sink, "{}", serde_json::to_string(r)?)?;
-                n += 1;
-                Ok(true)
-            })
-            .await?;
-            sink.flush()?;
-            drop(sink);
-            eprintln!("exported {n} records");
+            eprintln!("exported {counts}");
             Found::Yes
         }
         StoreCommand::Import { file } => {
             let f = std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let mut n = 0u64;
-            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let r: RecordView = serde_json::from_str(&line).with_context(|| {
-                    format!("{} line {}: not a record of `exactly store export`", file.display(), i + 1)
-                })?;
-                store.import(r).await?;
-                n += 1;
-            }
-            store.flush().await?;
-            writeln!(out, "imported {n} records")?;
+            let counts = export::import(store, std::io::BufReader::new(f))
+                .await
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            writeln!(out, "imported {counts}")?;
             Found::Yes
         }
         StoreCommand::Repair => unreachable!("handled before the store is opened"),
     };
     Ok(found)
+}
+
+/// `exactly store state ...`.
+async fn state(store: &dyn DedupStore, command: StateCommand, out: &mut impl Write) -> anyhow::Result<Found> {
+    match command {
+        StateCommand::Get { consumer, key } => {
+            match store.state_get(&StoreKey::state(&consumer, key.as_bytes())).await? {
+                Some(value) => {
+                    writeln!(out, "{}", shown(&value))?;
+                    Ok(Found::Yes)
+                }
+                None => {
+                    eprintln!("consumer {consumer} has no state value {key:?}");
+                    Ok(Found::No)
+                }
+            }
+        }
+        StateCommand::List { consumer, prefix, limit, json } => {
+            let from = consumer.as_deref().map(|c| StoreKey::state(c, prefix.as_deref().unwrap_or("").as_bytes()));
+            let mut after: Option<Vec<u8>> = None;
+            let mut listed = 0;
+            while listed < limit {
+                let page = store.state_list(from.as_deref(), after.as_deref(), PAGE).await?;
+                for (full, value) in page.iter().take(limit - listed) {
+                    let Some((ns, key)) = StoreKey::state_parts(full) else { continue };
+                    if json {
+                        let entry = export::Entry::State {
+                            namespace: ns.to_owned(),
+                            key: export::Blob(bytes::Bytes::copy_from_slice(key)),
+                            value: export::Blob(value.clone()),
+                        };
+                        writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+                    } else {
+                        writeln!(out, "{ns}\t{}\t{}", String::from_utf8_lossy(key), shown(value))?;
+                    }
+                    listed += 1;
+                }
+                match page.last() {
+                    Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+                    _ => break,
+                }
+            }
+            Ok(Found::Yes)
+        }
+    }
+}
+
+/// A value as text when it is short UTF-8, else its size.
+fn shown(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if text.len() <= 200 => text.to_owned(),
+        _ => format!("({} bytes; --json shows them)", value.len()),
+    }
 }
 
 /// Calls `f` on every record (of `prefix`, when given) in key order until it returns false.

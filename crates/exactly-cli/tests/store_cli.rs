@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use exactly_core::{Context, Disposition, HandlerError, Message, Processor, SledStore, handler_fn};
+use bytes::Bytes;
+use exactly_core::{
+    Context, DedupStore, Disposition, HandlerError, Message, Processor, SledStore, StoreKey, handler_fn,
+};
 
 fn exactly(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_exactly"))
@@ -22,12 +25,17 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A store where consumer `payments` handled order-0..order-4 and dead-lettered `poison`.
+/// A store where consumer `payments` handled order-0..order-4 (each adding its number to
+/// the state value `total`) and dead-lettered `poison`, with a Kafka watermark beside.
 async fn write_store(dir: &Path) {
-    let handler = handler_fn(|msg: Message, _ctx: Context| async move {
+    let handler = handler_fn(|msg: Message, ctx: Context| async move {
         if msg.payload().as_ref() == b"poison" {
             return Err(HandlerError::permanent("bad-order", "not an order"));
         }
+        let n: u64 = msg.payload().as_ref()[6..].iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+        let total: u64 = ctx.state().get_json("total").await?.unwrap_or(0);
+        ctx.state().put_json("total", &(total + n)).await?;
+        ctx.state().put("last-order", msg.message_id().unwrap_or_default().to_owned()).await?;
         Ok(format!("receipt for {}", msg.message_id().unwrap_or_default()))
     });
     let p = Processor::builder("payments", handler).store(SledStore::open(dir).unwrap()).build().unwrap();
@@ -39,6 +47,10 @@ async fn write_store(dir: &Path) {
     let mut poisoned = p.process(Message::builder("poison").message_id("poison").build()).await.unwrap();
     poisoned.confirm_dead_letter().await.unwrap();
     p.flush().await.unwrap();
+    drop(p);
+    let store = SledStore::open(dir).unwrap();
+    store.meta_put("kafka/g/orders/0", Bytes::copy_from_slice(&7i64.to_be_bytes())).await.unwrap();
+    store.flush().await.unwrap();
 }
 
 #[tokio::test]
@@ -75,7 +87,8 @@ async fn stats_get_list_forget_export_and_import() {
     let export = tmp.path().join("export.jsonl");
     let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 6);
+    // Six records, two state values, one watermark.
+    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 9);
 
     let out = exactly(&store, &["forget", "payments", "order-3"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -85,7 +98,7 @@ async fn stats_get_list_forget_export_and_import() {
     let moved = tmp.path().join("moved");
     let out = exactly(&moved, &["import", export.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("imported 6 records"));
+    assert!(text(&out).contains("imported 6 records, 2 state values, 1 meta values"), "{}", text(&out));
     let out = exactly(&moved, &["get", "payments", "order-3"]);
     assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
 }
@@ -150,4 +163,46 @@ async fn a_store_a_consumer_holds_or_a_missing_one_is_refused_clearly() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_exactly")).args(["store", "--path", "x", "frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
+}
+
+/// Export and import carry what handlers wrote through `ctx.state()` and the Kafka
+/// watermarks, not only the done-records.
+#[tokio::test]
+async fn an_export_carries_state_and_watermarks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    write_store(&store).await;
+    let export = tmp.path().join("export.jsonl");
+    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    for engine in ["sled", "redb", "fjall"] {
+        let moved = tmp.path().join(engine);
+        let out = exactly(&moved, &["--engine", engine, "import", export.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let opened: Box<dyn DedupStore> = match engine {
+            "sled" => Box::new(SledStore::open(&moved).unwrap()),
+            "redb" => Box::new(exactly_core::store::RedbStore::open(&moved).unwrap()),
+            _ => Box::new(exactly_core::store::FjallStore::open(&moved).unwrap()),
+        };
+        let total = opened.state_get(&StoreKey::state("payments", b"total")).await.unwrap();
+        assert_eq!(total.as_deref(), Some(&b"10"[..]), "{engine}: the state value moved");
+        let last = opened.state_get(&StoreKey::state("payments", b"last-order")).await.unwrap();
+        assert_eq!(last.as_deref(), Some(&b"order-4"[..]), "{engine}");
+        let wm = opened.meta_get("kafka/g/orders/0").await.unwrap();
+        assert_eq!(wm.as_deref(), Some(&7i64.to_be_bytes()[..]), "{engine}: the watermark moved");
+    }
+
+    let out = exactly(&store, &["state", "get", "payments", "total"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "10\n");
+    let out = exactly(&store, &["state", "get", "payments", "nothing"]);
+    assert_eq!(out.status.code(), Some(3), "a missing value exits 3: {}", text(&out));
+    let out = exactly(&store, &["state", "list", "--consumer", "payments"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "payments\tlast-order\torder-4\npayments\ttotal\t10\n");
+    let out = exactly(&store, &["state", "list", "--consumer", "payments", "--prefix", "to", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, serde_json::json!({"kind": "state", "namespace": "payments", "key": "total", "value": "10"}));
+    let out = exactly(&store, &["state", "list", "--consumer", "emails"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
 }

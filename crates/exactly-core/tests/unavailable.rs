@@ -61,8 +61,14 @@ impl DedupStore for Flaky {
         self.check(&self.reads_down, "read")?;
         self.inner.state_get(key).await
     }
+    async fn state_list(&self, ns: Option<&[u8]>, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.inner.state_list(ns, after, limit).await
+    }
     async fn meta_get(&self, name: &str) -> Result<Option<Bytes>> {
         self.inner.meta_get(name).await
+    }
+    async fn meta_list(&self) -> Result<Vec<(String, Bytes)>> {
+        self.inner.meta_list().await
     }
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()> {
         self.inner.meta_put(name, value).await

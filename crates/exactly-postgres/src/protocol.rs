@@ -93,8 +93,34 @@ impl DedupStore for PgStore {
         self.get_value(&self.shared.sql.state_get, state_key).await
     }
 
+    async fn state_list(
+        &self,
+        prefix: Option<&[u8]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        // Every state key starts with the state prefix byte, which the namespace's prefix
+        // of an empty namespace is.
+        let every = StoreKey::state("", b"");
+        let from = prefix.unwrap_or(&every[..1]);
+        let upper = upper_bound(from);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("read", e))?;
+        let rows = client
+            .query(&self.shared.sql.state_list, &[&from, &upper, &after, &limit])
+            .await
+            .map_err(|e| crate::error::db("read", e))?;
+        Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), Bytes::from(r.get::<_, Vec<u8>>(1)))).collect())
+    }
+
     async fn meta_get(&self, name: &str) -> Result<Option<Bytes>> {
         self.get_value(&self.shared.sql.meta_get, name).await
+    }
+
+    async fn meta_list(&self) -> Result<Vec<(String, Bytes)>> {
+        let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("read", e))?;
+        let rows = client.query(&self.shared.sql.meta_list, &[]).await.map_err(|e| crate::error::db("read", e))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), Bytes::from(r.get::<_, Vec<u8>>(1)))).collect())
     }
 
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()> {

@@ -28,6 +28,8 @@ pub(crate) struct Sql {
     pub(crate) delete_state: String,
     pub(crate) state_get: String,
     pub(crate) meta_get: String,
+    pub(crate) state_list: String,
+    pub(crate) meta_list: String,
     pub(crate) meta_put: String,
     pub(crate) purge: String,
     pub(crate) inspect: String,
@@ -130,6 +132,12 @@ impl Sql {
             delete_state: format!("DELETE FROM {s}.state WHERE key = ANY($1)"),
             state_get: format!("SELECT value FROM {s}.state WHERE key = $1"),
             meta_get: format!("SELECT value FROM {s}.meta WHERE name = $1"),
+            state_list: format!(
+                "SELECT key, value FROM {s}.state
+                 WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) AND ($3::bytea IS NULL OR key > $3)
+                 ORDER BY key LIMIT $4"
+            ),
+            meta_list: format!("SELECT name, value FROM {s}.meta ORDER BY name"),
             meta_put: format!(
                 "INSERT INTO {s}.meta (name, value) SELECT * FROM unnest($1::text[], $2::bytea[])
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"

@@ -71,6 +71,15 @@ impl StoreKey {
         out
     }
 
+    /// The namespace and the handler's key of a key [`state`](Self::state) made; `None`
+    /// for any other bytes.
+    pub fn state_parts(state_key: &[u8]) -> Option<(&str, &[u8])> {
+        let rest = state_key.strip_prefix(&[STATE])?;
+        let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+        let ns = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+        Some((ns, &rest[2 + len..]))
+    }
+
     fn split(&self) -> Option<(&[u8], &[u8])> {
         let len = usize::from(u16::from_be_bytes([*self.bytes.first()?, *self.bytes.get(1)?]));
         let ns = self.bytes.get(2..2 + len)?;

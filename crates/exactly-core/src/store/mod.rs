@@ -11,6 +11,7 @@
 
 #[cfg(any(feature = "sled", feature = "redb", feature = "fjall"))]
 mod disk;
+pub mod export;
 mod layout;
 mod leases;
 pub(crate) mod local;
@@ -338,8 +339,22 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     /// Reads a state value (a namespaced state key, see [`StoreKey::state`]).
     async fn state_get(&self, state_key: &[u8]) -> Result<Option<Bytes>>;
 
+    /// State values in key order, at most `limit`: those whose state key starts with
+    /// `prefix` (`StoreKey::state(consumer, start of key)`; every value when `None`), after
+    /// the state key `after`.
+    async fn state_list(
+        &self,
+        prefix: Option<&[u8]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>>;
+
     /// Reads a value adapters keep beside the records (Kafka offset watermarks).
     async fn meta_get(&self, name: &str) -> Result<Option<Bytes>>;
+
+    /// Every value adapters keep beside the records, by name (never the store's own
+    /// bookkeeping, such as its format version).
+    async fn meta_list(&self) -> Result<Vec<(String, Bytes)>>;
 
     /// Writes such a value durably, in the next group commit.
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()>;

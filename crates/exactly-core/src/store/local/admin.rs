@@ -1,4 +1,5 @@
-//! What operators do to a store: list, forget and import records.
+//! What operators do to a store: list records, state and meta values, forget and import
+//! records.
 
 use bytes::Bytes;
 
@@ -47,6 +48,41 @@ impl<B: KvBackend> LocalStore<B> {
                 Ok(Record::decode(&key, &raw)?.view(key))
             })
             .collect()
+    }
+
+    /// State values whose state key starts with `prefix` (every one when `None`) in key
+    /// order, after `after`.
+    pub(super) fn list_state(
+        &self,
+        prefix: Option<&[u8]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let start = prefix.map_or_else(|| vec![layout::STATE], <[u8]>::to_vec);
+        let end = layout::prefix_end(&start);
+        let from = match after {
+            Some(a) => {
+                let mut k = a.to_vec();
+                k.push(0);
+                k.max(start)
+            }
+            None => start,
+        };
+        self.backend.range(&from, &end, limit)
+    }
+
+    /// Adapters' meta values: every meta value but the store's own bookkeeping.
+    pub(super) fn list_meta(&self) -> Result<Vec<(String, Bytes)>> {
+        let start = vec![layout::META];
+        let end = layout::prefix_end(&start);
+        let mut out = Vec::new();
+        for (raw, value) in self.backend.range(&start, &end, usize::MAX)? {
+            let name = String::from_utf8_lossy(&raw[1..]).into_owned();
+            if !super::meta::OWN.contains(&name.as_str()) {
+                out.push((name, value));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes a key's record and any claim on it, so its next delivery runs the handler

@@ -5,6 +5,9 @@ use bytes::Bytes;
 use crate::store::layout;
 use crate::{Error, Result};
 
+/// The meta values the store keeps for itself (not exported: the importing store has its own).
+pub(crate) const OWN: [&str; 2] = ["format", "epoch"];
+
 pub(crate) type MetaWrites = Vec<(Vec<u8>, Bytes)>;
 
 /// Refuses a store whose format is newer than this build reads.

@@ -184,8 +184,21 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
         self.backend.get(state_key)
     }
 
+    async fn state_list(
+        &self,
+        prefix: Option<&[u8]>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.list_state(prefix, after, limit)
+    }
+
     async fn meta_get(&self, name: &str) -> Result<Option<Bytes>> {
         self.backend.get(&layout::meta_key(name))
+    }
+
+    async fn meta_list(&self) -> Result<Vec<(String, Bytes)>> {
+        self.list_meta()
     }
 
     async fn meta_put(&self, name: &str, value: Bytes) -> Result<()> {

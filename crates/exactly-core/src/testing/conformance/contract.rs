@@ -320,3 +320,57 @@ pub async fn writes_over_the_limits_are_dead_lettered_as_too_large(s: &dyn Subje
     let ok = p.process(Message::builder("ok").header("idempotency-key", "small").build()).await.expect("process");
     assert_eq!(ok.disposition, Disposition::Ack);
 }
+
+/// `export` writes everything the store holds (records, state values of every consumer,
+/// meta values) and `import` writes it back: a store filled from another's export exports
+/// the same lines, both ways.
+pub async fn an_export_round_trips(s: &dyn Subject) {
+    use crate::store::export::{export, import};
+    let store = s.open().await;
+    for (ns, i) in [("a", 0), ("a", 1), ("b", 0)] {
+        let key = StoreKey::new(ns, &format!("k{i}"));
+        let lease = acquire(&*store, req(&key, b"p", NOW)).await;
+        let mut c = done(&key, &lease, b"p", Some("out"));
+        c.origin = Some(format!("t/0/{i}"));
+        c.state.writes = vec![
+            (StoreKey::state(ns, format!("text{i}").as_bytes()), Some(Bytes::from("{\"n\":1}"))),
+            (StoreKey::state(ns, &[0xff, i]), Some(Bytes::from_static(&[0, 0xfe]))),
+        ];
+        assert_eq!(store.complete(c).await.expect("complete"), Committed::Ok);
+    }
+    let poison = StoreKey::new("b", "poison");
+    let lease = acquire(&*store, req(&poison, b"x", NOW)).await;
+    let mut c = done(&poison, &lease, b"x", None);
+    c.outcome = Final::DeadLettered { reason: "bad".into() };
+    assert_eq!(store.complete(c).await.expect("complete"), Committed::Ok);
+    store.meta_put("kafka/g/t/0", Bytes::from_static(&[0, 0, 0, 9])).await.expect("meta");
+    store.flush().await.expect("flush");
+
+    let mut first = Vec::new();
+    let counts = export(&*store, &mut first).await.expect("export");
+    assert_eq!((counts.records, counts.state, counts.meta), (4, 6, 1), "{}", String::from_utf8_lossy(&first));
+    let copy = crate::MemoryStore::new();
+    import(&copy, &first[..]).await.expect("import into memory");
+    let mut second = Vec::new();
+    export(&copy, &mut second).await.expect("export");
+    assert_eq!(String::from_utf8_lossy(&second), String::from_utf8_lossy(&first), "lost or changed in the copy");
+
+    // And into this store: another store's export, read back as it was written.
+    let other = crate::MemoryStore::new();
+    let moved = StoreKey::new("m", "k");
+    let lease = acquire(&other, req(&moved, b"p", NOW)).await;
+    let mut c = done(&moved, &lease, b"p", Some("moved"));
+    c.state.writes = vec![(StoreKey::state("m", b"total"), Some(Bytes::from_static(b"5")))];
+    assert_eq!(other.complete(c).await.expect("complete"), Committed::Ok);
+    other.meta_put("kafka/g/t/1", Bytes::from_static(b"3")).await.expect("meta");
+    let mut theirs = Vec::new();
+    export(&other, &mut theirs).await.expect("export");
+    import(&*store, &theirs[..]).await.expect("import");
+    let mut after = Vec::new();
+    export(&*store, &mut after).await.expect("export");
+    let after = String::from_utf8_lossy(&after);
+    for line in String::from_utf8_lossy(&theirs).lines().chain(String::from_utf8_lossy(&first).lines()) {
+        assert!(after.lines().any(|l| l == line), "{line} is missing after the import:\n{after}");
+    }
+    assert!(matches!(store.claim(req(&moved, b"p", NOW)).await.expect("claim"), Claim::Done { .. }));
+}

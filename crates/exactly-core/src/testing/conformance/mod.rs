@@ -128,7 +128,8 @@ macro_rules! store_conformance_tests {
                 expired_records_are_purged_and_the_rest_kept,
                 list_forget_and_import,
                 batched_claims_and_completions_answer_in_order,
-                writes_over_the_limits_are_dead_lettered_as_too_large
+                writes_over_the_limits_are_dead_lettered_as_too_large,
+                an_export_round_trips
             );
 
             #[test]

@@ -19,6 +19,9 @@ use crate::settle::{Pause, Session};
 use crate::topology::Resolved;
 use crate::{ConsumerBuilder, Error};
 
+/// The least time the attempt at the connect deadline gets, so that it is a real attempt.
+const LAST_ATTEMPT: Duration = Duration::from_millis(250);
+
 pub(crate) struct Config {
     pub(crate) url: String,
     pub(crate) shown_url: String,
@@ -138,22 +141,33 @@ impl Consumer {
                 break Ok(());
             }
             let mut connected = false;
-            let outcome = self.session(&mut connected).await;
+            // Before the first connection, no attempt outlives the connect timeout; after
+            // it, a handshake that takes that long is dead too.
+            let left = cfg.connect_timeout.saturating_sub(started.elapsed());
+            let attempt = if ever_connected { cfg.connect_timeout } else { left.max(LAST_ATTEMPT) };
+            let outcome = self.session(&mut connected, attempt).await;
             self.stats.consuming.store(false, Ordering::Relaxed);
             ever_connected |= connected;
             match outcome {
                 Ok(()) => break Ok(()),
                 Err(e) if e.is_fatal() => break Err(e),
                 Err(e) => {
-                    if !ever_connected && started.elapsed() >= cfg.connect_timeout {
+                    let left = cfg.connect_timeout.saturating_sub(started.elapsed());
+                    if !ever_connected && left.is_zero() {
                         break Err(Error::ConnectTimeout {
                             url: cfg.shown_url.clone(),
                             waited: started.elapsed(),
-                            last_error: e.to_string(),
+                            last_error: match &e {
+                                Error::Connect { source, .. } => source.to_string(),
+                                other => other.to_string(),
+                            },
                         });
                     }
                     failures = if connected { 1 } else { failures.saturating_add(1) };
-                    let delay = cfg.reconnect.delay(failures, None);
+                    let mut delay = cfg.reconnect.delay(failures, None);
+                    if !ever_connected {
+                        delay = delay.min(left);
+                    }
                     tracing::warn!(error = %e, ?delay, queue = %cfg.queue, "connection lost; reconnecting");
                     metrics::counter!("exactly_amqp_reconnects_total", "queue" => cfg.queue.clone()).increment(1);
                     tokio::select! {
@@ -168,12 +182,21 @@ impl Consumer {
     }
 
     /// One connection: consume until shutdown (`Ok`) or until it breaks (`Err`).
-    async fn session(&self, connected: &mut bool) -> Result<(), Error> {
+    async fn session(&self, connected: &mut bool, attempt: Duration) -> Result<(), Error> {
         let cfg = &self.config;
         let url = &cfg.shown_url;
         let props = ConnectionProperties::default().with_connection_name(format!("exactly {}", cfg.tag).into());
-        let conn =
-            Connection::connect(&cfg.url, props).await.map_err(|source| Error::Connect { url: url.clone(), source })?;
+        let conn = match tokio::time::timeout(attempt, Connection::connect(&cfg.url, props)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(source)) => return Err(Error::connect(url, source)),
+            Err(_) => {
+                let hung = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer to the AMQP handshake within {attempt:?}"),
+                );
+                return Err(Error::Connect { url: url.clone(), source: hung.into() });
+            }
+        };
         *connected = true;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let consume = |source| Error::Consume { queue: cfg.queue.clone(), source };

@@ -32,10 +32,18 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// The broker refused the connection for a reason retrying cannot fix: wrong user
+    /// name or password (`ACCESS_REFUSED`), or a vhost that does not exist or the user may
+    /// not use (`NOT_ALLOWED`).
+    #[error("{url} refused the connection: {reason}")]
+    Refused {
+        /// The URL, password hidden.
+        url: String,
+        /// What to check, and the broker's words.
+        reason: String,
+    },
     /// No connection could be made at start-up within the allowed time.
-    #[error(
-        "could not connect to {url} within {waited:?} (last error: {last_error}); is the broker running and the URL right?"
-    )]
+    #[error("cannot connect to {url} within {waited:.1?}: {last_error} (is the broker running and the URL right?)")]
     ConnectTimeout {
         /// The URL, password hidden.
         url: String,
@@ -88,8 +96,38 @@ pub enum Error {
 impl Error {
     /// Whether reconnecting cannot help: the consumer stops with this error.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Url { .. } | Error::Config { .. } | Error::ConnectTimeout { .. } | Error::Store(_))
-            || matches!(self, Error::Topology { hint, .. } if !hint.is_empty())
+        matches!(
+            self,
+            Error::Url { .. }
+                | Error::Config { .. }
+                | Error::Refused { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::Store(_)
+        ) || matches!(self, Error::Topology { hint, .. } if !hint.is_empty())
+    }
+
+    /// A failed connection attempt: [`Error::Refused`] when the broker refused the
+    /// credentials or the vhost, else [`Error::Connect`].
+    pub(crate) fn connect(url: &str, source: lapin::Error) -> Self {
+        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let refused = match source.kind() {
+            lapin::ErrorKind::ProtocolError(e) => match e.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Some(format!(
+                    "the broker refused the credentials; check the user name and password ({})",
+                    e.get_message()
+                )),
+                AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Some(format!(
+                    "the vhost does not exist or the user may not use it; check the URL's path and the user's permissions ({})",
+                    e.get_message()
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+        match refused {
+            Some(reason) => Error::Refused { url: url.to_owned(), reason },
+            None => Error::Connect { url: url.to_owned(), source },
+        }
     }
 }
 

@@ -386,6 +386,57 @@ async fn a_wrong_url_or_refused_connection_is_a_clear_error() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("could not connect to amqp://u:***@127.0.0.1:1"), "{text}");
+    assert!(text.contains("cannot connect to amqp://u:***@127.0.0.1:1"), "{text}");
     assert!(!text.contains("secret"), "the password must not leak: {text}");
+}
+
+/// A consumer that cannot connect at start-up: `run` returns what went wrong, within
+/// `limit`.
+async fn start_fails(url: &str, connect_timeout: Duration, limit: Duration) -> (exactly_amqp::Error, Duration) {
+    let p = Processor::builder("c", handler_fn(|_m: Message, _c: Context| async { Ok(()) }))
+        .store(MemoryStore::new())
+        .build()
+        .unwrap();
+    let consumer = Consumer::builder(url, "q").initial_connect_timeout(connect_timeout).build(p).unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(limit, consumer.run())
+        .await
+        .unwrap_or_else(|_| panic!("{url}: still trying after {limit:?}"))
+        .unwrap_err();
+    (err, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_vhost_fails_at_once_not_after_the_connect_timeout() {
+    // Retrying cannot fix either: the consumer stops on the first refusal, well before
+    // its 60 s connect timeout.
+    let (err, _) =
+        start_fails("amqp://guest:wrong@127.0.0.1:5672/%2f", Duration::from_secs(60), Duration::from_secs(30)).await;
+    let text = err.to_string();
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(!text.contains("wrong"), "the password must not leak: {text}");
+    let (err, _) = start_fails(
+        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = err.to_string();
+    assert!(text.contains("vhost"), "{text}");
+}
+
+#[tokio::test]
+async fn the_connect_timeout_holds_for_a_server_that_never_answers() {
+    // A TCP port that accepts and then says nothing: an AMQP handshake that never ends.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.incoming().take(50).map_while(Result::ok).collect::<Vec<_>>());
+    let timeout = Duration::from_secs(2);
+    let (err, waited) =
+        start_fails(&format!("amqp://u:p@127.0.0.1:{port}/%2f"), timeout, Duration::from_secs(60)).await;
+    assert!(matches!(err, exactly_amqp::Error::ConnectTimeout { .. }), "{err}");
+    // A refused or silent broker is given up on at the timeout, not one backoff (up to
+    // 30 s) or one hung handshake later. The slack is for a loaded machine.
+    assert!(waited < timeout + Duration::from_secs(3), "gave up after {waited:?}");
+    drop(held);
 }

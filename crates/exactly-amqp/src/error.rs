@@ -4,7 +4,9 @@ use std::time::Duration;
 
 /// Errors of the AMQP adapter. Each variant names what failed; URLs are shown without
 /// their password.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes on one line, as `exactly_core::error_line`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The URL does not parse.
@@ -91,6 +93,12 @@ pub enum Error {
     /// The dedup store failed: nothing more is acknowledged; restart the consumer.
     #[error(transparent)]
     Store(#[from] exactly_core::Error),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&exactly_core::error_line(self))
+    }
 }
 
 impl Error {

@@ -199,9 +199,9 @@ fn failed(what: String) -> impl FnOnce(lapin::Error) -> Error {
     move |source| {
         let text = source.to_string();
         let hint = if text.contains("PRECONDITION_FAILED") || text.contains("406") {
-            "; it exists with other settings: delete it, or use Topology::existing() to consume it as it is"
+            "; it exists with other settings: delete it, or consume it as it is with Topology::existing() (in the app: [amqp.<name>.topology] declare = false)"
         } else if text.contains("ACCESS_REFUSED") || text.contains("403") {
-            "; the user may not configure it: use Topology::existing() or grant configure permission"
+            "; the user may not configure it: use Topology::existing() (in the app: [amqp.<name>.topology] declare = false) or grant configure permission"
         } else {
             ""
         };

@@ -37,12 +37,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{AmqpSubscription, Config, Engine, HttpConfig, KafkaSubscription, LogConfig, LogFormat, StoreConfig};
-use exactly_core::store::{FjallStore, RedbStore};
+pub use config::{
+    AmqpSubscription, AmqpTopology, Backoff, Config, Engine, HttpConfig, KafkaOrdering, KafkaSubscription, LogConfig,
+    LogFormat, QueueArgument, StoreConfig,
+};
 use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore, Subscription};
 
 /// What can stop an app.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes on one line, so that
+/// `fn main() -> Result<(), exactly::app::Error>` ends a failed start with
+/// `Error: subscription amqp.payments: cannot connect to amqp://guest:***@...: Connection refused`
+/// and exit code 1.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration is wrong; the message names the field.
@@ -70,13 +77,29 @@ pub enum Error {
     },
 }
 
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&exactly_core::error_line(self))
+    }
+}
+
 /// The configured store.
 async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
     let create = cfg.create_if_missing;
+    let without = |engine: &str| {
+        Error::Config(format!(
+            "store.engine: this binary was built without the {engine} store; enable the `{engine}` feature of `exactly`"
+        ))
+    };
     Ok(match cfg.engine {
         Engine::Sled => Arc::new(SledStore::builder(&cfg.path).create_if_missing(create).open()?),
-        Engine::Redb => Arc::new(RedbStore::builder(&cfg.path).create_if_missing(create).open()?),
-        Engine::Fjall => Arc::new(FjallStore::builder(&cfg.path).create_if_missing(create).open()?),
+        #[cfg(feature = "redb")]
+        Engine::Redb => Arc::new(exactly_core::store::RedbStore::builder(&cfg.path).create_if_missing(create).open()?),
+        #[cfg(feature = "fjall")]
+        Engine::Fjall => {
+            Arc::new(exactly_core::store::FjallStore::builder(&cfg.path).create_if_missing(create).open()?)
+        }
+        #[cfg(feature = "postgres")]
         Engine::Postgres => {
             let url = cfg.url.clone().ok_or_else(|| {
                 Error::Config("store.url: engine = \"postgres\" needs the database's URL (EXACTLY_STORE__URL)".into())
@@ -90,10 +113,13 @@ async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
             }
             Arc::new(b.open().await?)
         }
+        #[allow(unreachable_patterns)]
+        other => return Err(without(other.name())),
     })
 }
 
 impl Error {
+    #[cfg_attr(not(any(feature = "kafka", feature = "amqp")), allow(dead_code))]
     fn subscription(kind: &str, name: &str, source: impl Into<exactly_core::subscription::SubscriptionError>) -> Self {
         Error::Subscription { name: format!("{kind}.{name}"), source: source.into() }
     }

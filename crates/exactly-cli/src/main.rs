@@ -70,7 +70,8 @@ fn main() -> ExitCode {
         Ok(store::Found::Yes) => ExitCode::SUCCESS,
         Ok(store::Found::No) => ExitCode::from(NOT_FOUND),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, each cause once (a store's error and its source can both name the path).
+            eprintln!("error: {}", exactly_core::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

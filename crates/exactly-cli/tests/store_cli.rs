@@ -154,7 +154,17 @@ async fn a_store_a_consumer_holds_or_a_missing_one_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("cannot open the store at"), "{}", text(&out));
     assert!(text(&out).contains("another process has it open"), "{}", text(&out));
+    assert_eq!(text(&out).matches("cannot open the store").count(), 1, "said once: {}", text(&out));
+    assert_eq!(text(&out).lines().count(), 1, "one line: {}", text(&out));
     drop(held);
+
+    // A cause the store's message already quotes is not repeated after it.
+    let odd = tmp.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("wal"), b"a file where the log's directory goes").unwrap();
+    let out = exactly(&odd, &["--engine", "redb", "stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).matches("Not a directory").count(), 1, "said once: {}", text(&out));
 
     let out = exactly(&tmp.path().join("nowhere"), &["stats"]);
     assert_eq!(out.status.code(), Some(1));

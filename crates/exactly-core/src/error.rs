@@ -7,7 +7,10 @@ use std::path::PathBuf;
 /// Each variant names the operation that failed. Handler failures are not errors of this
 /// type: they are [`HandlerError`](crate::HandlerError)s that the processor turns into
 /// retries or dead-letters.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes on one line (see [`error_line`]), so that
+/// `fn main() -> Result<(), exactly::Error>` ends a failed run with text a person reads.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The store could not be opened.
@@ -124,6 +127,35 @@ impl Error {
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config { field: field.into(), reason: reason.into() }
     }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&error_line(self))
+    }
+}
+
+/// An error and its causes on one line, `what failed: why: root cause`, leaving out a
+/// cause whose text the line already holds (wrappers that repeat their source).
+///
+/// ```
+/// let e = std::io::Error::other("disk full");
+/// let outer = exactly_core::Error::StoreIo { operation: "fsync", source: Box::new(e) };
+/// assert_eq!(exactly_core::error_line(&outer), "store fsync failed: disk full");
+/// assert_eq!(format!("{outer:?}"), "store fsync failed: disk full");
+/// ```
+pub fn error_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 /// Shorthand for results of this crate.

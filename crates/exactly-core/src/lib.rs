@@ -67,7 +67,7 @@ pub mod testing;
 pub use async_trait::async_trait;
 pub use clock::{Clock, ManualClock, Millis, SharedClock, SystemClock};
 pub use context::{Context, OutboundRecord, State};
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_line};
 pub use handler::{ErrorKind, Handler, HandlerError, HandlerFn, IntoOutput, Json, handler_fn};
 pub use key::{
     DEFAULT_MAX_KEY_LEN, Fingerprint, IDEMPOTENCY_KEY_HEADER, KeyLookup, KeySource, KeyStrategy, MissingKey,

@@ -3,7 +3,9 @@
 use rdkafka::error::KafkaError;
 
 /// Errors of the Kafka adapter; each variant names the operation that failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes on one line, as `exactly_core::error_line`.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A setting is invalid.
@@ -72,4 +74,10 @@ pub enum Error {
     /// The dedup store failed: nothing more is committed; restart the consumer.
     #[error(transparent)]
     Store(#[from] exactly_core::Error),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&exactly_core::error_line(self))
+    }
 }

@@ -70,7 +70,8 @@ pub use exactly_core::*;
 #[cfg(feature = "amqp")]
 pub use exactly_amqp as amqp;
 
-/// Consumer binaries (feature `app`): see [`exactly_app`].
+/// Consumer binaries (feature `app`, with the adapters' features `amqp` and `kafka`): see
+/// [`exactly_app`].
 #[cfg(feature = "app")]
 pub use exactly_app as app;
 

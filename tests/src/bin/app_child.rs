@@ -8,11 +8,16 @@ use std::sync::{Arc, Mutex};
 use exactly::app::App;
 use exactly_tests::{LEDGER, ledger_with_dependency};
 
+/// The README's form: `Result<(), exactly::app::Error>`, whose `Debug` is what a failed
+/// start prints (tests/tests/app_start.rs checks that text).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let path = std::env::var("EFFECTS").map_err(|_| anyhow::anyhow!("EFFECTS is not set"))?;
-    let effects = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+async fn main() -> Result<(), exactly::app::Error> {
+    let path = std::env::var("EFFECTS").map_err(|_| exactly::app::Error::Config("EFFECTS is not set".into()))?;
+    let effects = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| exactly::app::Error::Config(format!("cannot open {path}: {e}")))?;
     let outage = std::env::var_os("OUTAGE").map(std::path::PathBuf::from);
-    App::from_env()?.handler(LEDGER, ledger_with_dependency(Arc::new(Mutex::new(effects)), outage)).run().await?;
-    Ok(())
+    App::from_env()?.handler(LEDGER, ledger_with_dependency(Arc::new(Mutex::new(effects)), outage)).run().await
 }

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+mod broker;
+
+pub use broker::{AmqpSubscription, AmqpTopology, Backoff, KafkaOrdering, KafkaSubscription, QueueArgument};
+
 /// Everything a consumer binary is configured with.
 ///
 /// Sources, later ones winning: the defaults, the TOML file, then environment variables
@@ -150,6 +154,18 @@ pub enum Engine {
     Postgres,
 }
 
+impl Engine {
+    /// As written in the configuration, and as the feature that brings it is named.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Redb => "redb",
+            Engine::Fjall => "fjall",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
 /// The HTTP endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,63 +212,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A Kafka subscription: see `exactly_kafka::ConsumerBuilder`. `Debug` hides secret
-/// librdkafka settings (`sasl.password`, `ssl.key.password`, ...).
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSubscription {
-    /// Bootstrap servers.
-    pub brokers: String,
-    /// Consumer group.
-    pub group: String,
-    /// Topics.
-    pub topics: Vec<String>,
-    /// Records in flight per partition.
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-    /// Any librdkafka setting.
-    #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
-}
-
-/// A RabbitMQ subscription: see `exactly_amqp::ConsumerBuilder`. `Debug` shows the URL
-/// without its password.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSubscription {
-    /// `amqp://user:pass@host:port/vhost`.
-    pub url: String,
-    /// The queue.
-    pub queue: String,
-    /// `basic.qos` prefetch.
-    #[serde(default)]
-    pub prefetch: Option<u16>,
-}
-
-impl std::fmt::Debug for KafkaSubscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let librdkafka: BTreeMap<&str, &str> =
-            self.librdkafka.iter().map(|(k, v)| (k.as_str(), exactly_core::redact::setting(k, v))).collect();
-        f.debug_struct("KafkaSubscription")
-            .field("brokers", &exactly_core::redact::url(&self.brokers))
-            .field("group", &self.group)
-            .field("topics", &self.topics)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("librdkafka", &librdkafka)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for AmqpSubscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpSubscription")
-            .field("url", &exactly_core::redact::url(&self.url))
-            .field("queue", &self.queue)
-            .field("prefetch", &self.prefetch)
-            .finish()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -287,10 +246,9 @@ impl Config {
     }
 
     fn from_figment(f: Figment) -> Result<Self, Error> {
-        let config: Config = f.extract().map_err(|e| {
-            // figment names the field and the source; keep every error it found.
-            Error::Config(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-        })?;
+        let config: Config = f
+            .extract()
+            .map_err(|e| Error::Config(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("; ")))?;
         config.validate()?;
         Ok(config)
     }
@@ -323,6 +281,22 @@ impl Config {
     }
 }
 
+/// One configuration error as the user wrote the setting: `amqp.payments.prefetch: invalid
+/// type: ... in app.toml`, or the variable's name when it came from the environment
+/// (figment's own text puts its profile name, `default.`, before every key).
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let origin = match &e.metadata {
+        Some(m) if m.source.is_some() => m.source.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(),
+        Some(m) if m.name.contains("environment") && !e.path.is_empty() => {
+            format!(" in $EXACTLY_{}", e.path.join("__").to_ascii_uppercase())
+        }
+        Some(m) => format!(" in {}", m.name),
+        None => String::new(),
+    };
+    if key.is_empty() { format!("{}{origin}", e.kind) } else { format!("{key}: {}{origin}", e.kind) }
+}
+
 /// Whether an `EXACTLY_*` variable (prefix removed) is a setting: its first segment names
 /// a section. Others (`EXACTLY_CONFIG`, variables of other tools) are left alone.
 fn is_setting(key: &str) -> bool {
@@ -336,10 +310,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wrong_type_names_the_field() {
+    fn a_wrong_type_names_the_field_as_written() {
         let err = Config::from_toml("[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\nprefetch = \"lots\"\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("prefetch"), "{text}");
+        assert!(text.starts_with("configuration: amqp.p.prefetch: invalid type"), "{text}");
+        assert!(!text.contains("default."), "no profile name: {text}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail takes a closure returning its error
+    fn a_wrong_variable_is_named() {
+        let f = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n"))
+            .merge(Serialized::default("amqp.p.prefetch", "lots"));
+        let text = Config::from_figment(f).unwrap_err().to_string();
+        assert!(text.starts_with("configuration: amqp.p.prefetch: invalid type"), "{text}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXACTLY_AMQP__P__PREFETCH", "lots");
+            let f = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string("[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n"))
+                .merge(Env::prefixed("EXACTLY_").split("__"));
+            let text = Config::from_figment(f).unwrap_err().to_string();
+            assert!(
+                text.contains("amqp.p.prefetch: invalid type") && text.ends_with("in $EXACTLY_AMQP__P__PREFETCH"),
+                "{text}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

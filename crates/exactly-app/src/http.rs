@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// Whether one subscription is ready.
+/// Whether one subscription is ready: `None` when it is, else what it says about why not.
 pub(crate) struct Probe {
     pub(crate) name: String,
-    pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) ready: Box<dyn Fn() -> Option<Option<String>> + Send + Sync>,
 }
 
 struct Shared {
@@ -59,7 +59,16 @@ async fn render(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
-    let waiting: Vec<&str> = s.probes.iter().filter(|p| !(p.ready)()).map(|p| p.name.as_str()).collect();
+    let waiting: Vec<String> = s
+        .probes
+        .iter()
+        .filter_map(|p| {
+            (p.ready)().map(|detail| match detail {
+                Some(d) => format!("{} ({d})", p.name),
+                None => p.name.clone(),
+            })
+        })
+        .collect();
     if waiting.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {

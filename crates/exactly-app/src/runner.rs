@@ -28,7 +28,10 @@ impl Running {
             let probe_alive = alive.clone();
             probes.push(http::Probe {
                 name: name.clone(),
-                ready: Box::new(move || probe_alive.load(Ordering::Relaxed) && status.ready()),
+                ready: Box::new(move || match probe_alive.load(Ordering::Relaxed) && status.ready() {
+                    true => None,
+                    false => Some(status.detail()),
+                }),
             });
             tracing::info!(subscription = %name, source = %sub.describe(), "starting");
             let stop = stop.clone();

@@ -39,6 +39,12 @@ pub(crate) fn kafka(
     if let Some(id) = &sub.transactional {
         b = b.transactional(id);
     }
+    if let Some(id) = &sub.group_instance_id {
+        b = b.group_instance_id(id);
+    }
+    if let Some(d) = sub.unreachable_timeout {
+        b = b.unreachable_timeout(d);
+    }
     for (k, v) in &sub.librdkafka {
         b = b.set(k, v);
     }

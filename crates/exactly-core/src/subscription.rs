@@ -73,6 +73,12 @@ pub trait SubscriptionStatus: Send + Sync {
     /// probe's answer).
     fn ready(&self) -> bool;
 
+    /// Why it is not ready, when it can say more than its name (`brokers unreachable for
+    /// 42 s: ...`); a readiness probe shows it.
+    fn detail(&self) -> Option<String> {
+        None
+    }
+
     /// What it has done so far.
     fn stats(&self) -> SubscriptionStats;
 }

@@ -39,6 +39,7 @@ pub struct ConsumerBuilder {
     pub(crate) dlq_suffix: String,
     pub(crate) ordering: Ordering,
     pub(crate) transactional_id: Option<String>,
+    pub(crate) unreachable_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -56,6 +57,7 @@ impl fmt::Debug for ConsumerBuilder {
             .field("commit_interval", &self.commit_interval)
             .field("ordering", &self.ordering)
             .field("transactional_id", &self.transactional_id)
+            .field("unreachable_timeout", &self.unreachable_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +88,7 @@ impl ConsumerBuilder {
             dlq_suffix: ".dlq".into(),
             ordering: Ordering::default(),
             transactional_id: None,
+            unreachable_timeout: None,
         }
     }
 
@@ -161,6 +164,22 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Static group membership (KIP-345): a stable id per instance (`orders-0`, a pod's
+    /// ordinal), so that an instance restarted within `session.timeout.ms` gets its
+    /// partitions back without a rebalance (librdkafka's `group.instance.id`). Each
+    /// instance of the group needs its own; two with one id fence each other.
+    pub fn group_instance_id(self, id: impl Into<String>) -> Self {
+        self.set("group.instance.id", id)
+    }
+
+    /// Give up when no broker can be reached for this long: [`run`](Consumer::run)
+    /// returns [`Error::Unreachable`] (and an app exits non-zero, so its supervisor can
+    /// restart or alert). Default: never; librdkafka reconnects for ever.
+    pub fn unreachable_timeout(mut self, d: Duration) -> Self {
+        self.unreachable_timeout = Some(d);
+        self
+    }
+
     /// Checks the settings and makes the consumer, which runs `processor` for every record.
     pub fn build(self, processor: Processor) -> Result<Consumer, Error> {
         let bad = |field: &str, reason: &str| Error::Config { field: field.into(), reason: reason.into() };
@@ -233,5 +252,17 @@ impl ConsumerBuilder {
             c.set("transactional.id", id);
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_instance_id_reaches_the_consumer_and_not_the_producer() {
+        let b = ConsumerBuilder::new("b:9092", "g").topic("t").group_instance_id("orders-0");
+        assert_eq!(b.consumer_config().get("group.instance.id"), Some("orders-0"));
+        assert_eq!(b.producer_config().get("group.instance.id"), None);
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use exactly_core::Processor;
 use rdkafka::TopicPartitionList;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::builder::ConsumerBuilder;
 use crate::hooks::ConsumerHooks;
+use crate::outage::Outage;
 use crate::state::{Committer, ConsumerState, Control, TopicPartition};
 
 /// Counters of a consumer, for tests and monitoring.
@@ -40,11 +41,21 @@ pub struct Stats {
     /// Partitions assigned now.
     pub assigned: AtomicU64,
     lag: Mutex<HashMap<(String, i32), i64>>,
+    pub(crate) outage: Mutex<Outage>,
 }
 
 impl Stats {
     pub(crate) fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.lag.lock().unwrap_or_else(|p| p.into_inner()).insert((topic.to_owned(), partition), lag);
+    }
+
+    pub(crate) fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long no broker has answered, while none does.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.outage().unreachable(Instant::now()).map(|(d, _)| d)
     }
 
     /// Consumer lag per partition, as librdkafka last reported it.
@@ -192,14 +203,29 @@ impl Consumer {
             tokio::select! {
                 () = self.shutdown.cancelled() => break Ok(()),
                 m = consumer.recv() => match m {
-                    Ok(m) => self.state.route(m.detach()),
+                    Ok(m) => {
+                        self.state.stats.back_in_reach();
+                        self.state.route(m.detach());
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "consume error (librdkafka retries)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let step = self.state.stats.outage().error(Instant::now(), e.to_string(), all_down(&e));
+                        if let Some(report) = step.report {
+                            tracing::warn!("{report} (librdkafka retries)");
+                        }
+                        if let Some(gone) = self.given_up() {
+                            break Err(gone);
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(step.pause) => {}
+                            () = self.shutdown.cancelled() => break Ok(()),
+                        }
                     }
                 },
                 Some(Control::Fatal(e)) = self.control.recv() => break Err(Error::Store(e)),
                 _ = commit_tick.tick() => {
+                    if let Some(gone) = self.given_up() {
+                        break Err(gone);
+                    }
                     match self.state.commit(&live, CommitMode::Async).await {
                         Ok(()) => {}
                         // The store's watermarks are written before the offsets: with the
@@ -240,6 +266,35 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// The error to stop with once the brokers have been unreachable past the deadline.
+    fn given_up(&self) -> Option<Error> {
+        let deadline = self.state.cfg.unreachable_timeout?;
+        let outage = self.state.stats.outage();
+        let (waited, last) = outage.unreachable(Instant::now())?;
+        (waited >= deadline).then(|| Error::Unreachable {
+            brokers: exactly_core::redact::url(&self.state.cfg.brokers),
+            waited,
+            last_error: last.to_owned(),
+        })
+    }
+}
+
+/// Whether a consume error says that no broker can be reached.
+fn all_down(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::AllBrokersDown | C::Resolve))
+}
+
+impl Stats {
+    /// A record arrived or a broker answered: says so if the brokers were unreachable.
+    pub(crate) fn back_in_reach(&self) {
+        if let Some(lasted) = self.outage().recovered(Instant::now()) {
+            tracing::info!("Kafka brokers reachable again after {} s", lasted.as_secs());
+        }
+    }
+}
+
 #[exactly_core::async_trait]
 impl exactly_core::Subscription for Consumer {
     fn describe(&self) -> String {
@@ -262,7 +317,13 @@ impl exactly_core::Subscription for Consumer {
 
 impl exactly_core::SubscriptionStatus for Stats {
     fn ready(&self) -> bool {
-        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+        self.joined.load(std::sync::atomic::Ordering::Relaxed) && self.unreachable_for().is_none()
+    }
+
+    fn detail(&self) -> Option<String> {
+        let outage = self.outage();
+        let (waited, last) = outage.unreachable(Instant::now())?;
+        Some(format!("brokers unreachable for {} s: {last}", waited.as_secs()))
     }
 
     fn stats(&self) -> exactly_core::SubscriptionStats {

@@ -8,6 +8,17 @@ use rdkafka::error::KafkaError;
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// No broker could be reached for longer than
+    /// [`unreachable_timeout`](crate::ConsumerBuilder::unreachable_timeout).
+    #[error("Kafka brokers {brokers} unreachable for {} s (last error: {last_error}); giving up after unreachable_timeout", waited.as_secs())]
+    Unreachable {
+        /// The bootstrap servers, passwords hidden.
+        brokers: String,
+        /// How long they were unreachable.
+        waited: std::time::Duration,
+        /// The last consume error.
+        last_error: String,
+    },
     /// A setting is invalid.
     #[error("invalid configuration: {field}: {reason}")]
     Config {

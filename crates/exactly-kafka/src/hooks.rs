@@ -23,6 +23,12 @@ pub(crate) struct ConsumerHooks {
 impl ClientContext for ConsumerHooks {
     fn stats(&self, statistics: Statistics) {
         let Some(state) = self.state.get() else { return };
+        // Whether any broker answers: the truth about an outage, recv errors or not.
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            state.stats.back_in_reach();
+        } else if !statistics.brokers.is_empty() {
+            state.stats.outage().all_down(std::time::Instant::now());
+        }
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition < 0 || p.consumer_lag < 0 {

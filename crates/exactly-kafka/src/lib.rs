@@ -58,6 +58,7 @@ mod error;
 pub mod header_names;
 mod hooks;
 mod offsets;
+mod outage;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

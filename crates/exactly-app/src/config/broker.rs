@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 /// revoke_timeout = "10s"
 /// dead_letter_suffix = ".dlq"
 /// # transactional = "orders-1"  # consume-transform-produce in Kafka transactions
+/// group_instance_id = "orders-0" # static membership: fast restarts (set per instance)
+/// unreachable_timeout = "5m"     # exit non-zero when no broker answers this long
 /// librdkafka = { "security.protocol" = "plaintext" }
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
@@ -51,6 +53,13 @@ pub struct KafkaSubscription {
     /// records and offsets commit in one Kafka transaction.
     #[serde(default)]
     pub transactional: Option<String>,
+    /// Static group membership: this instance's stable id (`group.instance.id`), so a
+    /// restart within the session timeout gets its partitions back without a rebalance.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// Exit with an error when no broker answers for this long (default: never).
+    #[serde(default, with = "humantime_serde")]
+    pub unreachable_timeout: Option<Duration>,
     /// Any librdkafka setting.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
@@ -187,6 +196,7 @@ impl std::fmt::Debug for KafkaSubscription {
             .field("max_in_flight", &self.max_in_flight)
             .field("ordering", &self.ordering)
             .field("transactional", &self.transactional)
+            .field("group_instance_id", &self.group_instance_id)
             .field("librdkafka", &librdkafka)
             .finish_non_exhaustive()
     }

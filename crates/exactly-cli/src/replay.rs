@@ -1,6 +1,7 @@
 //! `exactly replay`: copy a Kafka topic range into another topic, or move a RabbitMQ queue
 //! (a dead-letter queue after a fix) back to its source.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -9,9 +10,13 @@ use exactly_amqp::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublis
 use exactly_amqp::lapin::types::{AMQPValue, FieldTable, ShortString};
 use exactly_core::REDRIVE_HEADER;
 use exactly_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use exactly_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use exactly_kafka::rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use exactly_kafka::rdkafka::producer::future_producer::OwnedDeliveryResult;
 use exactly_kafka::rdkafka::producer::{FutureRecord, Producer as _};
 use exactly_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -123,7 +128,7 @@ async fn kafka(
     }
     // Where each partition stops: the asked end, or its end now. A partition with nothing
     // to copy (empty, or nothing since the time asked) is done before it starts.
-    let mut stop = std::collections::HashMap::new();
+    let mut stop = HashMap::new();
     let mut open = std::collections::HashSet::new();
     for p in &partitions {
         let (low, high) = consumer.fetch_watermarks(from, *p, timeout)?;
@@ -140,12 +145,20 @@ async fn kafka(
     }
     consumer.assign(&list)?;
     let producer = crate::produce::kafka_producer(brokers)?;
-    let mut copied = 0u64;
+    let mut copy = Copy { pending: FuturesUnordered::new(), copied: 0, failed: HashMap::new(), error: None };
+    // Where each partition's records not yet read begin.
+    let mut unread: HashMap<i32, i64> = HashMap::new();
+    for p in &open {
+        if let Some(Offset::Offset(o)) = list.find_partition(from, *p).map(|e| e.offset()) {
+            unread.insert(*p, o);
+        }
+    }
     let mut idle = 0;
-    while !open.is_empty() {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+    while !open.is_empty() && copy.error.is_none() {
+        copy.settle_ready(bar);
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             idle += 1;
-            anyhow::ensure!(idle < 60, "no records for 30 s with partitions {open:?} not finished");
+            anyhow::ensure!(idle < 300, "no records for 30 s with partitions {open:?} not finished");
             // A partition whose start is already at its stop never yields a record.
             for p in open.clone() {
                 let pos = consumer.position()?.find_partition(from, p).map(|e| e.offset());
@@ -159,8 +172,8 @@ async fn kafka(
         };
         idle = 0;
         let m = m?;
-        let p = m.partition();
-        if m.offset() >= stop[&p] {
+        let (p, offset) = (m.partition(), m.offset());
+        if offset >= stop[&p] {
             open.remove(&p);
             continue;
         }
@@ -177,15 +190,100 @@ async fn kafka(
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
-        producer.send(rec, timeout).await.map_err(|(e, _)| anyhow::anyhow!("producing to {to}: {e}"))?;
-        copied += 1;
-        bar.inc(1);
-        if m.offset() + 1 >= stop[&p] {
+        // Sends are pipelined: up to IN_FLIGHT wait for their acknowledgement at once.
+        while copy.pending.len() >= IN_FLIGHT {
+            copy.settle_one(bar).await;
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(delivery) => {
+                    copy.pending.push(Box::pin(async move { (p, offset, delivery.await.ok()) }));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    copy.settle_one(bar).await;
+                }
+                Err((e, _)) => {
+                    copy.fail(p, offset, format!("producing to {to}: {e}"));
+                    break;
+                }
+            }
+        }
+        unread.insert(p, offset + 1);
+        if offset + 1 >= stop[&p] {
             open.remove(&p);
         }
     }
+    // Every copy is confirmed (or failed) before the replay reports anything.
+    while !copy.pending.is_empty() {
+        copy.settle_one(bar).await;
+    }
     producer.flush(timeout)?;
-    Ok(copied)
+    let Some(error) = copy.error else { return Ok(copy.copied) };
+    let mut left: Vec<String> = Vec::new();
+    for p in &partitions {
+        let from_failed = copy.failed.get(p).copied();
+        let from_unread = open.contains(p).then(|| unread.get(p).copied()).flatten();
+        if let Some(first) = from_failed.into_iter().chain(from_unread).min() {
+            left.push(format!("partition {p}: offsets {first}..{} not copied", stop[p]));
+        }
+    }
+    anyhow::bail!(
+        "{error}; {} copied, and {} (some of these may have been copied: an exactly consumer drops those copies; \
+         run again with --from-offset per partition to finish)",
+        copy.copied,
+        left.join(", ")
+    )
+}
+
+/// Records sent to Kafka and not yet acknowledged, at most this many.
+const IN_FLIGHT: usize = 10_000;
+
+/// A copy's partition and offset in the source, and what the producer said (`None`: it
+/// dropped the copy without an answer, as when it is closed).
+type Delivery = std::pin::Pin<Box<dyn Future<Output = (i32, i64, Option<OwnedDeliveryResult>)> + Send>>;
+
+/// The copies under way: acknowledged ones counted, failed ones' lowest offset kept per
+/// partition.
+struct Copy {
+    pending: FuturesUnordered<Delivery>,
+    copied: u64,
+    failed: HashMap<i32, i64>,
+    error: Option<String>,
+}
+
+impl Copy {
+    /// Settles the acknowledgements that have come, without waiting.
+    fn settle_ready(&mut self, bar: &ProgressBar) {
+        while let Some(Some(done)) = self.pending.next().now_or_never() {
+            self.settle(done, bar);
+        }
+    }
+
+    /// Waits for one acknowledgement.
+    async fn settle_one(&mut self, bar: &ProgressBar) {
+        if let Some(done) = self.pending.next().await {
+            self.settle(done, bar);
+        }
+    }
+
+    fn settle(&mut self, (p, offset, result): (i32, i64, Option<OwnedDeliveryResult>), bar: &ProgressBar) {
+        match result {
+            Some(Ok(_)) => {
+                self.copied += 1;
+                bar.inc(1);
+            }
+            Some(Err((e, _))) => self.fail(p, offset, format!("a copy was refused: {e}")),
+            None => self.fail(p, offset, "the producer dropped a copy without an answer".into()),
+        }
+    }
+
+    fn fail(&mut self, p: i32, offset: i64, error: String) {
+        let lowest = self.failed.entry(p).or_insert(offset);
+        *lowest = (*lowest).min(offset);
+        self.error.get_or_insert(error);
+    }
 }
 
 async fn amqp(

@@ -154,3 +154,22 @@ async fn a_topic_range_is_copied_with_keys_and_headers() {
     assert_eq!(copied(&replay(&args("2100-01-01T00:00:00Z"))), 0);
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 }
+
+/// A copy the broker refuses stops the replay with a non-zero exit that names, for each
+/// partition, the offsets not known to be copied (a run from there finishes the job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_cannot_finish_names_the_ranges_left() {
+    use exactly_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let kafka = MockKafka::new(1).unwrap();
+    kafka.create_topic("src", 2).unwrap();
+    kafka.create_topic("dst", 1).unwrap();
+    for i in 0..40 {
+        kafka.produce("src", Some(i % 2), Some(format!("k{i}").as_bytes()), b"v", &[]).await.unwrap();
+    }
+    kafka.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50]);
+    let out = replay(&["kafka", "--brokers", kafka.bootstrap_servers(), "--from-topic", "src", "--to-topic", "dst"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("partition 0: offsets 0..20 not copied"), "{err}");
+    assert!(err.contains("partition 1: offsets 0..20 not copied"), "{err}");
+}

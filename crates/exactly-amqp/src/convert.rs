@@ -112,6 +112,7 @@ pub(crate) fn dead_letter_properties(
 ) -> BasicProperties {
     with_headers(d, |t| {
         t.insert(short(header_names::REASON), long(&dl.reason));
+        t.insert(short(header_names::DEAD_LETTER_ID), long(&dl.id));
         t.insert(short(header_names::ATTEMPTS), AMQPValue::LongLongInt(i64::from(dl.attempts)));
         if let Some(e) = &dl.first_error {
             t.insert(short(header_names::FIRST_ERROR), long(e));

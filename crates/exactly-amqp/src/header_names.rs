@@ -2,7 +2,7 @@
 
 // The names every adapter writes.
 pub use exactly_core::header_names::{
-    ATTEMPTS, CONSUMER, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE,
+    ATTEMPTS, CONSUMER, DEAD_LETTER_ID, DEAD_LETTERED_AT, FIRST_ERROR, KEY, LAST_ERROR, REASON, REDRIVE,
 };
 
 /// The exchange the message was first published to.

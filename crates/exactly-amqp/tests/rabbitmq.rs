@@ -203,6 +203,9 @@ async fn poison_keyless_and_failing_messages_are_dead_lettered_with_their_reason
     assert_eq!(header_str(flaky, header_names::LAST_ERROR).as_deref(), Some("the ledger is down"));
     assert_eq!(header_str(flaky, header_names::ORIGINAL_QUEUE).as_deref(), Some(queue.as_str()));
     assert_eq!(header_str(flaky, header_names::KEY).as_deref(), Some("flaky"));
+    let ids: std::collections::HashSet<String> =
+        dead.iter().map(|(p, _)| header_str(p, header_names::DEAD_LETTER_ID).unwrap()).collect();
+    assert_eq!(ids.len(), 3, "each dead letter has an id of its own: {ids:?}");
     assert_eq!(flaky.message_id().as_ref().map(|s| s.as_str()), Some("flaky"));
     assert_eq!(broker.ready(&queue).await, 0, "nothing left unacknowledged");
     broker.cleanup(&queue).await;

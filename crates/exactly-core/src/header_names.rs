@@ -8,6 +8,8 @@ pub const ATTEMPTS: &str = "x-exactly-attempts";
 pub const FIRST_ERROR: &str = "x-exactly-first-error";
 /// The last error seen.
 pub const LAST_ERROR: &str = "x-exactly-last-error";
+/// The dead letter's id: the same on every copy of one dead letter (`DeadLetter::id`).
+pub const DEAD_LETTER_ID: &str = "x-exactly-dead-letter-id";
 /// The idempotency key, when there was one.
 pub const KEY: &str = "x-exactly-key";
 /// The consumer (key namespace) that dead-lettered the message.

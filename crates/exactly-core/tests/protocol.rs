@@ -92,6 +92,30 @@ async fn the_same_key_with_another_payload_is_a_key_conflict() {
     assert_eq!(p.process(msg("tx-1", "5")).await.unwrap().outcome, Outcome::Duplicate);
     assert_eq!(runs.get("tx-1"), 1);
     assert_eq!(balance(&store, "ledger").await, 5);
+
+    // The conflicting copy delivered again was dead-lettered already: acknowledged, not
+    // dead-lettered a second time. A third payload under the key is its own conflict.
+    let again = p.process(msg("tx-1", "500")).await.unwrap();
+    assert_eq!((again.disposition.clone(), again.outcome), (Disposition::Ack, Outcome::AlreadyDeadLettered));
+    let mut third = p.process(msg("tx-1", "7")).await.unwrap();
+    assert_eq!(third.dead_letter().map(|d| d.reason.as_str()), Some(reasons::KEY_CONFLICT));
+    third.confirm_dead_letter().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_letter_carries_an_id_that_its_copies_share() {
+    let p = Processor::builder("ledger", crediting(Runs::default())).store(MemoryStore::new()).build().unwrap();
+    let first = p.process(msg("tx-9", "not a number")).await.unwrap();
+    let id = first.dead_letter().unwrap().id.clone();
+    assert_eq!(id.len(), 32, "{id}");
+    // Abandoned (the broker did not take it): the next copy is dead-lettered again, as
+    // the same dead letter.
+    let mut first = first;
+    first.abandon_dead_letter().await.unwrap();
+    let second = p.process(msg("tx-9", "not a number")).await.unwrap();
+    assert_eq!(second.dead_letter().unwrap().id, id, "a copy of one dead letter has its id");
+    let other = p.process(msg("tx-10", "not a number")).await.unwrap();
+    assert_ne!(other.dead_letter().unwrap().id, id);
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ pub(crate) fn dead_letter_headers(m: &OwnedMessage, dl: &DeadLetter, consumer: &
         }
     }
     h = add(h, header_names::REASON, &dl.reason);
+    h = add(h, header_names::DEAD_LETTER_ID, &dl.id);
     h = add(h, header_names::ATTEMPTS, &dl.attempts.to_string());
     if let Some(e) = &dl.first_error {
         h = add(h, header_names::FIRST_ERROR, e);

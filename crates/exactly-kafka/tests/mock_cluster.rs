@@ -271,6 +271,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_headers() {
     assert_eq!(h[header_names::REASON], "decode");
     assert_eq!(h[header_names::ATTEMPTS], "1");
     assert_eq!(h[header_names::KEY], "bad-1");
+    assert_eq!(h[header_names::DEAD_LETTER_ID].len(), 32, "a dead-letter id");
     assert_eq!(h[header_names::ORIGINAL_TOPIC], topic);
     assert_eq!(h[header_names::ORIGINAL_PARTITION], "0");
     assert_eq!(h[header_names::ORIGINAL_OFFSET], offset.to_string());

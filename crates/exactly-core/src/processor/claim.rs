@@ -70,6 +70,7 @@ impl Processor {
         };
         let lease = match claim {
             Claim::Acquired(lease) => lease,
+            Claim::Conflict { stored } => return self.conflict(msg, key, (stored, fingerprint), now, probe).await,
             other => {
                 self.breaker_neutral(probe);
                 return Ok(self.not_claimed(other, msg, key, now));
@@ -103,18 +104,66 @@ impl Processor {
                 p
             }
             Claim::DeadLettered { .. } => Processed::new(Disposition::Ack, Outcome::AlreadyDeadLettered, Some(key)),
-            Claim::Conflict { stored } => {
-                let why = format!(
-                    "key is done for a payload with fingerprint {stored}, this payload's is {}",
-                    Fingerprint::of(msg.payload())
-                );
-                self.dead_letter_now(msg, Some(&key), reasons::KEY_CONFLICT, why)
-            }
             Claim::Busy { lease_until } => {
                 let after = Duration::from_millis(lease_until.saturating_sub(now)).clamp(BUSY_MIN, BUSY_MAX);
                 Processed::new(Disposition::Retry { after }, Outcome::Busy, Some(key))
             }
-            Claim::Acquired(_) => unreachable!("handled by the caller"),
+            Claim::Acquired(_) | Claim::Conflict { .. } => unreachable!("handled by the caller"),
         }
+    }
+
+    /// A key done for another payload: dead-letter `key-conflict` once per conflicting
+    /// payload. The conflict is claimed and marked under a key of its own
+    /// (`<key>#conflict-<fingerprint>`), so a redelivery of the copy is acknowledged as
+    /// already dead-lettered, as a message that failed for good is.
+    async fn conflict(
+        &self,
+        msg: &Message,
+        key: String,
+        (stored, fingerprint): (Fingerprint, Fingerprint),
+        now: Millis,
+        probe: bool,
+    ) -> Result<Processed> {
+        let inner = &*self.inner;
+        let why = format!("key is done for a payload with fingerprint {stored}, this payload's is {fingerprint}");
+        let skey = StoreKey::new(&inner.consumer, &format!("{key}#conflict-{fingerprint}"));
+        let claim = inner
+            .store
+            .claim(ClaimRequest {
+                key: &skey,
+                fingerprint,
+                now,
+                lease_until: now + duration_millis(inner.lease),
+                durable: false,
+                redrive: msg.headers().get(REDRIVE_HEADER).is_some(),
+            })
+            .await;
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(e) if e.is_transient() => {
+                let unclaimed = Commit::Unclaimed(key);
+                return self.verdict(msg, &unclaimed, 0, probe, crate::handler::store_error(e)).await;
+            }
+            Err(e) => return Err(e),
+        };
+        self.breaker_neutral(probe);
+        Ok(match claim {
+            Claim::Acquired(lease) => {
+                let mut p = self.dead_letter_now(msg, Some(&key), reasons::KEY_CONFLICT, why);
+                let attempts = lease.attempts;
+                let claimed = Claimed { key: key.clone(), skey, fingerprint, lease };
+                p.set_hold(self, Hold::of(&claimed, attempts + 1, reasons::KEY_CONFLICT));
+                p
+            }
+            Claim::DeadLettered { .. } => Processed::new(Disposition::Ack, Outcome::AlreadyDeadLettered, Some(key)),
+            Claim::Busy { lease_until } => {
+                let after = Duration::from_millis(lease_until.saturating_sub(now)).clamp(BUSY_MIN, BUSY_MAX);
+                Processed::new(Disposition::Retry { after }, Outcome::Busy, Some(key))
+            }
+            // The conflict's own key is only ever dead-lettered, under one fingerprint.
+            Claim::Done { .. } | Claim::Conflict { .. } => {
+                self.dead_letter_now(msg, Some(&key), reasons::KEY_CONFLICT, why)
+            }
+        })
     }
 }

@@ -62,6 +62,10 @@ pub enum Disposition {
 /// Why and how a message is dead-lettered; adapters turn it into headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The same for every copy of one message dead-lettered for one reason (32 hex
+    /// digits): dead letters are published at least once, and a consumer of the
+    /// dead-letter destination drops copies by it (header `x-exactly-dead-letter-id`).
+    pub id: String,
     /// The reason, a kebab-case word (see [`reasons`]).
     pub reason: String,
     /// Attempts made.

@@ -110,6 +110,7 @@ impl Processor {
     /// A dead-letter decided before any attempt (no key, a key conflict, an orphan).
     pub(super) fn dead_letter_now(&self, msg: &Message, key: Option<&str>, reason: &str, error: String) -> Processed {
         let dl = crate::DeadLetter {
+            id: dead_letter_id(&self.inner.consumer, key, reason, msg.payload()),
             reason: reason.to_owned(),
             attempts: msg.delivery_count().unwrap_or(0) + 1,
             first_error: Some(error.clone()),
@@ -122,4 +123,17 @@ impl Processor {
         p.attempts = attempts;
         p
     }
+}
+
+/// The id of a dead letter: the same for every copy of one message dead-lettered for one
+/// reason (a re-publish after a crash, a redelivery dead-lettered again), so a consumer of
+/// the dead-letter destination can drop copies.
+fn dead_letter_id(consumer: &str, key: Option<&str>, reason: &str, payload: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [consumer.as_bytes(), key.unwrap_or("").as_bytes(), reason.as_bytes()] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(payload);
+    h.finalize().as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

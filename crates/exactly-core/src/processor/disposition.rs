@@ -50,7 +50,7 @@ pub enum Disposition {
     /// Publish to the dead-letter destination with these details, wait for the broker's
     /// confirmation, call [`Processed::confirm_dead_letter`] (or, if it could not be
     /// delivered, [`Processed::abandon_dead_letter`]), then acknowledge.
-    DeadLetter(DeadLetter),
+    DeadLetter(Box<DeadLetter>),
     /// The circuit breaker is open: keep this message unacknowledged, stop taking new
     /// messages (pause partitions, stop prefetching) for `after`, then process it again.
     Pause {
@@ -180,7 +180,7 @@ impl Processed {
     /// The dead-letter details, when the disposition is a dead-letter.
     pub fn dead_letter(&self) -> Option<&DeadLetter> {
         match &self.disposition {
-            Disposition::DeadLetter(d) => Some(d),
+            Disposition::DeadLetter(d) => Some(&**d),
             _ => None,
         }
     }

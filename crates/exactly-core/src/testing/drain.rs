@@ -143,7 +143,7 @@ pub(super) async fn settle(
                 consumer.requeue(d.tag, *after);
             }
             Disposition::DeadLetter(dl) => {
-                consumer.dead_letter(d.tag, dl.clone());
+                consumer.dead_letter(d.tag, (**dl).clone());
                 p.confirm_dead_letter().await?;
             }
             Disposition::Pause { after } => {

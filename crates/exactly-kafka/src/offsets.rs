@@ -28,6 +28,12 @@ impl Tracker {
         i.next = Some(i.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
+    /// Everything below `offset` is finished already (the partition starts there).
+    pub(crate) fn start_at(&self, offset: i64) {
+        let mut i = self.inner();
+        i.next = Some(i.next.map_or(offset, |n| n.max(offset)));
+    }
+
     /// A record is finished.
     pub(crate) fn finished(&self, offset: i64) {
         self.inner().unfinished.remove(&offset);

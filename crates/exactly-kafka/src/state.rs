@@ -30,6 +30,14 @@ pub(crate) enum Control {
     Fatal(exactly_core::Error),
 }
 
+/// Where an assigned partition starts: the later of Kafka's committed offset and the
+/// store's watermark (`from`), and Kafka's committed offset.
+pub(crate) struct Start {
+    pub(crate) tp: TopicPartition,
+    pub(crate) from: Option<i64>,
+    pub(crate) committed: Option<i64>,
+}
+
 /// One assigned partition.
 pub(crate) struct AssignedPartition {
     /// Records of this partition that arrived on the consumer's main queue instead of the
@@ -208,11 +216,7 @@ impl ConsumerState {
 
     /// Partitions about to be assigned: start each from the later of the committed offset
     /// and the local watermark. Returns where each starts, for [`ConsumerState::start_partitions`].
-    pub(crate) fn on_assign(
-        &self,
-        base: &BaseConsumer<ConsumerHooks>,
-        tpl: &mut TopicPartitionList,
-    ) -> Vec<(TopicPartition, Option<i64>)> {
+    pub(crate) fn on_assign(&self, base: &BaseConsumer<ConsumerHooks>, tpl: &mut TopicPartitionList) -> Vec<Start> {
         let list: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         let committed = base.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
         let mut starts = Vec::with_capacity(list.len());
@@ -270,7 +274,11 @@ impl ConsumerState {
                 tracing::info!(topic, partition, local = l, kafka = ?kafka, "the local watermark is ahead of the committed offset; starting there");
                 let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(l));
             }
-            starts.push(((Arc::from(topic.as_str()), *partition), local.max(kafka)));
+            starts.push(Start {
+                tp: (Arc::from(topic.as_str()), *partition),
+                from: local.max(kafka),
+                committed: kafka,
+            });
         }
         tracing::info!(partitions = ?list, "partitions assigned");
         starts
@@ -280,15 +288,21 @@ impl ConsumerState {
     pub(crate) fn start_partitions(
         self: &Arc<Self>,
         consumer: &Arc<StreamConsumer<ConsumerHooks>>,
-        starts: Vec<(TopicPartition, Option<i64>)>,
+        starts: Vec<Start>,
     ) {
-        for (tp, start) in starts {
+        for Start { tp, from: start, committed } in starts {
             let Some(queue) = consumer.split_partition_queue(&tp.0, tp.1) else {
                 tracing::error!(topic = %tp.0, partition = tp.1, "cannot split the partition's queue; its records come through the main queue");
                 continue;
             };
             let (spill_tx, spill) = mpsc::unbounded_channel();
             let tracker = Arc::new(Tracker::default());
+            // Started past Kafka's committed offset (from the store's watermark, which an
+            // instance sharing the store may have saved before its commit was lost): that
+            // start is committable at once, or the group's lag stays until a new record.
+            if let Some(from) = start.filter(|f| committed.is_none_or(|c| *f > c)) {
+                tracker.start_at(from);
+            }
             let stop = CancellationToken::new();
             let worker = crate::worker::Worker {
                 state: self.clone(),
@@ -299,9 +313,10 @@ impl ConsumerState {
                 stop: stop.clone(),
                 start: start.unwrap_or(i64::MIN),
                 anchored: false,
+                errors: crate::outage::Outage::default(),
             };
             let task = self.runtime.spawn(worker.run());
-            let partition = AssignedPartition { spill: spill_tx, tracker, stop, task: Some(task), committed: start };
+            let partition = AssignedPartition { spill: spill_tx, tracker, stop, task: Some(task), committed };
             if let Some(old) = self.partitions().insert(tp, partition) {
                 old.stop.cancel();
             }

@@ -42,6 +42,8 @@ pub struct Stats {
     pub assigned: AtomicU64,
     lag: Mutex<HashMap<(String, i32), i64>>,
     pub(crate) outage: Mutex<Outage>,
+    /// Whether `outage` holds errors or an outage: lets each record skip its lock.
+    troubled: AtomicBool,
 }
 
 impl Stats {
@@ -208,7 +210,7 @@ impl Consumer {
                         self.state.route(m.detach());
                     }
                     Err(e) => {
-                        let step = self.state.stats.outage().error(Instant::now(), e.to_string(), all_down(&e));
+                        let step = self.state.stats.error(&e);
                         if let Some(report) = step.report {
                             tracing::warn!("{report} (librdkafka retries)");
                         }
@@ -287,11 +289,32 @@ fn all_down(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 impl Stats {
+    /// A consume error: what to log and how long to pause.
+    /// (`troubled` changes only under the lock, so it never hides what the lock holds.)
+    fn error(&self, e: &rdkafka::error::KafkaError) -> crate::outage::Step {
+        let mut outage = self.outage();
+        let step = outage.error(Instant::now(), e.to_string(), all_down(e));
+        self.troubled.store(true, std::sync::atomic::Ordering::Relaxed);
+        step
+    }
+
+    /// The statistics found no broker up.
+    pub(crate) fn all_down(&self) {
+        let mut outage = self.outage();
+        outage.all_down(Instant::now());
+        self.troubled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A record arrived or a broker answered: says so if the brokers were unreachable.
     pub(crate) fn back_in_reach(&self) {
-        if let Some(lasted) = self.outage().recovered(Instant::now()) {
+        if !self.troubled.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut outage = self.outage();
+        if let Some(lasted) = outage.recovered(Instant::now()) {
             tracing::info!("Kafka brokers reachable again after {} s", lasted.as_secs());
         }
+        self.troubled.store(outage.troubled(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

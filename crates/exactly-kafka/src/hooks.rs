@@ -27,7 +27,7 @@ impl ClientContext for ConsumerHooks {
         if statistics.brokers.values().any(|b| b.state == "UP") {
             state.stats.back_in_reach();
         } else if !statistics.brokers.is_empty() {
-            state.stats.outage().all_down(std::time::Instant::now());
+            state.stats.all_down();
         }
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {

@@ -67,9 +67,18 @@ impl Outage {
     /// Returns how long the brokers were unreachable.
     pub(crate) fn recovered(&mut self, now: Instant) -> Option<Duration> {
         self.failures = 0;
-        self.unreported = 0;
-        self.last_report = None;
-        self.unreachable_since.take().map(|since| now.duration_since(since))
+        let lasted = self.unreachable_since.take().map(|since| now.duration_since(since));
+        if lasted.is_some() {
+            // A new outage is told at once; other errors keep their pace.
+            self.unreported = 0;
+            self.last_report = None;
+        }
+        lasted
+    }
+
+    /// Whether anything is to be recovered from (cheap to ask for every record).
+    pub(crate) fn troubled(&self) -> bool {
+        self.failures > 0 || self.unreachable_since.is_some()
     }
 
     /// No broker answers (the statistics say so) from `now` on, unless known earlier.

@@ -38,6 +38,8 @@ pub(crate) struct Worker {
     pub(crate) start: i64,
     /// Whether this assignment's anchor record was saved (see [`crate::anchor`]).
     pub(crate) anchored: bool,
+    /// This partition's consume errors: logged at a readable rate.
+    pub(crate) errors: crate::outage::Outage,
 }
 
 /// A record's outcome once its processing returned.
@@ -72,10 +74,16 @@ impl Worker {
                 biased;
                 Some(m) = self.spill.recv() => return Some(m),
                 r = self.queue.recv() => match r {
-                    Ok(m) => return Some(m.detach()),
+                    Ok(m) => {
+                        self.errors.recovered(std::time::Instant::now());
+                        return Some(m.detach());
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, topic = %self.tp.0, partition = self.tp.1, "consume error (librdkafka retries)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let step = self.errors.error(std::time::Instant::now(), e.to_string(), false);
+                        if let Some(report) = step.report {
+                            tracing::warn!(topic = %self.tp.0, partition = self.tp.1, "{report} (librdkafka retries)");
+                        }
+                        tokio::time::sleep(step.pause).await;
                     }
                 },
             }

@@ -119,7 +119,8 @@ impl Processor {
             coordinates: msg.coordinates().clone(),
         };
         let attempts = dl.attempts;
-        let mut p = Processed::new(Disposition::DeadLetter(Box::new(dl)), Outcome::DeadLettered, key.map(str::to_owned));
+        let mut p =
+            Processed::new(Disposition::DeadLetter(Box::new(dl)), Outcome::DeadLettered, key.map(str::to_owned));
         p.attempts = attempts;
         p
     }

@@ -248,7 +248,7 @@ impl Config {
     fn from_figment(f: Figment) -> Result<Self, Error> {
         let config: Config = f
             .extract()
-            .map_err(|e| Error::Config(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("; ")))?;
+            .map_err(|e| Error::Config(e.into_iter().map(|e| field_error(&e)).collect::<Vec<_>>().join("; ")))?;
         config.validate()?;
         Ok(config)
     }
@@ -284,7 +284,7 @@ impl Config {
 /// One configuration error as the user wrote the setting: `amqp.payments.prefetch: invalid
 /// type: ... in app.toml`, or the variable's name when it came from the environment
 /// (figment's own text puts its profile name, `default.`, before every key).
-fn describe(e: &figment::Error) -> String {
+fn field_error(e: &figment::Error) -> String {
     let key = e.path.join(".");
     let origin = match &e.metadata {
         Some(m) if m.source.is_some() => m.source.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(),

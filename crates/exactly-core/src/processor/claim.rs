@@ -48,25 +48,10 @@ impl Processor {
         let skey = StoreKey::new(&inner.consumer, &key);
         let fingerprint = Fingerprint::of(msg.payload());
         let now = inner.clock.now();
-        let claim = inner
-            .store
-            .claim(ClaimRequest {
-                key: &skey,
-                fingerprint,
-                now,
-                lease_until: now + duration_millis(inner.lease),
-                durable: inner.orphans == OrphanPolicy::Quarantine,
-                redrive: msg.headers().get(REDRIVE_HEADER).is_some(),
-            })
-            .await;
-        let claim = match claim {
+        let req = self.request(msg, &skey, fingerprint, now, inner.orphans == OrphanPolicy::Quarantine);
+        let claim = match self.claim_or_answer(msg, &key, req, probe).await? {
             Ok(claim) => claim,
-            Err(e) if e.is_transient() => {
-                // Nothing is held: retried later (or paused by the breaker), not counted.
-                let unclaimed = Commit::Unclaimed(key);
-                return self.verdict(msg, &unclaimed, 0, probe, crate::handler::store_error(e)).await;
-            }
-            Err(e) => return Err(e),
+            Err(answer) => return Ok(answer),
         };
         let lease = match claim {
             Claim::Acquired(lease) => lease,
@@ -104,10 +89,7 @@ impl Processor {
                 p
             }
             Claim::DeadLettered { .. } => Processed::new(Disposition::Ack, Outcome::AlreadyDeadLettered, Some(key)),
-            Claim::Busy { lease_until } => {
-                let after = Duration::from_millis(lease_until.saturating_sub(now)).clamp(BUSY_MIN, BUSY_MAX);
-                Processed::new(Disposition::Retry { after }, Outcome::Busy, Some(key))
-            }
+            Claim::Busy { lease_until } => busy(key, lease_until, now),
             Claim::Acquired(_) | Claim::Conflict { .. } => unreachable!("handled by the caller"),
         }
     }
@@ -127,24 +109,10 @@ impl Processor {
         let inner = &*self.inner;
         let why = format!("key is done for a payload with fingerprint {stored}, this payload's is {fingerprint}");
         let skey = StoreKey::new(&inner.consumer, &format!("{key}#conflict-{fingerprint}"));
-        let claim = inner
-            .store
-            .claim(ClaimRequest {
-                key: &skey,
-                fingerprint,
-                now,
-                lease_until: now + duration_millis(inner.lease),
-                durable: false,
-                redrive: msg.headers().get(REDRIVE_HEADER).is_some(),
-            })
-            .await;
-        let claim = match claim {
+        let req = self.request(msg, &skey, fingerprint, now, false);
+        let claim = match self.claim_or_answer(msg, &key, req, probe).await? {
             Ok(claim) => claim,
-            Err(e) if e.is_transient() => {
-                let unclaimed = Commit::Unclaimed(key);
-                return self.verdict(msg, &unclaimed, 0, probe, crate::handler::store_error(e)).await;
-            }
-            Err(e) => return Err(e),
+            Err(answer) => return Ok(answer),
         };
         self.breaker_neutral(probe);
         Ok(match claim {
@@ -156,14 +124,56 @@ impl Processor {
                 p
             }
             Claim::DeadLettered { .. } => Processed::new(Disposition::Ack, Outcome::AlreadyDeadLettered, Some(key)),
-            Claim::Busy { lease_until } => {
-                let after = Duration::from_millis(lease_until.saturating_sub(now)).clamp(BUSY_MIN, BUSY_MAX);
-                Processed::new(Disposition::Retry { after }, Outcome::Busy, Some(key))
-            }
+            Claim::Busy { lease_until } => busy(key, lease_until, now),
             // The conflict's own key is only ever dead-lettered, under one fingerprint.
             Claim::Done { .. } | Claim::Conflict { .. } => {
                 self.dead_letter_now(msg, Some(&key), reasons::KEY_CONFLICT, why)
             }
         })
     }
+
+    /// A claim of `skey` for `msg`.
+    fn request<'a>(
+        &self,
+        msg: &Message,
+        skey: &'a StoreKey,
+        fingerprint: Fingerprint,
+        now: Millis,
+        durable: bool,
+    ) -> ClaimRequest<'a> {
+        ClaimRequest {
+            key: skey,
+            fingerprint,
+            now,
+            lease_until: now + duration_millis(self.inner.lease),
+            durable,
+            redrive: msg.headers().get(REDRIVE_HEADER).is_some(),
+        }
+    }
+
+    /// Asks the store for a claim; `Ok(Err(answer))` when the store is out of reach for
+    /// now: nothing is held, and the message is retried later (or paused by the breaker),
+    /// its attempts not counted.
+    async fn claim_or_answer(
+        &self,
+        msg: &Message,
+        key: &str,
+        req: ClaimRequest<'_>,
+        probe: bool,
+    ) -> Result<Result<Claim, Processed>> {
+        match self.inner.store.claim(req).await {
+            Ok(claim) => Ok(Ok(claim)),
+            Err(e) if e.is_transient() => {
+                let unclaimed = Commit::Unclaimed(key.to_owned());
+                Ok(Err(self.verdict(msg, &unclaimed, 0, probe, crate::handler::store_error(e)).await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A key another live claim holds: try again when its lease ends (within bounds).
+fn busy(key: String, lease_until: Millis, now: Millis) -> Processed {
+    let after = Duration::from_millis(lease_until.saturating_sub(now)).clamp(BUSY_MIN, BUSY_MAX);
+    Processed::new(Disposition::Retry { after }, Outcome::Busy, Some(key))
 }

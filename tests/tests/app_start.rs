@@ -149,3 +149,36 @@ fn consumer_tags(queue: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(queue)).collect::<Vec<_>>().join("\n")
 }
+
+/// A Kafka subscription whose brokers cannot be reached: `/readyz` says for how long, and
+/// with `unreachable_timeout` the app gives up and exits 1 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_kafka_is_told_by_readyz_and_ends_the_app_at_its_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[kafka.ledger]\nbrokers = \"127.0.0.1:1\"\n\
+         group = \"g\"\ntopics = [\"t\"]\nunreachable_timeout = \"20s\"\n",
+        tmp.path().join("store").display()
+    );
+    let file = tmp.path().join("app.toml");
+    std::fs::write(&file, &config).unwrap();
+    let mut app = App::spawn(&file, &tmp.path().join("effects.log"));
+    until("/readyz to say how long", Duration::from_secs(30), async || {
+        matches!(common::get(port, "/readyz").await, Some((503, body)) if body.contains("kafka.ledger (brokers unreachable for"))
+    })
+    .await;
+    let status = app.exit_within(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "the app gives up after unreachable_timeout: {status}");
+
+    // The same from the start, to read what it prints.
+    let short = config
+        .replace("unreachable_timeout = \"20s\"", "unreachable_timeout = \"2s\"")
+        .replace(&format!("{port}"), &format!("{}", free_port()));
+    let (code, _, stderr) = run_to_exit(tmp.path(), &short, "off", Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: subscription kafka.ledger: Kafka brokers 127.0.0.1:1 unreachable for"),
+        "{stderr}"
+    );
+}

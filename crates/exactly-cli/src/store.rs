@@ -11,9 +11,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use exactly_core::store::{FjallStore, RecordState, RecordView, RedbStore, export};
 use exactly_core::{Clock, DedupStore, SledStore, StoreKey, SystemClock};
 
-/// Records read per page when the whole store is walked.
-const PAGE: usize = 1_000;
-
 #[derive(Args)]
 pub(crate) struct StoreArgs {
     /// The store directory (what the consumer passed to `SledStore::open`).
@@ -244,7 +241,7 @@ async fn on(store: &dyn DedupStore, command: StoreCommand) -> anyhow::Result<Fou
         StoreCommand::List { consumer, prefix, state, limit, json } => {
             let prefix = consumer.as_deref().map(|c| StoreKey::new(c, prefix.as_deref().unwrap_or("")));
             let mut shown = 0;
-            walk(store, prefix.as_ref(), |r| {
+            export::each_record(store, prefix.as_ref(), |r| {
                 if state.is_none_or(|s| s == filter_of(&r.state)) {
                     if json {
                         writeln!(out, "{}", serde_json::to_string(r)?)?;
@@ -260,7 +257,7 @@ async fn on(store: &dyn DedupStore, command: StoreCommand) -> anyhow::Result<Fou
                     }
                     shown += 1;
                 }
-                Ok(shown < limit)
+                Ok::<_, anyhow::Error>(shown < limit)
             })
             .await?;
             Found::Yes
@@ -333,29 +330,25 @@ async fn state(store: &dyn DedupStore, command: StateCommand, out: &mut impl Wri
         }
         StateCommand::List { consumer, prefix, limit, json } => {
             let from = consumer.as_deref().map(|c| StoreKey::state(c, prefix.as_deref().unwrap_or("").as_bytes()));
-            let mut after: Option<Vec<u8>> = None;
             let mut listed = 0;
-            while listed < limit {
-                let page = store.state_list(from.as_deref(), after.as_deref(), PAGE).await?;
-                for (full, value) in page.iter().take(limit - listed) {
-                    let Some((ns, key)) = StoreKey::state_parts(full) else { continue };
-                    if json {
-                        let entry = export::Entry::State {
-                            namespace: ns.to_owned(),
-                            key: export::Blob(bytes::Bytes::copy_from_slice(key)),
-                            value: export::Blob(value.clone()),
-                        };
-                        writeln!(out, "{}", serde_json::to_string(&entry)?)?;
-                    } else {
-                        writeln!(out, "{ns}\t{}\t{}", String::from_utf8_lossy(key), shown(value))?;
-                    }
-                    listed += 1;
+            export::each_state(store, from.as_deref(), |ns, key, value| {
+                if listed == limit {
+                    return Ok(false);
                 }
-                match page.last() {
-                    Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-                    _ => break,
+                if json {
+                    let entry = export::Entry::State {
+                        namespace: ns.to_owned(),
+                        key: export::Blob(bytes::Bytes::copy_from_slice(key)),
+                        value: export::Blob(value.clone()),
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+                } else {
+                    writeln!(out, "{ns}\t{}\t{}", String::from_utf8_lossy(key), shown(value))?;
                 }
-            }
+                listed += 1;
+                Ok::<_, anyhow::Error>(true)
+            })
+            .await?;
             Ok(Found::Yes)
         }
     }
@@ -369,32 +362,11 @@ fn shown(value: &[u8]) -> String {
     }
 }
 
-/// Calls `f` on every record (of `prefix`, when given) in key order until it returns false.
-async fn walk(
-    store: &dyn DedupStore,
-    prefix: Option<&StoreKey>,
-    mut f: impl FnMut(&RecordView) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let mut after: Option<StoreKey> = None;
-    loop {
-        let page = store.list(prefix, after.as_ref(), PAGE).await?;
-        for r in &page {
-            if !f(r)? {
-                return Ok(());
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
-            _ => return Ok(()),
-        }
-    }
-}
-
 async fn stats(store: &dyn DedupStore, out: &mut impl Write) -> anyhow::Result<()> {
     let mut by: BTreeMap<String, [u64; 3]> = BTreeMap::new();
     let now = SystemClock.now();
     let mut expired = 0u64;
-    walk(store, None, |r| {
+    export::each_record(store, None, |r| {
         let counts = by.entry(r.key.namespace().to_owned()).or_default();
         counts[match filter_of(&r.state) {
             StateFilter::Done => 0,
@@ -404,7 +376,7 @@ async fn stats(store: &dyn DedupStore, out: &mut impl Write) -> anyhow::Result<(
         if r.expires_at != 0 && r.expires_at <= now {
             expired += 1;
         }
-        Ok(true)
+        Ok::<_, anyhow::Error>(true)
     })
     .await?;
     writeln!(out, "{:<24} {:>12} {:>14} {:>10}", "consumer", "done", "dead-lettered", "in-flight")?;

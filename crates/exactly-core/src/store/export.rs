@@ -118,43 +118,76 @@ impl std::fmt::Display for Counts {
 /// order, then state values, then meta values.
 pub async fn export(store: &dyn DedupStore, out: &mut dyn Write) -> Result<Counts> {
     let mut counts = Counts::default();
-    let mut after: Option<StoreKey> = None;
-    loop {
-        let page = store.list(None, after.as_ref(), PAGE).await?;
-        for r in &page {
-            line(out, &Entry::Record(r.clone()))?;
-        }
-        counts.records += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
-            _ => break,
-        }
-    }
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = store.state_list(None, after.as_deref(), PAGE).await?;
-        for (full, value) in &page {
-            let (namespace, key) = StoreKey::state_parts(full)
-                .ok_or_else(|| Error::StoreCorrupt { key: format!("{full:?}"), reason: "not a state key".into() })?;
-            let entry = Entry::State {
-                namespace: namespace.to_owned(),
-                key: Blob(Bytes::copy_from_slice(key)),
-                value: Blob(value.clone()),
-            };
-            line(out, &entry)?;
-        }
-        counts.state += page.len() as u64;
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-            _ => break,
-        }
-    }
+    each_record(store, None, |r| {
+        line(out, &Entry::Record(r.clone()))?;
+        counts.records += 1;
+        Ok::<_, Error>(true)
+    })
+    .await?;
+    each_state(store, None, |namespace, key, value| {
+        let entry = Entry::State {
+            namespace: namespace.to_owned(),
+            key: Blob(Bytes::copy_from_slice(key)),
+            value: Blob(value.clone()),
+        };
+        line(out, &entry)?;
+        counts.state += 1;
+        Ok::<_, Error>(true)
+    })
+    .await?;
     for (name, value) in store.meta_list().await? {
         line(out, &Entry::Meta { name, value: Blob(value) })?;
         counts.meta += 1;
     }
     out.flush().map_err(|e| io("write the export", e))?;
     Ok(counts)
+}
+
+/// Calls `f` on every record whose key starts with `prefix` (every record when `None`),
+/// in key order, a page at a time, until it returns `false`.
+pub async fn each_record<E: From<Error>>(
+    store: &dyn DedupStore,
+    prefix: Option<&StoreKey>,
+    mut f: impl FnMut(&RecordView) -> std::result::Result<bool, E>,
+) -> std::result::Result<(), E> {
+    let mut after: Option<StoreKey> = None;
+    loop {
+        let page = store.list(prefix, after.as_ref(), PAGE).await?;
+        for r in &page {
+            if !f(r)? {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Calls `f` with the consumer, the handler's key and the value of every state value
+/// whose state key starts with `prefix` (`StoreKey::state(consumer, start of key)`; every
+/// value when `None`), in key order, a page at a time, until it returns `false`.
+pub async fn each_state<E: From<Error>>(
+    store: &dyn DedupStore,
+    prefix: Option<&[u8]>,
+    mut f: impl FnMut(&str, &[u8], &Bytes) -> std::result::Result<bool, E>,
+) -> std::result::Result<(), E> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.state_list(prefix, after.as_deref(), PAGE).await?;
+        for (full, value) in &page {
+            let (namespace, key) = StoreKey::state_parts(full)
+                .ok_or_else(|| Error::StoreCorrupt { key: format!("{full:?}"), reason: "not a state key".into() })?;
+            if !f(namespace, key, value)? {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Writes every entry of an export into `store` (existing keys are overwritten) and

@@ -74,17 +74,12 @@ impl StoreKey {
     /// The namespace and the handler's key of a key [`state`](Self::state) made; `None`
     /// for any other bytes.
     pub fn state_parts(state_key: &[u8]) -> Option<(&str, &[u8])> {
-        let rest = state_key.strip_prefix(&[STATE])?;
-        let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
-        let ns = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
-        Some((ns, &rest[2 + len..]))
+        let (ns, key) = split_namespaced(state_key.strip_prefix(&[STATE])?)?;
+        Some((std::str::from_utf8(ns).ok()?, key))
     }
 
     fn split(&self) -> Option<(&[u8], &[u8])> {
-        let len = usize::from(u16::from_be_bytes([*self.bytes.first()?, *self.bytes.get(1)?]));
-        let ns = self.bytes.get(2..2 + len)?;
-        let key = self.bytes.get(2 + len..)?;
-        Some((ns, key))
+        split_namespaced(&self.bytes)
     }
 }
 
@@ -121,6 +116,12 @@ impl fmt::Display for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
+}
+
+/// The namespace and key of what [`namespaced`] made.
+fn split_namespaced(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
+    Some((bytes.get(2..2 + len)?, bytes.get(2 + len..)?))
 }
 
 fn namespaced(ns: &[u8], key: &[u8]) -> Vec<u8> {

@@ -28,17 +28,7 @@ impl<B: KvBackend> LocalStore<B> {
     }
 
     fn list_range(&self, start: Vec<u8>, after: Option<&StoreKey>, limit: usize) -> Result<Vec<RecordView>> {
-        let end = layout::prefix_end(&start);
-        let from = match after {
-            Some(a) => {
-                let mut k = layout::record_key(a);
-                k.push(0);
-                k.max(start)
-            }
-            None => start,
-        };
-        self.backend
-            .range(&from, &end, limit)?
+        self.page(start, after.map(layout::record_key), limit)?
             .into_iter()
             .map(|(raw_key, raw)| {
                 let key = StoreKey::from_bytes(&raw_key[1..]).ok_or_else(|| Error::StoreCorrupt {
@@ -59,10 +49,15 @@ impl<B: KvBackend> LocalStore<B> {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Bytes)>> {
         let start = prefix.map_or_else(|| vec![layout::STATE], <[u8]>::to_vec);
+        self.page(start, after.map(<[u8]>::to_vec), limit)
+    }
+
+    /// At most `limit` entries whose backend key starts with `start`, in key order, after
+    /// the backend key `after` when given.
+    fn page(&self, start: Vec<u8>, after: Option<Vec<u8>>, limit: usize) -> Result<Vec<(Vec<u8>, Bytes)>> {
         let end = layout::prefix_end(&start);
         let from = match after {
-            Some(a) => {
-                let mut k = a.to_vec();
+            Some(mut k) => {
                 k.push(0);
                 k.max(start)
             }

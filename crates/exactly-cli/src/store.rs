@@ -445,7 +445,6 @@ fn describe(r: &RecordView, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "updated      {}", when(r.updated_at))?;
     writeln!(out, "expires      {}", when(r.expires_at))?;
     writeln!(out, "origin       {}", r.origin.as_deref().unwrap_or("-"))?;
-    let fp: String = r.fingerprint.0.iter().map(|b| format!("{b:02x}")).collect();
-    writeln!(out, "fingerprint  {fp}")?;
+    writeln!(out, "fingerprint  {}", r.fingerprint)?;
     Ok(())
 }

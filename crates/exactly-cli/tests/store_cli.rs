@@ -53,6 +53,16 @@ async fn write_store(dir: &Path) {
     store.flush().await.unwrap();
 }
 
+/// `write_store` in `dir/store`, exported to `dir/export.jsonl`: both paths.
+async fn exported(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let store = dir.join("store");
+    write_store(&store).await;
+    let export = dir.join("export.jsonl");
+    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    (store, export)
+}
+
 #[tokio::test]
 async fn stats_get_list_forget_export_and_import() {
     let tmp = tempfile::tempdir().unwrap();
@@ -106,11 +116,7 @@ async fn stats_get_list_forget_export_and_import() {
 #[tokio::test]
 async fn an_export_moves_to_another_engine() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    write_store(&store).await;
-    let export = tmp.path().join("export.jsonl");
-    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (_, export) = exported(tmp.path()).await;
 
     let moved = tmp.path().join("fjall");
     let out = exactly(&moved, &["--engine", "fjall", "import", export.to_str().unwrap()]);
@@ -180,11 +186,7 @@ async fn a_store_a_consumer_holds_or_a_missing_one_is_refused_clearly() {
 #[tokio::test]
 async fn an_export_carries_state_and_watermarks() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    write_store(&store).await;
-    let export = tmp.path().join("export.jsonl");
-    let out = exactly(&store, &["export", "--out", export.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (store, export) = exported(tmp.path()).await;
 
     for engine in ["sled", "redb", "fjall"] {
         let moved = tmp.path().join(engine);

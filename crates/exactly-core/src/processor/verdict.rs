@@ -136,5 +136,8 @@ fn dead_letter_id(consumer: &str, key: Option<&str>, reason: &str, payload: &[u8
         h.update(part);
     }
     h.update(payload);
-    h.finalize().as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    // Shown as a fingerprint is: 32 hex digits.
+    crate::Fingerprint(id).to_string()
 }

@@ -44,7 +44,8 @@ enum Engine {
 enum StoreCommand {
     /// Counts records by consumer and state, and the size on disk (walks every record).
     Stats,
-    /// Shows one key's record; exit code 3 when there is none.
+    /// Shows one key's record, with the state names its message wrote and what they hold
+    /// now; exit code 3 when there is none.
     Get {
         /// The consumer name (the key namespace).
         consumer: String,
@@ -231,6 +232,9 @@ async fn on(store: &dyn DedupStore, command: StoreCommand) -> anyhow::Result<Fou
             }
             Some(r) => {
                 describe(&r, &mut out)?;
+                if !matches!(r.state, RecordState::InFlight { .. }) {
+                    writeln!(out, "wrote        {}", wrote(store, &r).await?)?;
+                }
                 Found::Yes
             }
             None => {
@@ -423,6 +427,26 @@ fn when(ms: u64) -> String {
         return "-".into();
     }
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The state names a record's message wrote, each with what it holds now (a later
+/// message may have written it since).
+async fn wrote(store: &dyn DedupStore, r: &RecordView) -> anyhow::Result<String> {
+    if r.wrote.is_empty() {
+        return Ok("nothing".into());
+    }
+    let mut shown = Vec::with_capacity(r.wrote.len());
+    for name in &r.wrote {
+        let now = match store.state_get(&StoreKey::state(r.key.namespace(), &name.0)).await? {
+            None => "none".into(),
+            Some(v) => match std::str::from_utf8(&v) {
+                Ok(text) if text.len() <= 60 => text.to_owned(),
+                _ => format!("{} bytes", v.len()),
+            },
+        };
+        shown.push(format!("{} (now {now})", String::from_utf8_lossy(&name.0)));
+    }
+    Ok(shown.join(", "))
 }
 
 fn describe(r: &RecordView, out: &mut impl Write) -> anyhow::Result<()> {

@@ -79,10 +79,16 @@ async fn stats_get_list_forget_export_and_import() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("state        done"), "{}", text(&out));
     assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+    // The state names the message wrote, and what they hold now (order-4 wrote them last).
+    assert!(text(&out).contains("wrote        total (now 10), last-order (now order-4)"), "{}", text(&out));
+    let out = exactly(&store, &["get", "payments", "order-3", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["wrote"], serde_json::json!(["total", "last-order"]));
 
     let out = exactly(&store, &["get", "payments", "poison", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["state"]["DeadLettered"]["reason"], "bad-order");
+    assert!(text(&exactly(&store, &["get", "payments", "poison"])).contains("wrote        nothing"));
 
     let out = exactly(&store, &["get", "payments", "order-99"]);
     assert_eq!(out.status.code(), Some(3), "a missing key exits 3: {}", text(&out));
@@ -111,6 +117,7 @@ async fn stats_get_list_forget_export_and_import() {
     assert!(text(&out).contains("imported 6 records, 2 state values, 1 meta values"), "{}", text(&out));
     let out = exactly(&moved, &["get", "payments", "order-3"]);
     assert!(text(&out).contains("output       receipt for order-3"), "{}", text(&out));
+    assert!(text(&out).contains("wrote        total (now 10), last-order (now order-4)"), "{}", text(&out));
 }
 
 #[tokio::test]

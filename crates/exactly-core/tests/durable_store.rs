@@ -267,8 +267,27 @@ macro_rules! durable_store_tests {
                     store.meta_put("format", Bytes::copy_from_slice(&99u32.to_be_bytes())).await.unwrap();
                 }
                 let err = Store::open(&path).unwrap_err();
-                assert!(matches!(err, Error::StoreFormat { found: 99, supported: 1, .. }), "{err}");
+                assert!(
+                    matches!(err, Error::StoreFormat { found: 99, supported: exactly_core::store::FORMAT_VERSION, .. }),
+                    "{err}"
+                );
                 assert!(err.to_string().contains("upgrade exactly"), "{err}");
+            }
+
+            /// A store an older build wrote (format 1) is upgraded when it opens, so that
+            /// build refuses it afterwards instead of misreading the newer records.
+            #[tokio::test]
+            async fn a_store_of_an_older_format_is_upgraded_in_place() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("s");
+                {
+                    let store = Store::open(&path).unwrap();
+                    store.meta_put("format", Bytes::copy_from_slice(&1u32.to_be_bytes())).await.unwrap();
+                    store.flush().await.unwrap();
+                }
+                let store = Store::open(&path).unwrap();
+                let format = store.meta_get("format").await.unwrap().unwrap();
+                assert_eq!(format.as_ref(), exactly_core::store::FORMAT_VERSION.to_be_bytes());
             }
 
             #[test]

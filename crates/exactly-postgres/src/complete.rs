@@ -16,7 +16,7 @@ use exactly_core::store::{Committed, Completion, Final, StateChanges};
 use exactly_core::{Error, Result};
 
 use crate::batch::{Group, Job, copy};
-use crate::row::{encode_emitted, ms, text};
+use crate::row::{encode_emitted, encode_wrote, ms, text};
 use crate::sql::{DEAD_LETTERED, DONE, IN_FLIGHT};
 use crate::store::Shared;
 
@@ -305,13 +305,14 @@ pub(crate) struct Records<'a> {
     pub(crate) origins: Vec<Option<String>>,
     pub(crate) updated_at: Vec<i64>,
     pub(crate) expires_at: Vec<i64>,
+    pub(crate) wrote: Vec<Option<Vec<u8>>>,
 }
 
 /// A statement parameter.
 pub(crate) type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
 
 impl<'a> Records<'a> {
-    /// The columns as the parameters `$1` to `$10` of `write_records` and `complete_plain`.
+    /// The columns as the parameters `$1` to `$11` of `write_records` and `complete_plain`.
     pub(crate) fn columns(&self) -> Vec<Param<'_>> {
         vec![
             &self.skeys,
@@ -324,6 +325,7 @@ impl<'a> Records<'a> {
             &self.origins,
             &self.updated_at,
             &self.expires_at,
+            &self.wrote,
         ]
     }
 
@@ -342,6 +344,7 @@ impl<'a> Records<'a> {
         self.origins.push(c.origin.as_deref().map(text));
         self.updated_at.push(ms(c.now));
         self.expires_at.push(ms(c.expires_at));
+        self.wrote.push(encode_wrote(&c.state.written_in(c.key.namespace()))?);
         Ok(())
     }
 }

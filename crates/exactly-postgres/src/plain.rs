@@ -69,10 +69,11 @@ pub(crate) fn update_sql(s: &str, bucket_ms: i64, in_flight: i16) -> String {
         "UPDATE {s}.records t SET state = u.state, fingerprint = u.fingerprint, attempts = u.attempts,
              output = u.output, emitted = u.emitted, reason = u.reason, origin = u.origin,
              updated_at = u.updated_at, expires_at = u.expires_at, bucket = u.expires_at / {bucket_ms},
-             lease_until = 0, first_error = NULL, last_error = NULL
+             lease_until = 0, first_error = NULL, last_error = NULL, wrote = u.wrote
          FROM unnest($1::bytea[], $2::int2[], $3::bytea[], $4::int4[], $5::bytea[], $6::bytea[],
-                     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[])
-             AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at, token)
+                     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::bytea[], $12::int8[])
+             AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at, wrote,
+                  token)
          WHERE t.skey = u.skey AND t.token = u.token AND t.state = {in_flight}
          RETURNING t.skey"
     )

@@ -12,7 +12,7 @@ use exactly_core::{Millis, Result};
 
 use crate::claim::ClaimJob;
 use crate::complete::Write;
-use crate::row::{ms, state_columns, text};
+use crate::row::{encode_wrote, ms, state_columns, text};
 use crate::store::PgStore;
 
 /// How long a claim waits for another live holder of its key to finish, asking again
@@ -177,6 +177,8 @@ impl DedupStore for PgStore {
         };
         let attempts = i32::try_from(record.attempts).unwrap_or(i32::MAX);
         let origin = record.origin.as_deref().map(text);
+        let wrote: Vec<Bytes> = record.wrote.iter().map(|b| b.0.clone()).collect();
+        let wrote = encode_wrote(&wrote)?;
         let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("import", e))?;
         client
             .execute(
@@ -195,6 +197,7 @@ impl DedupStore for PgStore {
                     &origin,
                     &ms(record.updated_at),
                     &ms(record.expires_at),
+                    &wrote,
                 ],
             )
             .await

@@ -46,6 +46,24 @@ pub(crate) fn decode_emitted(key: &[u8], raw: Option<&[u8]>) -> Result<Vec<Outbo
     }
 }
 
+/// The state names a message wrote, as the `wrote` column holds them (NULL for none).
+pub(crate) fn encode_wrote(names: &[Bytes]) -> Result<Option<Vec<u8>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    postcard::to_stdvec(names).map(Some).map_err(|e| Error::StoreIo { operation: "encode", source: e.into() })
+}
+
+fn decode_wrote(key: &[u8], raw: Option<&[u8]>) -> Result<Vec<Bytes>> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(raw) => postcard::from_bytes(raw).map_err(|e| Error::StoreCorrupt {
+            key: StoreKey::from_bytes(key).map_or_else(|| format!("{key:?}"), |k| k.to_string()),
+            reason: format!("state names written: {e}"),
+        }),
+    }
+}
+
 /// A record read with [`RECORD_COLUMNS`](crate::sql::RECORD_COLUMNS).
 pub(crate) fn record(row: &Row) -> Result<RecordView> {
     let skey: Vec<u8> = row.get(0);
@@ -74,7 +92,8 @@ pub(crate) fn record(row: &Row) -> Result<RecordView> {
         unms(row.get(10)),
         unms(row.get(11)),
         row.get(9),
-    ))
+    )
+    .with_wrote(decode_wrote(&skey, row.get::<_, Option<&[u8]>>(12))?))
 }
 
 /// A record's state as `(state, output, emitted, reason)` columns.

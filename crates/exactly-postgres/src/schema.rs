@@ -9,11 +9,12 @@ use exactly_core::Error;
 use tokio_postgres::Client;
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` (1-based) brings a schema from version `n - 1` to `n`. `{s}` is the
 /// quoted schema name.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE {s}.records (
         skey bytea PRIMARY KEY,
         namespace text NOT NULL,
@@ -49,7 +50,13 @@ const MIGRATIONS: &[&str] = &[r"
     COMMENT ON TABLE {s}.meta IS 'exactly: values adapters keep beside the records (Kafka offset watermarks)';
     CREATE SEQUENCE {s}.fencing_tokens;
     CREATE SEQUENCE {s}.instances AS integer MINVALUE 16 CYCLE;
-"];
+",
+    r"
+    ALTER TABLE {s}.records ADD COLUMN wrote bytea;
+    COMMENT ON COLUMN {s}.records.wrote IS
+        'exactly: the state keys the message wrote or deleted (postcard-encoded list; NULL for none)';
+",
+];
 
 /// Creates the schema if it is missing and applies the migrations it lacks.
 pub(crate) async fn migrate(

@@ -40,7 +40,7 @@ pub(crate) struct Sql {
 
 /// The columns a record is read back with, in the order `row::record` reads them.
 pub(crate) const RECORD_COLUMNS: &str =
-    "skey, state, token, holder, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at";
+    "skey, state, token, holder, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at, wrote";
 
 impl Sql {
     /// The statements for the (already quoted) schema `s`, its advisory-lock class
@@ -113,10 +113,11 @@ impl Sql {
                 "UPDATE {s}.records t SET state = u.state, fingerprint = u.fingerprint, attempts = u.attempts,
                      output = u.output, emitted = u.emitted, reason = u.reason, origin = u.origin,
                      updated_at = u.updated_at, expires_at = u.expires_at, bucket = u.expires_at / {bucket_ms},
-                     lease_until = 0, first_error = NULL, last_error = NULL
+                     lease_until = 0, first_error = NULL, last_error = NULL, wrote = u.wrote
                  FROM unnest($1::bytea[], $2::int2[], $3::bytea[], $4::int4[], $5::bytea[], $6::bytea[],
-                             $7::text[], $8::text[], $9::int8[], $10::int8[])
-                     AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at)
+                             $7::text[], $8::text[], $9::int8[], $10::int8[], $11::bytea[])
+                     AS u(skey, state, fingerprint, attempts, output, emitted, reason, origin, updated_at, expires_at,
+                          wrote)
                  WHERE t.skey = u.skey"
             ),
             complete_plain: crate::plain::update_sql(s, bucket_ms, IN_FLIGHT),
@@ -162,13 +163,14 @@ impl Sql {
             forget: format!("DELETE FROM {s}.records WHERE skey = $1 RETURNING state"),
             import: format!(
                 "INSERT INTO {s}.records (skey, namespace, state, token, holder, lease_until, fingerprint, attempts,
-                     output, emitted, reason, origin, updated_at, expires_at, bucket)
-                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, $13::int8, $13::int8 / {bucket_ms})
+                     output, emitted, reason, origin, updated_at, expires_at, bucket, wrote)
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, $13::int8, $13::int8 / {bucket_ms},
+                         $14)
                  ON CONFLICT (skey) DO UPDATE SET state = EXCLUDED.state, token = EXCLUDED.token,
                      holder = EXCLUDED.holder, lease_until = 0, fingerprint = EXCLUDED.fingerprint,
                      attempts = EXCLUDED.attempts, output = EXCLUDED.output, emitted = EXCLUDED.emitted,
                      reason = EXCLUDED.reason, origin = EXCLUDED.origin, updated_at = EXCLUDED.updated_at,
-                     expires_at = EXCLUDED.expires_at, bucket = EXCLUDED.bucket"
+                     expires_at = EXCLUDED.expires_at, bucket = EXCLUDED.bucket, wrote = EXCLUDED.wrote"
             ),
         }
     }

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{connect, drop_schema, fresh_schema, url};
-use exactly_core::Error;
+use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, Final, RecordState, StateChanges};
+use exactly_core::{DedupStore, Error, Fingerprint, StoreKey};
 use exactly_postgres::{PgStore, SCHEMA_VERSION};
 
 /// The test database's URL with another database, or another user.
@@ -65,6 +66,56 @@ async fn a_schema_newer_than_this_build_is_refused_and_left_as_it_is() {
     let max: i32 =
         client.query_one(&format!("SELECT max(version) FROM \"{schema}\".schema_version"), &[]).await.unwrap().get(0);
     assert_eq!(max, newer, "the newer schema was not touched");
+    drop_schema(&schema);
+}
+
+/// A store made by a build with schema version 1 (no `wrote` column) opens in this one:
+/// migrated in place, its records read as before.
+#[tokio::test]
+async fn a_version_1_schema_is_migrated_and_its_records_kept() {
+    let schema = fresh_schema("v1");
+    let store = PgStore::builder(url()).schema(&schema).open().await.unwrap();
+    let key = StoreKey::new("c", "k");
+    let now = u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+    let request = ClaimRequest {
+        key: &key,
+        fingerprint: Fingerprint::of(b"p"),
+        now,
+        lease_until: now + 60_000,
+        durable: false,
+        redrive: false,
+    };
+    let Claim::Acquired(lease) = store.claim(request).await.unwrap() else { panic!("a new key is claimed") };
+    let done = Completion {
+        key: key.clone(),
+        token: lease.token,
+        fingerprint: Fingerprint::of(b"p"),
+        attempts: 1,
+        now,
+        origin: None,
+        outcome: Final::Done { output: Some("out".into()), emitted: vec![] },
+        expires_at: now + 60_000,
+        state: StateChanges::default(),
+    };
+    assert_eq!(store.complete(done).await.unwrap(), Committed::Ok);
+    drop(store);
+    // Back to version 1, as that build left it.
+    let client = connect().await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".records DROP COLUMN wrote;
+             DELETE FROM \"{schema}\".schema_version WHERE version > 1"
+        ))
+        .await
+        .unwrap();
+
+    let store = PgStore::builder(url()).schema(&schema).open().await.unwrap();
+    let r = store.inspect(&key).await.unwrap().expect("the record is kept");
+    assert!(matches!(r.state, RecordState::Done { .. }) && r.wrote.is_empty(), "{r:?}");
+    let max: i32 =
+        client.query_one(&format!("SELECT max(version) FROM \"{schema}\".schema_version"), &[]).await.unwrap().get(0);
+    assert_eq!(max, SCHEMA_VERSION);
+    drop(store);
     drop_schema(&schema);
 }
 

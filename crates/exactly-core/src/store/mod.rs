@@ -163,6 +163,17 @@ impl StateChanges {
     pub fn is_empty(&self) -> bool {
         self.reads.is_empty() && self.writes.is_empty()
     }
+
+    /// The names written or deleted in `namespace`, as the handler gave them, in order:
+    /// what a done-record keeps so an operator can see what its message changed.
+    pub fn written_in(&self, namespace: &str) -> Vec<Bytes> {
+        self.writes
+            .iter()
+            .filter_map(|(k, _)| StoreKey::state_parts(k))
+            .filter(|(ns, _)| *ns == namespace)
+            .map(|(_, name)| Bytes::copy_from_slice(name))
+            .collect()
+    }
 }
 
 /// A request to end a claim for good.

@@ -104,6 +104,7 @@ impl<B: KvBackend> LocalStore<B> {
             updated_at: view.updated_at,
             expires_at: view.expires_at,
             origin: view.origin,
+            wrote: view.wrote.into_iter().map(|b| b.0).collect(),
         };
         let ops = vec![(layout::record_key(&key), Some(Bytes::from(record.encode()?)))];
         let expiring = if record.expires_at > 0 {

@@ -34,7 +34,9 @@ pub(crate) fn open_meta(
     check_format(&get, path)?;
     let format_key = layout::meta_key("format");
     let mut writes = Vec::new();
-    if get(&format_key)?.is_none() {
+    // A new store, or an older one upgraded in place (its records stay readable): a build
+    // older than this one now refuses it rather than misreading newer records.
+    if get(&format_key)?.is_none_or(|raw| raw.as_ref() != crate::store::FORMAT_VERSION.to_be_bytes()) {
         writes.push((format_key, Bytes::copy_from_slice(&crate::store::FORMAT_VERSION.to_be_bytes())));
     }
     let epoch_key = layout::meta_key("epoch");

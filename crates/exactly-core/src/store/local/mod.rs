@@ -160,6 +160,7 @@ impl<B: KvBackend> LocalStore<B> {
                 updated_at: req.now,
                 expires_at: 0,
                 origin: None,
+                wrote: Vec::new(),
             };
             let batch = WriteBatch {
                 ops: vec![(layout::record_key(req.key), Some(Bytes::from(record.encode()?)))],

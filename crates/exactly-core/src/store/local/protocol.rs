@@ -116,6 +116,7 @@ impl<B: KvBackend> DedupStore for LocalStore<B> {
             updated_at: c.now,
             expires_at: c.expires_at,
             origin: c.origin,
+            wrote: c.state.written_in(c.key.namespace()),
         };
         let mut batch = state_batch(c.state);
         batch.ops.push((layout::record_key(&c.key), Some(Bytes::from(record.encode()?))));

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use super::Subject;
 use crate::clock::Millis;
 use crate::store::{
-    Claim, ClaimRequest, Committed, Completion, DedupStore, Final, Lease, RecordState, StateChanges, StoreKey,
+    Claim, ClaimRequest, Committed, Completion, DedupStore, Final, Lease, RecordState, RecordView, StateChanges,
+    StoreKey,
 };
 use crate::{Context, Disposition, Fingerprint, Message, Processor, handler_fn, reasons};
 
@@ -157,6 +158,10 @@ pub async fn state_commits_with_the_record_all_or_nothing(s: &dyn Subject) {
     };
     assert_eq!(store.complete(cb).await.expect("complete"), Committed::Ok);
     assert_eq!(store.state_get(&balance).await.expect("state").as_deref(), Some(&b"2"[..]));
+    // Each done-record names what its message wrote, not what a refused run tried.
+    let names = |r: Option<RecordView>| r.expect("a record").wrote.into_iter().map(|b| b.0).collect::<Vec<_>>();
+    assert_eq!(names(store.inspect(&b).await.expect("inspect")), [Bytes::from_static(b"balance")]);
+    assert_eq!(names(store.inspect(&a).await.expect("inspect")), [Bytes::from_static(b"balance")]);
 }
 
 /// A dead-lettered key is answered as such until a re-driven copy claims it again.

@@ -42,6 +42,12 @@ pub(crate) fn db(operation: &'static str, e: tokio_postgres::Error) -> Error {
 pub(crate) fn pool(operation: &'static str, e: deadpool_postgres::PoolError) -> Error {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db(operation, e),
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => Error::StoreUnavailable {
+            operation,
+            reason: "every connection of the pool is busy (waited the connect timeout for one): \
+                     a statement is stuck behind a lock, or pool_size is too small for the load"
+                .into(),
+        },
         other => Error::StoreUnavailable { operation, reason: format!("no database connection: {other}") },
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -81,6 +82,59 @@ async fn a_row_held_by_a_stuck_transaction_times_out_and_the_completion_goes_thr
     assert_eq!(store.complete(completion(&plain, t1, StateChanges::default())).await.unwrap(), Committed::Ok);
     assert_eq!(store.complete(completion(&with_state, t2, state)).await.unwrap(), Committed::Ok);
     assert_eq!(store.state_get(&StoreKey::state("c", b"balance")).await.unwrap().as_deref(), Some(&b"1"[..]));
+    drop(store);
+    drop_schema(&schema);
+}
+
+/// Every connection busy (here the one connection, waiting on a row another session
+/// holds): other calls fail as unavailable after the pool's wait, naming the cause, and
+/// go through once a connection is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_a_passing_outage_with_its_cause_named() {
+    let schema = fresh_schema("full");
+    let store = Arc::new(
+        PgStore::builder(url())
+            .schema(&schema)
+            .pool_size(1)
+            .connect_timeout(Duration::from_secs(2))
+            .statement_timeout(Duration::ZERO)
+            .open()
+            .await
+            .unwrap(),
+    );
+    let held = StoreKey::new("c", "held");
+    let token = acquire(&store, &held).await;
+    let stuck = connect().await;
+    stuck.batch_execute("BEGIN").await.unwrap();
+    stuck.execute(&format!("SELECT 1 FROM \"{schema}\".records FOR UPDATE"), &[]).await.unwrap();
+    // The completion takes the only connection and waits on the row.
+    let waiting = {
+        let store = store.clone();
+        let held = held.clone();
+        tokio::spawn(async move { store.complete(completion(&held, token, StateChanges::default())).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tries = 0;
+    let err = loop {
+        // Until the completion has the connection, a claim may still get it first.
+        tries += 1;
+        let other = StoreKey::new("c", &format!("other-{tries}"));
+        match store.claim(request(&other)).await {
+            Err(e) => break e,
+            Ok(Claim::Acquired(_)) => {}
+            Ok(answer) => panic!("{answer:?}"),
+        }
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("every connection of the pool is busy"), "{err}");
+    assert!(!waiting.is_finished(), "the completion still waits on the row");
+
+    stuck.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Committed::Ok);
+    let other = StoreKey::new("c", "after");
+    assert!(matches!(store.claim(request(&other)).await.unwrap(), Claim::Acquired(_)));
     drop(store);
     drop_schema(&schema);
 }

@@ -306,7 +306,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Drops the schemas and tables this run made in PostgreSQL (named after its queues).
-async fn drop_postgres_leftovers(prefix: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_postgres_leftovers(prefix: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(&postgres_url()?, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let like = format!("{prefix}%");
@@ -320,7 +320,7 @@ async fn drop_postgres_leftovers(prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn postgres_url() -> anyhow::Result<String> {
+pub(crate) fn postgres_url() -> anyhow::Result<String> {
     std::env::var("EXACTLY_POSTGRES_URL")
         .map_err(|_| anyhow::anyhow!("the PostgreSQL variants need $EXACTLY_POSTGRES_URL (scripts/services.sh up)"))
 }

@@ -16,6 +16,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use crate::amqp::postgres_url;
 use crate::latency;
 use crate::naive::Dedup;
 use crate::report::{Run, cpu_time, machine, median, rate, wait_for};
@@ -60,6 +61,10 @@ pub(crate) struct Args {
     /// exactly-kafka's max_in_flight (records queued per partition).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// exactly-kafka's ordering: `partition` (one record at a time per partition, the
+    /// default) or `key` (a partition's records in parallel unless they share a key).
+    #[arg(long, default_value = "partition")]
+    ordering: String,
     /// Instead of the table: throughput on the mock cluster as the topic's partitions go
     /// through these counts (e.g. 1,4,16,64), one topic per count.
     #[arg(long, value_delimiter = ',')]
@@ -93,6 +98,10 @@ pub(crate) enum Variant {
     RedisSetNx,
     /// mq-bridge's deduplication middleware (with --features mq-bridge).
     MqBridge,
+    /// exactly with the PostgreSQL store (needs EXACTLY_POSTGRES_URL).
+    Postgres,
+    /// The bare loop with a PostgreSQL INSERT ON CONFLICT per record.
+    NaivePostgres,
 }
 
 impl Variant {
@@ -106,6 +115,8 @@ impl Variant {
             Variant::NaiveSled => "hand-rolled: bare loop + sled get, insert, flush per record",
             Variant::RedisSetNx => "hand-rolled: bare loop + Redis SET NX EX per record",
             Variant::MqBridge => "mq-bridge 1.3 route, deduplication middleware (sled, durable=true)",
+            Variant::Postgres => "exactly-kafka, PostgreSQL store (shared by instances, durable)",
+            Variant::NaivePostgres => "hand-rolled: bare loop + PostgreSQL INSERT ON CONFLICT per record",
         }
     }
 }
@@ -180,11 +191,12 @@ async fn create_topic(brokers: &str, mock: Option<&MockKafka>, topic: &str, part
 async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, unique: u64) -> anyhow::Result<Run> {
     let group =
         format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128);
-    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx) {
+    if matches!(v, Variant::Bare | Variant::NaiveSled | Variant::RedisSetNx | Variant::NaivePostgres) {
         let dir = tempfile::tempdir_in(&args.dir)?;
         let mut dedup = match v {
             Variant::NaiveSled => Dedup::sled(&dir.path().join("naive"))?,
             Variant::RedisSetNx => Dedup::redis(&args.redis, &group).await?,
+            Variant::NaivePostgres => Dedup::postgres(&postgres_url()?, &postgres_run()).await?,
             _ => Dedup::None,
         };
         let c: StreamConsumer = ClientConfig::new()
@@ -225,6 +237,9 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
         Variant::Fjall => {
             Arc::new(exactly::store::FjallStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?)
         }
+        Variant::Postgres => {
+            Arc::new(exactly::postgres::PgStore::builder(postgres_url()?).schema(postgres_run()).open().await?)
+        }
         _ => Arc::new(exactly::store::RedbStore::builder(dir.path().join("s")).filter_keys(args.filter_keys).open()?),
     };
     let handled = Arc::new(AtomicU64::new(0));
@@ -238,6 +253,11 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
     if let Some(m) = args.max_in_flight {
         builder = builder.max_in_flight(m);
     }
+    builder = builder.ordering(match args.ordering.as_str() {
+        "key" => exactly_kafka::Ordering::Key,
+        "partition" => exactly_kafka::Ordering::Partition,
+        other => anyhow::bail!("--ordering {other}: use partition or key"),
+    });
     let consumer = builder.build(processor)?;
     let stop = consumer.shutdown_handle();
     let stats = consumer.stats();
@@ -273,6 +293,12 @@ async fn consume(v: Variant, args: &Args, brokers: &str, topic: &str, n: u64, un
         _ => measured(),
     };
     Ok(Run { latency: Some(latency::take()), ..end })
+}
+
+/// A schema or table name of this process's own for one PostgreSQL run (dropped at the end).
+fn postgres_run() -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    format!("exactly_bench_{}_k{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The closest Rust peer: an mq-bridge route from the topic (`crate::mq_bridge`), keyed
@@ -316,6 +342,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Ok(c) if c.get_multiplexed_async_connection().await.is_ok() => variants.push(Variant::RedisSetNx),
         _ => eprintln!("Redis at {} does not answer: the SET NX variant is left out", args.redis),
     }
+    if std::env::var_os("EXACTLY_POSTGRES_URL").is_some() {
+        variants.extend([Variant::Postgres, Variant::NaivePostgres]);
+    } else {
+        eprintln!("EXACTLY_POSTGRES_URL is not set: the PostgreSQL variants are left out");
+    }
     anyhow::ensure!(args.duplicates == 0.0 || args.headers, "--duplicates needs --headers");
     if cfg!(feature = "mq-bridge") && args.duplicates == 0.0 {
         variants.push(Variant::MqBridge);
@@ -339,6 +370,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if args.duplicates > 0.0 {
         println!("{:.0} % of the records repeat the key of an earlier one.\n", args.duplicates * 100.0);
     }
+    println!("exactly-kafka's ordering: {}.\n", args.ordering);
     if !args.sweep_partitions.is_empty() {
         return sweep(&args, &variants, n, reps).await;
     }
@@ -367,6 +399,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         println!("### {name}\n");
         // The first variant run is the reference (the bare client unless --only left it out).
         runs.print("records/s", "CPU per record", &variants.iter().map(|v| v.label()).collect::<Vec<_>>(), true);
+    }
+    if variants.iter().any(|v| matches!(v, Variant::Postgres | Variant::NaivePostgres)) {
+        crate::amqp::drop_postgres_leftovers(&format!("exactly_bench_{}_", std::process::id())).await?;
     }
     Ok(())
 }

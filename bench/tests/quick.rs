@@ -41,6 +41,21 @@ fn latency_p50(table: &str, row: &str) -> f64 {
     cell.split(" / ").next().unwrap().parse().unwrap_or_else(|_| panic!("no latency in {line}"))
 }
 
+/// The PostgreSQL variants (with EXACTLY_POSTGRES_URL, as scripts/test.sh sets it); they
+/// take turns with the server restarts of the chaos runs (.config/nextest.toml).
+#[test]
+fn kafka_on_postgres_against_the_per_record_insert() {
+    if std::env::var_os("EXACTLY_POSTGRES_URL").is_none() {
+        eprintln!("EXACTLY_POSTGRES_URL is not set: skipped (scripts/test.sh sets it)");
+        return;
+    }
+    let args = ["kafka", "--quick", "--brokers", "mock", "--headers", "--records", "2000", "--ordering", "key"];
+    let out = bench(&[&args[..], &["--only", "bare,postgres,naive-postgres"]].concat());
+    assert!(out.contains("ordering: key"), "{out}");
+    assert!(rate_of(&out, "exactly-kafka, PostgreSQL store") > 0.0, "{out}");
+    assert!(rate_of(&out, "hand-rolled: bare loop + PostgreSQL") > 0.0, "{out}");
+}
+
 #[test]
 fn kafka_on_the_mock_cluster_against_the_bare_client() {
     let only = if cfg!(feature = "mq-bridge") { "bare,sled,mq-bridge" } else { "bare,sled" };

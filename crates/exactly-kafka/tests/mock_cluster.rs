@@ -7,41 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::{Runs, committed, counting, eventually, read_all, slow_counting, unique};
-use exactly_core::{
-    Context, DedupStore, HandlerError, MemoryStore, Message, Processor, RetryPolicy, StoreKey, handler_fn,
+use common::{
+    Runs, committed, consumer, counting, credited, eventually, produce_keys, read_all, slow_counting, unique,
 };
+use exactly_core::{Context, DedupStore, HandlerError, MemoryStore, Message, Processor, RetryPolicy, handler_fn};
 use exactly_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use exactly_kafka::testing::MockKafka;
 use exactly_kafka::{Consumer, Ordering, header_names};
-
-/// A memory store's state value (its reads answer at once).
-fn credited(store: &Arc<dyn DedupStore>, ns: &str, key: &str) -> i64 {
-    use futures_util::FutureExt;
-    store
-        .state_get(&StoreKey::state(ns, key.as_bytes()))
-        .now_or_never()
-        .expect("a memory store answers at once")
-        .unwrap()
-        .map(|r| serde_json::from_slice(&r).unwrap())
-        .unwrap_or(0)
-}
-
-fn consumer(kafka: &MockKafka, group: &str, topic: &str, processor: Processor) -> Consumer {
-    Consumer::builder(kafka.bootstrap_servers(), group)
-        .topic(topic)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "200")
-        .commit_interval(Duration::from_millis(50))
-        .build(processor)
-        .unwrap()
-}
-
-async fn produce_keys(kafka: &MockKafka, topic: &str, keys: impl IntoIterator<Item = String>) {
-    for k in keys {
-        kafka.produce(topic, None, Some(k.as_bytes()), k.as_bytes(), &[("idempotency-key", k.as_str())]).await.unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_keys_run_once_and_every_offset_is_committed() {
@@ -432,151 +404,6 @@ async fn a_record_done_but_not_committed_is_redelivered_and_skipped_as_a_duplica
     assert!(stats.records.load(std::sync::atomic::Ordering::Relaxed) >= 50 - u64::try_from(after_crash).unwrap());
     assert_eq!(runs.get("c20"), 1, "redelivered after the crash, answered from the store");
     assert_eq!(runs.doubled(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_consumer_joining_mid_stream_shares_the_work_and_no_key_runs_twice() {
-    second_consumer_joins(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_with_cooperative_sticky_incremental_rebalances() {
-    second_consumer_joins(Some("cooperative-sticky")).await;
-}
-
-async fn second_consumer_joins(strategy: Option<&str>) {
-    common::logs();
-    let consumer = |kafka: &MockKafka, group: &str, topic: &str, p: Processor| match strategy {
-        None => consumer(kafka, group, topic, p),
-        Some(s) => Consumer::builder(kafka.bootstrap_servers(), group)
-            .topic(topic)
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "200")
-            .set("partition.assignment.strategy", s)
-            .commit_interval(Duration::from_millis(50))
-            .build(p)
-            .unwrap(),
-    };
-    let kafka = MockKafka::new(3).unwrap();
-    let (topic, group) = (unique("rebal"), unique("g"));
-    kafka.create_topic(&topic, 6).unwrap();
-    // Cooperative rebalances take the mock coordinator a few seconds: more records keep
-    // the first consumer busy until the second one has its partitions.
-    let n = if strategy.is_some() { 3000 } else { 600 };
-    produce_keys(&kafka, &topic, (0..n).map(|i| format!("r{i}"))).await;
-    let runs = Runs::default();
-    // One store for both, as two consumers of one process would share it: the dedup
-    // state covers records a rebalance hands from one to the other.
-    let store: Arc<dyn DedupStore> = Arc::new(MemoryStore::new());
-    let a = consumer(
-        &kafka,
-        &group,
-        &topic,
-        Processor::builder("rebal", slow_counting(runs.clone())).shared_store(store.clone()).build().unwrap(),
-    );
-    let (stop_a, stats_a) = (a.shutdown_handle(), a.stats());
-    let task_a = tokio::spawn(a.run());
-    eventually("a head start", Duration::from_secs(30), || runs.keys() >= 60).await;
-    assert!(stats_a.joined.load(Relaxed), "records flow only after the first assignment");
-    assert_eq!(stats_a.assigned.load(Relaxed), 6, "alone in the group, it has every partition");
-    let b = consumer(
-        &kafka,
-        &group,
-        &topic,
-        Processor::builder("rebal", slow_counting(runs.clone())).shared_store(store.clone()).build().unwrap(),
-    );
-    let (stop_b, stats_b) = (b.shutdown_handle(), b.stats());
-    let task_b = tokio::spawn(b.run());
-    eventually("every key", Duration::from_secs(90), || runs.keys() >= n).await;
-    eventually("the partitions shared", Duration::from_secs(30), || {
-        let (a, b) = (stats_a.assigned.load(Relaxed), stats_b.assigned.load(Relaxed));
-        a > 0 && b > 0 && a + b == 6
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_a.shutdown();
-    stop_b.shutdown();
-    for task in [task_a, task_b] {
-        tokio::time::timeout(Duration::from_secs(40), task).await.expect("the consumer stops").unwrap().unwrap();
-    }
-    assert!(stats_b.records.load(Relaxed) > 0, "the second consumer got partitions");
-    assert!(stats_a.records.load(Relaxed) > 0);
-    assert_eq!(runs.doubled(), 0, "a key ran twice across the rebalance");
-    for i in 0..n {
-        assert_eq!(credited(&store, "rebal", &format!("r{i}")), 1);
-    }
-}
-
-fn transform() -> impl exactly_core::Handler<Output = ()> {
-    handler_fn(|m: Message, ctx: Context| async move {
-        let out = format!("{}:out", m.payload_str().unwrap_or(""));
-        ctx.emit(
-            exactly_core::OutboundRecord::new(format!("{}.out", m.coordinates().source), out)
-                .key(ctx.message_key().to_owned()),
-        );
-        Ok(())
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_transaction_is_aborted_and_its_outputs_go_into_the_next_one() {
-    let kafka = MockKafka::new(1).unwrap();
-    let (topic, group) = (unique("txn"), unique("g"));
-    kafka.create_topic(&topic, 2).unwrap();
-    kafka.create_topic(&format!("{topic}.out"), 1).unwrap();
-    produce_keys(&kafka, &topic, (0..60).map(|i| format!("t{}", i % 50))).await;
-    // The first transactions fail at EndTxn: they are aborted, and their records and
-    // offsets go into a later one.
-    kafka.request_errors(
-        RDKafkaApiKey::AddPartitionsToTxn,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
-    );
-    let p = Processor::builder("txn", transform()).store(MemoryStore::new()).build().unwrap();
-    let c = Consumer::builder(kafka.bootstrap_servers(), &group)
-        .topic(&topic)
-        .transactional(unique("txn-id"))
-        .commit_interval(Duration::from_millis(100))
-        .build(p)
-        .unwrap();
-    let (stop, stats) = (c.shutdown_handle(), c.stats());
-    let task = tokio::spawn(c.run());
-    // The mock cluster accepts offsets sent to a transaction but does not show them to
-    // OffsetFetch; the tansu test (real_broker.rs) checks the committed offsets.
-    eventually("a committed transaction after the aborted one", Duration::from_secs(60), || {
-        stats.transaction_aborts.load(std::sync::atomic::Ordering::Relaxed) >= 1
-            && stats.commits.load(std::sync::atomic::Ordering::Relaxed) >= 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.shutdown();
-    task.await.unwrap().unwrap();
-    // The mock shows records of aborted transactions too: read until every key is there.
-    let keys_of =
-        |out: &[common::Read]| out.iter().filter_map(|(k, _, _)| k.clone()).collect::<std::collections::HashSet<_>>();
-    let out =
-        common::read_until(kafka.bootstrap_servers(), &format!("{topic}.out"), |got| keys_of(got).len() >= 50).await;
-    assert_eq!(keys_of(&out).len(), 50, "every input key has its output");
-    assert!(out.iter().all(|(_, _, h)| h.contains_key("idempotency-key")), "outputs carry derived keys");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fatal_transaction_error_stops_the_consumer_with_that_error() {
-    let kafka = MockKafka::new(1).unwrap();
-    let (topic, group) = (unique("fatal"), unique("g"));
-    kafka.create_topic(&topic, 1).unwrap();
-    kafka.create_topic(&format!("{topic}.out"), 1).unwrap();
-    produce_keys(&kafka, &topic, (0..5).map(|i| format!("f{i}"))).await;
-    kafka.request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE]);
-    let p = Processor::builder("fatal", transform()).store(MemoryStore::new()).build().unwrap();
-    let c = Consumer::builder(kafka.bootstrap_servers(), &group)
-        .topic(&topic)
-        .transactional(unique("txn-id"))
-        .commit_interval(Duration::from_millis(100))
-        .build(p)
-        .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(60), c.run()).await.expect("stops by itself").unwrap_err();
-    assert!(matches!(err, exactly_kafka::Error::TransactionFatal { .. }), "{err}");
-    assert!(err.to_string().contains("restart the consumer"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,3 +154,40 @@ pub async fn produce_to(brokers: &str, topic: &str, keys: impl IntoIterator<Item
         d.await.unwrap().unwrap();
     }
 }
+
+/// A memory store's state value (its reads answer at once).
+pub fn credited(store: &std::sync::Arc<dyn exactly_core::DedupStore>, ns: &str, key: &str) -> i64 {
+    use futures_util::FutureExt;
+    store
+        .state_get(&exactly_core::StoreKey::state(ns, key.as_bytes()))
+        .now_or_never()
+        .expect("a memory store answers at once")
+        .unwrap()
+        .map(|r| serde_json::from_slice(&r).unwrap())
+        .unwrap_or(0)
+}
+
+pub fn consumer(
+    kafka: &exactly_kafka::testing::MockKafka,
+    group: &str,
+    topic: &str,
+    processor: exactly_core::Processor,
+) -> exactly_kafka::Consumer {
+    exactly_kafka::Consumer::builder(kafka.bootstrap_servers(), group)
+        .topic(topic)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "200")
+        .commit_interval(Duration::from_millis(50))
+        .build(processor)
+        .unwrap()
+}
+
+pub async fn produce_keys(
+    kafka: &exactly_kafka::testing::MockKafka,
+    topic: &str,
+    keys: impl IntoIterator<Item = String>,
+) {
+    for k in keys {
+        kafka.produce(topic, None, Some(k.as_bytes()), k.as_bytes(), &[("idempotency-key", k.as_str())]).await.unwrap();
+    }
+}

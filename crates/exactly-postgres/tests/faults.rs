@@ -10,43 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{connect, drop_schema, fresh_schema, url};
-use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, DedupStore, Final, StateChanges};
-use exactly_core::{Fingerprint, StoreKey};
+use common::{acquire_at, connect, done_at, drop_schema, fresh_schema, request_at, url};
+use exactly_core::StoreKey;
+use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, DedupStore, StateChanges};
 use exactly_postgres::PgStore;
 
 const NOW: u64 = 1_000_000;
 
 fn request(key: &StoreKey) -> ClaimRequest<'_> {
-    ClaimRequest {
-        key,
-        fingerprint: Fingerprint::of(b"p"),
-        now: NOW,
-        lease_until: NOW + 60_000,
-        durable: false,
-        redrive: false,
-    }
+    request_at(key, NOW)
 }
 
 fn completion(key: &StoreKey, token: u64, state: StateChanges) -> Completion {
-    Completion {
-        key: key.clone(),
-        token,
-        fingerprint: Fingerprint::of(b"p"),
-        attempts: 1,
-        now: NOW,
-        origin: None,
-        outcome: Final::Done { output: None, emitted: vec![] },
-        expires_at: NOW + 3_600_000,
-        state,
-    }
+    done_at(key, token, NOW, state)
 }
 
 async fn acquire(store: &PgStore, key: &StoreKey) -> u64 {
-    match store.claim(request(key)).await.unwrap() {
-        Claim::Acquired(lease) => lease.token,
-        other => panic!("expected to acquire {key}, got {other:?}"),
-    }
+    acquire_at(store, key, NOW).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

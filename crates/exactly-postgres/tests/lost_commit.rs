@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{drop_schema, fresh_schema, url};
-use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, DedupStore, Final, RecordState, StateChanges};
-use exactly_core::{Fingerprint, StoreKey};
+use common::{acquire_at, done_at, drop_schema, fresh_schema, now_ms, url};
+use exactly_core::StoreKey;
+use exactly_core::store::{Committed, DedupStore, RecordState, StateChanges};
 use exactly_postgres::PgStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,10 +96,6 @@ async fn pipe(mut client: TcpStream, mut server: TcpStream, armed: Arc<Mutex<Opt
     }
 }
 
-fn now() -> u64 {
-    u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap()
-}
-
 /// Claims `key` and completes it with `state` while the proxy cuts that `COMMIT`.
 /// Returns the store, its schema, the answer and how many connections the proxy cut.
 async fn complete_through_a_cut(cut: Cut, state: StateChanges) -> (PgStore, String, Committed, usize) {
@@ -107,31 +103,10 @@ async fn complete_through_a_cut(cut: Cut, state: StateChanges) -> (PgStore, Stri
     let schema = fresh_schema("lost");
     let store = PgStore::builder(&proxy.url).schema(&schema).pool_size(2).open().await.unwrap();
     let key = StoreKey::new("c", "k");
-    let now = now();
-    let request = ClaimRequest {
-        key: &key,
-        fingerprint: Fingerprint::of(b"p"),
-        now,
-        lease_until: now + 60_000,
-        durable: false,
-        redrive: false,
-    };
-    let Claim::Acquired(lease) = store.claim(request).await.unwrap() else { panic!("a new key is claimed") };
+    let now = now_ms();
+    let token = acquire_at(&store, &key, now).await;
     proxy.arm(cut);
-    let committed = store
-        .complete(Completion {
-            key: key.clone(),
-            token: lease.token,
-            fingerprint: Fingerprint::of(b"p"),
-            attempts: 1,
-            now,
-            origin: None,
-            outcome: Final::Done { output: Some(Bytes::from_static(b"out")), emitted: vec![] },
-            expires_at: now + 3_600_000,
-            state,
-        })
-        .await
-        .unwrap();
+    let committed = store.complete(done_at(&key, token, now, state)).await.unwrap();
     let cuts = proxy.cuts.load(Ordering::SeqCst);
     drop(proxy);
     (store, schema, committed, cuts)

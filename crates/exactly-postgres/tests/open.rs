@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{connect, drop_schema, fresh_schema, url};
-use exactly_core::store::{Claim, ClaimRequest, Committed, Completion, Final, RecordState, StateChanges};
-use exactly_core::{DedupStore, Error, Fingerprint, StoreKey};
+use common::{acquire_at, connect, done_at, drop_schema, fresh_schema, now_ms, url};
+use exactly_core::store::{Committed, RecordState, StateChanges};
+use exactly_core::{DedupStore, Error, StoreKey};
 use exactly_postgres::{PgStore, SCHEMA_VERSION};
 
 /// The test database's URL with another database, or another user.
@@ -76,27 +76,9 @@ async fn a_version_1_schema_is_migrated_and_its_records_kept() {
     let schema = fresh_schema("v1");
     let store = PgStore::builder(url()).schema(&schema).open().await.unwrap();
     let key = StoreKey::new("c", "k");
-    let now = u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
-    let request = ClaimRequest {
-        key: &key,
-        fingerprint: Fingerprint::of(b"p"),
-        now,
-        lease_until: now + 60_000,
-        durable: false,
-        redrive: false,
-    };
-    let Claim::Acquired(lease) = store.claim(request).await.unwrap() else { panic!("a new key is claimed") };
-    let done = Completion {
-        key: key.clone(),
-        token: lease.token,
-        fingerprint: Fingerprint::of(b"p"),
-        attempts: 1,
-        now,
-        origin: None,
-        outcome: Final::Done { output: Some("out".into()), emitted: vec![] },
-        expires_at: now + 60_000,
-        state: StateChanges::default(),
-    };
+    let now = now_ms();
+    let token = acquire_at(&store, &key, now).await;
+    let done = done_at(&key, token, now, StateChanges::default());
     assert_eq!(store.complete(done).await.unwrap(), Committed::Ok);
     drop(store);
     // Back to version 1, as that build left it.

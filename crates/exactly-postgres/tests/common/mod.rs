@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exactly_core::async_trait;
-use exactly_core::store::DedupStore;
+use exactly_core::store::{Claim, ClaimRequest, Completion, DedupStore, Final, StateChanges};
 use exactly_core::testing::conformance::Subject;
+use exactly_core::{Fingerprint, StoreKey};
 use exactly_postgres::PgStore;
 use tokio_postgres::NoTls;
 
@@ -101,5 +102,45 @@ impl Subject for PgSubject {
 impl Drop for PgSubject {
     fn drop(&mut self) {
         drop_schema(&self.schema);
+    }
+}
+
+/// Now, in milliseconds since the epoch: records written at it are not yet expired.
+pub fn now_ms() -> u64 {
+    u64::try_from(std::time::UNIX_EPOCH.elapsed().expect("a clock after 1970").as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A claim of `key` at `now` with a 60 s lease.
+pub fn request_at(key: &StoreKey, now: u64) -> ClaimRequest<'_> {
+    ClaimRequest {
+        key,
+        fingerprint: Fingerprint::of(b"p"),
+        now,
+        lease_until: now + 60_000,
+        durable: false,
+        redrive: false,
+    }
+}
+
+/// Claims `key` at `now`, which must be new: its token.
+pub async fn acquire_at(store: &PgStore, key: &StoreKey, now: u64) -> u64 {
+    match store.claim(request_at(key, now)).await.expect("claim") {
+        Claim::Acquired(lease) => lease.token,
+        other => panic!("expected to acquire {key}, got {other:?}"),
+    }
+}
+
+/// The completion of `key`'s claim `token` as done at `now`, with `state`, kept an hour.
+pub fn done_at(key: &StoreKey, token: u64, now: u64, state: StateChanges) -> Completion {
+    Completion {
+        key: key.clone(),
+        token,
+        fingerprint: Fingerprint::of(b"p"),
+        attempts: 1,
+        now,
+        origin: None,
+        outcome: Final::Done { output: None, emitted: vec![] },
+        expires_at: now + 3_600_000,
+        state,
     }
 }

@@ -245,9 +245,9 @@ impl Consumer {
                         }
                         tracing::warn!(partitions = breaker_paused.len(), "circuit breaker open: partitions paused");
                     } else if !self.state.breaker_paused() && !breaker_paused.is_empty() {
-                        let assigned = self.state.assigned();
-                        breaker_paused.retain(|tp| assigned.contains(tp));
-                        if let Err(e) = consumer.resume(&list(&breaker_paused)) {
+                        // Every partition assigned now, not only those paused here: one
+                        // revoked and assigned again meanwhile is still paused (hooks.rs).
+                        if let Err(e) = consumer.resume(&list(&self.state.assigned())) {
                             tracing::warn!(error = %e, "resuming partitions failed");
                         }
                         breaker_paused.clear();

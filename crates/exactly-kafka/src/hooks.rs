@@ -59,6 +59,15 @@ impl ConsumerContext for ConsumerHooks {
                 if let Some(s) = self.state.get() {
                     s.stats.assigned.store(s.assigned().len() as u64, Ordering::Relaxed);
                     s.stats.joined.store(assigned.is_ok(), Ordering::Relaxed);
+                    // librdkafka keeps a partition's pause across a revoke and a new assign
+                    // (librdkafka#1849): one paused by the breaker, revoked and assigned
+                    // again would stay paused for good. Resumed here unless the breaker is
+                    // still open; then its end resumes every assigned partition (consumer.rs).
+                    if !s.breaker_paused()
+                        && let Err(e) = base.resume(tpl)
+                    {
+                        tracing::warn!(error = %e, "resuming the assigned partitions failed");
+                    }
                 }
                 assigned
             }

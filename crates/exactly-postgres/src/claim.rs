@@ -9,7 +9,7 @@ use exactly_core::{Fingerprint, Result, StoreKey};
 
 use crate::batch::{Group, Job, fail_all};
 use crate::cache;
-use crate::row::{decode_emitted, fingerprint, ms, unms};
+use crate::row::{decode_list, fingerprint, ms, unms};
 use crate::sql::{DEAD_LETTERED, DONE, IN_FLIGHT};
 use crate::store::Shared;
 
@@ -130,7 +130,7 @@ impl Shared {
                 let done = cache::Done {
                     fingerprint: stored,
                     output: row.get::<_, Option<Vec<u8>>>(9).map(Bytes::from),
-                    emitted: decode_emitted(req.key.as_bytes(), row.get(10))?,
+                    emitted: decode_list(req.key.as_bytes(), row.get(10), "emitted records")?,
                     origin: row.get(12),
                     expires_at: unms(row.get::<_, Option<i64>>(14).unwrap_or(0)),
                 };

@@ -16,7 +16,7 @@ use exactly_core::store::{Committed, Completion, Final, StateChanges};
 use exactly_core::{Error, Result};
 
 use crate::batch::{Group, Job, copy};
-use crate::row::{encode_emitted, encode_wrote, ms, text};
+use crate::row::{encode_list, ms, text};
 use crate::sql::{DEAD_LETTERED, DONE, IN_FLIGHT};
 use crate::store::Shared;
 
@@ -331,7 +331,7 @@ impl<'a> Records<'a> {
 
     pub(crate) fn push(&mut self, c: &'a Completion) -> Result<()> {
         let (state, output, emitted, reason) = match &c.outcome {
-            Final::Done { output, emitted } => (DONE, output.as_deref(), encode_emitted(emitted)?, None),
+            Final::Done { output, emitted } => (DONE, output.as_deref(), encode_list(emitted)?, None),
             Final::DeadLettered { reason } => (DEAD_LETTERED, None, None, Some(text(reason))),
         };
         self.skeys.push(c.key.as_bytes());
@@ -344,7 +344,7 @@ impl<'a> Records<'a> {
         self.origins.push(c.origin.as_deref().map(text));
         self.updated_at.push(ms(c.now));
         self.expires_at.push(ms(c.expires_at));
-        self.wrote.push(encode_wrote(&c.state.written_in(c.key.namespace()))?);
+        self.wrote.push(encode_list(&c.state.written_in(c.key.namespace()))?);
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use exactly_core::{Millis, Result};
 
 use crate::claim::ClaimJob;
 use crate::complete::Write;
-use crate::row::{encode_wrote, ms, state_columns, text};
+use crate::row::{encode_list, ms, state_columns, text};
 use crate::store::PgStore;
 
 /// How long a claim waits for another live holder of its key to finish, asking again
@@ -178,7 +178,7 @@ impl DedupStore for PgStore {
         let attempts = i32::try_from(record.attempts).unwrap_or(i32::MAX);
         let origin = record.origin.as_deref().map(text);
         let wrote: Vec<Bytes> = record.wrote.iter().map(|b| b.0.clone()).collect();
-        let wrote = encode_wrote(&wrote)?;
+        let wrote = encode_list(&wrote)?;
         let client = self.shared.pool.get().await.map_err(|e| crate::error::pool("import", e))?;
         client
             .execute(

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use exactly_core::store::{RecordState, RecordView};
-use exactly_core::{Error, Fingerprint, OutboundRecord, Result, StoreKey};
+use exactly_core::{Error, Fingerprint, Result, StoreKey};
 use tokio_postgres::Row;
 
 use crate::sql::{DEAD_LETTERED, DONE, IN_FLIGHT};
@@ -29,37 +29,25 @@ pub(crate) fn fingerprint(raw: &[u8]) -> Fingerprint {
     Fingerprint(f)
 }
 
-pub(crate) fn encode_emitted(emitted: &[OutboundRecord]) -> Result<Option<Vec<u8>>> {
-    if emitted.is_empty() {
+/// A list column (`emitted`, `wrote`): postcard of the list, NULL for none.
+pub(crate) fn encode_list<T: serde::Serialize>(items: &[T]) -> Result<Option<Vec<u8>>> {
+    if items.is_empty() {
         return Ok(None);
     }
-    postcard::to_stdvec(emitted).map(Some).map_err(|e| Error::StoreIo { operation: "encode", source: e.into() })
+    postcard::to_stdvec(items).map(Some).map_err(|e| Error::StoreIo { operation: "encode", source: e.into() })
 }
 
-pub(crate) fn decode_emitted(key: &[u8], raw: Option<&[u8]>) -> Result<Vec<OutboundRecord>> {
+/// A list column read back; `what` names it in the error of one that does not decode.
+pub(crate) fn decode_list<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    raw: Option<&[u8]>,
+    what: &str,
+) -> Result<Vec<T>> {
     match raw {
         None => Ok(Vec::new()),
         Some(raw) => postcard::from_bytes(raw).map_err(|e| Error::StoreCorrupt {
             key: StoreKey::from_bytes(key).map_or_else(|| format!("{key:?}"), |k| k.to_string()),
-            reason: format!("emitted records: {e}"),
-        }),
-    }
-}
-
-/// The state names a message wrote, as the `wrote` column holds them (NULL for none).
-pub(crate) fn encode_wrote(names: &[Bytes]) -> Result<Option<Vec<u8>>> {
-    if names.is_empty() {
-        return Ok(None);
-    }
-    postcard::to_stdvec(names).map(Some).map_err(|e| Error::StoreIo { operation: "encode", source: e.into() })
-}
-
-fn decode_wrote(key: &[u8], raw: Option<&[u8]>) -> Result<Vec<Bytes>> {
-    match raw {
-        None => Ok(Vec::new()),
-        Some(raw) => postcard::from_bytes(raw).map_err(|e| Error::StoreCorrupt {
-            key: StoreKey::from_bytes(key).map_or_else(|| format!("{key:?}"), |k| k.to_string()),
-            reason: format!("state names written: {e}"),
+            reason: format!("{what}: {e}"),
         }),
     }
 }
@@ -76,7 +64,7 @@ pub(crate) fn record(row: &Row) -> Result<RecordView> {
         IN_FLIGHT => RecordState::InFlight { token: token.unsigned_abs(), epoch: u64::from(holder.unsigned_abs()) },
         DONE => RecordState::Done {
             output: row.get::<_, Option<Vec<u8>>>(6).map(Bytes::from),
-            emitted: decode_emitted(&skey, row.get::<_, Option<&[u8]>>(7))?,
+            emitted: decode_list(&skey, row.get::<_, Option<&[u8]>>(7), "emitted records")?,
         },
         DEAD_LETTERED => RecordState::DeadLettered { reason: row.get::<_, Option<String>>(8).unwrap_or_default() },
         other => {
@@ -93,7 +81,7 @@ pub(crate) fn record(row: &Row) -> Result<RecordView> {
         unms(row.get(11)),
         row.get(9),
     )
-    .with_wrote(decode_wrote(&skey, row.get::<_, Option<&[u8]>>(12))?))
+    .with_wrote(decode_list(&skey, row.get::<_, Option<&[u8]>>(12), "state names written")?))
 }
 
 /// A record's state as `(state, output, emitted, reason)` columns.
@@ -103,7 +91,7 @@ pub(crate) fn state_columns(state: &RecordState) -> Result<StateColumns> {
     Ok(match state {
         RecordState::InFlight { .. } => (IN_FLIGHT, None, None, None),
         RecordState::Done { output, emitted } => {
-            (DONE, output.as_ref().map(|o| o.to_vec()), encode_emitted(emitted)?, None)
+            (DONE, output.as_ref().map(|o| o.to_vec()), encode_list(emitted)?, None)
         }
         RecordState::DeadLettered { reason } => (DEAD_LETTERED, None, None, Some(text(reason))),
     })

@@ -360,10 +360,12 @@ async fn state(store: &dyn DedupStore, command: StateCommand, out: &mut impl Wri
 
 /// A value as text when it is short UTF-8, else its size.
 fn shown(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(text) if text.len() <= 200 => text.to_owned(),
-        _ => format!("({} bytes; --json shows them)", value.len()),
-    }
+    short_text(value, 200).map_or_else(|| format!("({} bytes; --json shows them)", value.len()), str::to_owned)
+}
+
+/// The value as text, if it is UTF-8 of at most `max` bytes.
+fn short_text(value: &[u8], max: usize) -> Option<&str> {
+    std::str::from_utf8(value).ok().filter(|text| text.len() <= max)
 }
 
 async fn stats(store: &dyn DedupStore, out: &mut impl Write) -> anyhow::Result<()> {
@@ -429,6 +431,11 @@ fn when(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// A value as text when it is UTF-8 of at most `max` bytes, else its size.
+fn text_or_size(v: &[u8], max: usize) -> String {
+    short_text(v, max).map_or_else(|| format!("{} bytes", v.len()), str::to_owned)
+}
+
 /// The state names a record's message wrote, each with what it holds now (a later
 /// message may have written it since).
 async fn wrote(store: &dyn DedupStore, r: &RecordView) -> anyhow::Result<String> {
@@ -439,10 +446,7 @@ async fn wrote(store: &dyn DedupStore, r: &RecordView) -> anyhow::Result<String>
     for name in &r.wrote {
         let now = match store.state_get(&StoreKey::state(r.key.namespace(), &name.0)).await? {
             None => "none".into(),
-            Some(v) => match std::str::from_utf8(&v) {
-                Ok(text) if text.len() <= 60 => text.to_owned(),
-                _ => format!("{} bytes", v.len()),
-            },
+            Some(v) => text_or_size(&v, 60),
         };
         shown.push(format!("{} (now {now})", String::from_utf8_lossy(&name.0)));
     }
@@ -454,10 +458,7 @@ fn describe(r: &RecordView, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "state        {}", state_name(&r.state))?;
     if let RecordState::Done { output, emitted } = &r.state {
         match output {
-            Some(o) => match std::str::from_utf8(o) {
-                Ok(text) if text.len() <= 200 => writeln!(out, "output       {text}")?,
-                _ => writeln!(out, "output       {} bytes", o.len())?,
-            },
+            Some(o) => writeln!(out, "output       {}", text_or_size(o, 200))?,
             None => writeln!(out, "output       none")?,
         }
         if !emitted.is_empty() {

@@ -108,6 +108,11 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// A handler's store transaction cannot commit (it ended it itself, or a statement of
+    /// it failed and the handler went on): the message is dead-lettered with reason
+    /// `transaction-failed`.
+    #[error("the handler's transaction cannot commit: {0}")]
+    HandlerTransaction(String),
     /// A fault injected by a test (see the `testing` feature) stopped processing, as a
     /// crash would.
     #[error("injected crash at {0:?}")]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use deadpool_postgres::GenericClient;
 use exactly_core::store::{Committed, Completion, Final, StateChanges};
 use exactly_core::{Error, Result};
 
@@ -101,8 +102,33 @@ impl Shared {
         let db = |e| crate::error::db("complete", e);
         let mut client = self.pool.get().await.map_err(|e| crate::error::pool("complete", e))?;
         let tx = client.transaction().await.map_err(db)?;
-        let txid_stmt = tx.prepare_cached("SELECT txid_current()").await.map_err(db)?;
-        let txid: i64 = tx.query_one(&txid_stmt, &[]).await.map_err(db)?.get(0);
+        let (txid, decided) = self.decide(&tx, writes, None).await?;
+        match tx.commit().await {
+            Ok(()) => Ok(decided),
+            Err(e) => {
+                drop(client);
+                self.settle_lost_commit(txid, db(e)).await.map(|()| decided)
+            }
+        }
+    }
+
+    /// Decides each write in transaction `tx` (whose id is `txid`, when known) and writes
+    /// the ones that take effect, short of committing: returns the transaction's id and
+    /// what was decided.
+    pub(crate) async fn decide<C: GenericClient>(
+        &self,
+        tx: &C,
+        writes: &[&Write],
+        txid: Option<i64>,
+    ) -> Result<(i64, Vec<Committed>), Outcome> {
+        let db = |e| crate::error::db("complete", e);
+        let txid = match txid {
+            Some(id) => id,
+            None => {
+                let stmt = tx.prepare_cached("SELECT txid_current()").await.map_err(db)?;
+                tx.query_one(&stmt, &[]).await.map_err(db)?.get(0)
+            }
+        };
 
         // The state every write reads or writes, locked, then read.
         let mut state_keys: Vec<&[u8]> = writes
@@ -216,13 +242,7 @@ impl Shared {
             let stmt = tx.prepare_cached(&self.sql.meta_put).await.map_err(db)?;
             tx.execute(&stmt, &[&names, &values]).await.map_err(db)?;
         }
-        match tx.commit().await {
-            Ok(()) => Ok(decided),
-            Err(e) => {
-                drop(client);
-                self.settle_lost_commit(txid, db(e)).await.map(|()| decided)
-            }
-        }
+        Ok((txid, decided))
     }
 
     /// A `COMMIT` of transaction `txid` failed with `e`: whether it committed after all.
@@ -259,7 +279,7 @@ impl Shared {
     }
 
     /// Caches a done key, so its duplicates are answered here.
-    fn remember(&self, c: &Completion) {
+    pub(crate) fn remember(&self, c: &Completion) {
         if let Final::Done { output, emitted } = &c.outcome {
             self.cache.insert(
                 c.key.as_bytes(),

@@ -48,6 +48,8 @@ mod row;
 mod schema;
 mod sql;
 mod store;
+mod transaction;
 
 pub use schema::{SCHEMA_VERSION, lock_class};
 pub use store::{DEFAULT_SCHEMA, PgStore, PgStoreBuilder};
+pub use transaction::{NO_POSTGRES_STORE, PgTransaction, PostgresContext};

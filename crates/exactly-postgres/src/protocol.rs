@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use exactly_core::store::{
     Claim, ClaimRequest, Committed, Completion, DedupStore, Durable, FencingToken, Limits, PurgeReport, RecordView,
-    StagedCompletion, StateChanges, StoreKey, StoreStats, SweeperSlot,
+    StagedCompletion, StateChanges, StoreKey, StoreStats, StoreTransaction, SweeperSlot,
 };
 use exactly_core::{Millis, Result};
 
@@ -86,6 +86,25 @@ impl DedupStore for PgStore {
             return Ok(StagedCompletion { committed: Committed::Ok, durable: Durable::ready() });
         }
         let committed = self.writes.call(Write::State { state, meta }).await?;
+        Ok(StagedCompletion { committed, durable: Durable::ready() })
+    }
+
+    async fn begin(&self) -> Result<Option<StoreTransaction>> {
+        self.shared.begin().await.map(Some)
+    }
+
+    async fn complete_in(&self, tx: StoreTransaction, completion: Completion) -> Result<StagedCompletion> {
+        let committed = self.shared.commit_in(tx, Write::Complete(completion)).await?;
+        Ok(StagedCompletion { committed, durable: Durable::ready() })
+    }
+
+    async fn stage_state_in(
+        &self,
+        tx: StoreTransaction,
+        state: StateChanges,
+        meta: Vec<(String, Bytes)>,
+    ) -> Result<StagedCompletion> {
+        let committed = self.shared.commit_in(tx, Write::State { state, meta }).await?;
         Ok(StagedCompletion { committed, durable: Durable::ready() })
     }
 

@@ -31,6 +31,7 @@ pub(crate) struct Sql {
     pub(crate) state_list: String,
     pub(crate) meta_list: String,
     pub(crate) meta_put: String,
+    pub(crate) meta_advance: String,
     pub(crate) purge: String,
     pub(crate) inspect: String,
     pub(crate) list: String,
@@ -142,6 +143,13 @@ impl Sql {
             meta_put: format!(
                 "INSERT INTO {s}.meta (name, value) SELECT * FROM unnest($1::text[], $2::bytea[])
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            // Positions (big-endian offsets, so byte order is number order) only move
+            // forward: a name not returned was at or past its new value already.
+            meta_advance: format!(
+                "INSERT INTO {s}.meta AS m (name, value) SELECT * FROM unnest($1::text[], $2::bytea[])
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE m.value < EXCLUDED.value
+                 RETURNING name"
             ),
             // Bounded by the budget, through the bucket index; rows another transaction
             // holds are skipped, not waited for (they are not expired for it).

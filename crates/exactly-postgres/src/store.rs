@@ -44,6 +44,9 @@ impl std::fmt::Debug for PgStore {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
+    /// Connections for handlers' own transactions (`ctx.postgres()`), apart from the
+    /// store's groups so that handlers holding them cannot starve the commits.
+    pub(crate) transactions: Pool,
     pub(crate) sql: Sql,
     /// This instance's id: the holder of its claims, locked while it runs.
     pub(crate) holder: i32,
@@ -70,6 +73,7 @@ impl PgStore {
             url: url.into(),
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: 8,
+            transaction_pool_size: 8,
             max_batch: 512,
             cache_keys: 100_000,
             bucket_width: Duration::from_secs(3600),
@@ -101,6 +105,7 @@ pub struct PgStoreBuilder {
     url: String,
     schema: String,
     pool_size: usize,
+    transaction_pool_size: usize,
     max_batch: usize,
     cache_keys: usize,
     bucket_width: Duration,
@@ -115,6 +120,7 @@ impl std::fmt::Debug for PgStoreBuilder {
             .field("url", &exactly_core::redact::url(&self.url))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
+            .field("transaction_pool_size", &self.transaction_pool_size)
             .field("max_batch", &self.max_batch)
             .field("cache_keys", &self.cache_keys)
             .field("bucket_width", &self.bucket_width)
@@ -136,6 +142,15 @@ impl PgStoreBuilder {
     /// per connection at a time.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections;
+        self
+    }
+
+    /// Connections for handlers' own transactions (default 8), a pool apart: a handler
+    /// that calls `ctx.postgres()` holds one from that call until its message commits, so
+    /// at most this many such handlers run at once (the others wait for a connection, up
+    /// to the connect timeout, then are retried).
+    pub fn transaction_pool_size(mut self, connections: usize) -> Self {
+        self.transaction_pool_size = connections;
         self
     }
 
@@ -205,21 +220,28 @@ impl PgStoreBuilder {
             None => ours,
         };
         config.options(&options);
-        if self.pool_size == 0 || self.max_batch == 0 {
-            return Err(Error::Config { field: "pool_size / max_batch".into(), reason: "must be at least 1".into() });
+        if self.pool_size == 0 || self.transaction_pool_size == 0 || self.max_batch == 0 {
+            return Err(Error::Config {
+                field: "pool_size / transaction_pool_size / max_batch".into(),
+                reason: "must be at least 1".into(),
+            });
         }
         let bucket_ms = i64::try_from(self.bucket_width.as_millis()).unwrap_or(i64::MAX).max(1);
         let quoted = crate::schema::quote(&self.schema)?;
         let class = crate::schema::lock_class(&self.schema);
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(self.pool_size)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(self.connect_timeout))
-            .wait_timeout(Some(self.connect_timeout))
-            .build()
-            .map_err(|e| Error::Config { field: "pool_size".into(), reason: e.to_string() })?;
+        let pool_of = |size: usize, field: &str| {
+            let manager =
+                Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(self.connect_timeout))
+                .wait_timeout(Some(self.connect_timeout))
+                .build()
+                .map_err(|e| Error::Config { field: field.into(), reason: e.to_string() })
+        };
+        let pool = pool_of(self.pool_size, "pool_size")?;
+        let transactions = pool_of(self.transaction_pool_size, "transaction_pool_size")?;
         {
             let mut client = pool.get().await.map_err(|e| match e {
                 deadpool_postgres::PoolError::Backend(e) => crate::error::open(&name, "connect", e),
@@ -231,6 +253,7 @@ impl PgStoreBuilder {
         tracing::info!(store = %name, instance = holder, "PostgreSQL store open");
         let shared = Arc::new(Shared {
             pool,
+            transactions,
             sql: Sql::new(&quoted, class, bucket_ms),
             holder,
             class,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Coordinates;
-use crate::store::{DedupStore, FencingToken};
+use crate::store::{DedupStore, FencingToken, StoreTransaction};
 
 /// The handler's view of one attempt: the idempotency key to forward downstream, the
 /// attempt number, the fencing token, the coordinates, and transactional state.
@@ -40,12 +40,23 @@ pub(crate) struct Inner {
     lock_timeout: Duration,
     state: tokio::sync::Mutex<StateTx>,
     emitted: Mutex<Vec<OutboundRecord>>,
+    transaction: tokio::sync::Mutex<Transaction>,
+}
+
+/// The store transaction of one run: begun when the handler first asks for it, taken by
+/// the commit when the run is over.
+enum Transaction {
+    NotBegun,
+    Open(StoreTransaction),
+    Finished,
 }
 
 /// What a finished run leaves to commit.
 pub(crate) struct Finished {
     pub(crate) state: crate::store::StateChanges,
     pub(crate) emitted: Vec<OutboundRecord>,
+    /// The store transaction the handler wrote in, if it asked for one.
+    pub(crate) transaction: Option<StoreTransaction>,
     locks: Vec<locks::KeyLock>,
     table: Arc<StateLocks>,
 }
@@ -99,6 +110,7 @@ impl Context {
                 lock_timeout,
                 state: tokio::sync::Mutex::new(StateTx::default()),
                 emitted: Mutex::new(Vec::new()),
+                transaction: tokio::sync::Mutex::new(Transaction::NotBegun),
             }),
         }
     }
@@ -166,12 +178,48 @@ impl Context {
         self.inner.emitted.lock().unwrap_or_else(|p| p.into_inner()).push(record);
     }
 
-    /// Takes the state changes, emitted records and locks of this run.
+    /// The transaction this run's done-record will commit in, begun on first use, for a
+    /// store crate's typed accessor (`exactly_postgres::PostgresContext::postgres`);
+    /// `Ok(None)` if the store has none. Writes made in it commit with the done-record,
+    /// the state writes and the emitted records, or not at all.
+    ///
+    /// # Errors
+    /// The store could not begin one (transient: the message is retried), or the run is
+    /// over (a handler's clone of the context used after it returned).
+    pub async fn store_transaction(
+        &self,
+    ) -> crate::Result<Option<tokio::sync::MappedMutexGuard<'_, StoreTransaction>>> {
+        let mut slot = self.inner.transaction.lock().await;
+        match &*slot {
+            Transaction::Open(_) => {}
+            Transaction::NotBegun => match self.inner.store.begin().await? {
+                Some(tx) => *slot = Transaction::Open(tx),
+                None => return Ok(None),
+            },
+            Transaction::Finished => {
+                return Err(crate::Error::StoreIo {
+                    operation: "begin",
+                    source: "the handler's run is over: its transaction was committed or rolled back".into(),
+                });
+            }
+        }
+        Ok(tokio::sync::MutexGuard::try_map(slot, |t| match t {
+            Transaction::Open(tx) => Some(tx),
+            _ => None,
+        })
+        .ok())
+    }
+
+    /// Takes the state changes, emitted records, transaction and locks of this run.
     pub(crate) async fn finish(&self) -> Finished {
         let tx = std::mem::take(&mut *self.inner.state.lock().await);
         let emitted = std::mem::take(&mut *self.inner.emitted.lock().unwrap_or_else(|p| p.into_inner()));
+        let transaction = match std::mem::replace(&mut *self.inner.transaction.lock().await, Transaction::Finished) {
+            Transaction::Open(t) => Some(t),
+            _ => None,
+        };
         let (state, locks) = tx.into_parts();
-        Finished { state, emitted, locks, table: self.inner.locks.clone() }
+        Finished { state, emitted, transaction, locks, table: self.inner.locks.clone() }
     }
 
     /// The records emitted so far (for tests of handlers).

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::commit::{Commit, stamp};
+use super::commit::{Commit, Written, stamp};
 use super::layers::HandlerRequest;
 use super::{BUSY_MIN, Processor};
 use crate::clock::duration_millis;
@@ -42,7 +42,8 @@ impl Processor {
                 None => emitted,
             };
             let state = std::mem::take(&mut finished.state);
-            let staged = self.commit(msg, commit, attempt, output.clone(), emitted.clone(), state).await;
+            let written = Written { output: output.clone(), emitted: emitted.clone(), state };
+            let staged = self.commit(msg, commit, attempt, written, finished.transaction.take()).await;
             // Released as soon as the writes are applied: a later run that reads them
             // commits after them, and commits become durable in order (docs/STORE.md).
             finished.release();
@@ -50,6 +51,9 @@ impl Processor {
                 Ok(staged) => staged,
                 // Nothing was decided: retried later, the claim released if it can be.
                 Err(e) if e.is_transient() => break crate::handler::store_error(e),
+                Err(e @ crate::Error::HandlerTransaction(_)) => {
+                    break HandlerError::permanent(crate::reasons::TRANSACTION_FAILED, e);
+                }
                 Err(e) => return Err(e),
             };
             match staged.committed {
@@ -73,6 +77,12 @@ impl Processor {
                     }
                     break HandlerError::transient(format!("state kept changing under the handler ({conflicts} runs)"))
                         .with_reason("state-conflict");
+                }
+                // A position committed before (by this instance or another that had the
+                // partition): the handler's transaction rolled back, the record is done.
+                Committed::Fenced if matches!(commit, Commit::Position { .. }) => {
+                    tracing::info!("the position was committed before; the handler's writes are rolled back");
+                    return Ok(Processed::new(Disposition::Ack, Outcome::Duplicate, key.map(str::to_owned)));
                 }
                 Committed::Fenced => {
                     self.breaker_neutral(probe);

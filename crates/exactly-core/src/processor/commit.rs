@@ -4,7 +4,9 @@ use bytes::Bytes;
 
 use super::Processor;
 use crate::clock::duration_millis;
-use crate::store::{Completion, FencingToken, Final, Lease, StagedCompletion, StateChanges, StoreKey};
+use crate::store::{
+    Completion, FencingToken, Final, Lease, StagedCompletion, StateChanges, StoreKey, StoreTransaction,
+};
 use crate::{Fingerprint, Message, OutboundRecord, Result};
 
 /// A key held under a claim.
@@ -50,41 +52,57 @@ impl Commit<'_> {
     }
 }
 
+/// What a successful attempt wrote.
+pub(crate) struct Written {
+    pub(crate) output: Option<Bytes>,
+    pub(crate) emitted: Vec<OutboundRecord>,
+    pub(crate) state: StateChanges,
+}
+
 impl Processor {
-    /// Commits a successful attempt's output, emitted records and state.
+    /// Commits a successful attempt's output, emitted records and state, in the store
+    /// transaction the handler wrote in, if it asked for one.
     pub(super) async fn commit(
         &self,
         msg: &Message,
         commit: &Commit<'_>,
         attempt: u32,
-        output: Option<Bytes>,
-        emitted: Vec<OutboundRecord>,
-        state: StateChanges,
+        written: Written,
+        tx: Option<StoreTransaction>,
     ) -> Result<StagedCompletion> {
         let inner = &*self.inner;
+        let store = &inner.store;
+        let Written { output, emitted, state } = written;
         match commit {
             Commit::Record(c) => {
                 let now = inner.clock.now();
-                inner
-                    .store
-                    .complete_staged(Completion {
-                        key: c.skey.clone(),
-                        token: c.lease.token,
-                        fingerprint: c.fingerprint,
-                        attempts: attempt,
-                        now,
-                        origin: origin_of(msg),
-                        outcome: Final::Done { output, emitted },
-                        expires_at: now + duration_millis(inner.retention),
-                        state,
-                    })
-                    .await
+                let completion = Completion {
+                    key: c.skey.clone(),
+                    token: c.lease.token,
+                    fingerprint: c.fingerprint,
+                    attempts: attempt,
+                    now,
+                    origin: origin_of(msg),
+                    outcome: Final::Done { output, emitted },
+                    expires_at: now + duration_millis(inner.retention),
+                    state,
+                };
+                match tx {
+                    Some(tx) => store.complete_in(tx, completion).await,
+                    None => store.complete_staged(completion).await,
+                }
             }
             Commit::Position { watermark, next, .. } => {
                 let meta = vec![((*watermark).to_owned(), Bytes::copy_from_slice(&next.to_be_bytes()))];
-                inner.store.stage_state(state, meta).await
+                match tx {
+                    Some(tx) => store.stage_state_in(tx, state, meta).await,
+                    None => store.stage_state(state, meta).await,
+                }
             }
-            Commit::State => inner.store.stage_state(state, Vec::new()).await,
+            Commit::State => match tx {
+                Some(tx) => store.stage_state_in(tx, state, Vec::new()).await,
+                None => store.stage_state(state, Vec::new()).await,
+            },
             Commit::Unclaimed(_) => Err(crate::Error::StoreUnavailable {
                 operation: "complete",
                 reason: "the key was never claimed".into(),

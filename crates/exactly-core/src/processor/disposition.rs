@@ -33,6 +33,9 @@ pub mod reasons {
     /// later, the failure does not count as an attempt, and the breaker pauses the
     /// consumer while it lasts).
     pub const STORE_UNAVAILABLE: &str = "store-unavailable";
+    /// The handler's store transaction could not commit through the handler's fault (it
+    /// ended the transaction itself, or went on after a statement of it failed).
+    pub const TRANSACTION_FAILED: &str = "transaction-failed";
 }
 
 /// The broker operation an adapter performs for a delivery.

@@ -60,6 +60,12 @@ use bytes::Bytes;
 use crate::clock::Millis;
 use crate::{Fingerprint, OutboundRecord, Result};
 
+/// A transaction a store began for a handler's own writes (see
+/// [`DedupStore::begin`]): the store crate's own type, boxed, which its typed accessor on
+/// the [`Context`](crate::Context) gives back to the handler (`ctx.postgres()` of the
+/// PostgreSQL store).
+pub type StoreTransaction = Box<dyn std::any::Any + Send + Sync>;
+
 /// A fencing token: grows with every claim of the store, so with every claim of a key.
 /// A downstream system that remembers the highest token it saw for a key can refuse a
 /// write from a holder whose lease was taken over.
@@ -347,6 +353,37 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(StagedCompletion { committed, durable: Durable::ready() })
     }
 
+    /// Begins a transaction for a handler's own writes, to commit with its done-record:
+    /// stores kept in a database the handler can also write to (PostgreSQL) have one.
+    /// `None` (the default): this store has none.
+    async fn begin(&self) -> Result<Option<StoreTransaction>> {
+        Ok(None)
+    }
+
+    /// Like [`complete_staged`](Self::complete_staged), committed in `tx` (from
+    /// [`begin`](Self::begin)) with the handler's writes there, and durable when it
+    /// returns. A completion that does not take effect (fenced, a state conflict) rolls
+    /// `tx` back: the handler's writes go with it.
+    async fn complete_in(&self, tx: StoreTransaction, completion: Completion) -> Result<StagedCompletion> {
+        drop((tx, completion));
+        Err(no_transactions())
+    }
+
+    /// Like [`stage_state`](Self::stage_state), committed in `tx` with the handler's
+    /// writes, and durable when it returns. Here the meta values are positions that only
+    /// move forward (big-endian offsets): one not past the stored value was committed
+    /// before, by this instance or another, so the commit is [`Committed::Fenced`] and
+    /// `tx` rolled back.
+    async fn stage_state_in(
+        &self,
+        tx: StoreTransaction,
+        state: StateChanges,
+        meta: Vec<(String, Bytes)>,
+    ) -> Result<StagedCompletion> {
+        drop((tx, state, meta));
+        Err(no_transactions())
+    }
+
     /// Reads a state value (a namespaced state key, see [`StoreKey::state`]).
     async fn state_get(&self, state_key: &[u8]) -> Result<Option<Bytes>>;
 
@@ -404,4 +441,9 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     fn sweeper_slot(&self) -> Option<&SweeperSlot> {
         None
     }
+}
+
+/// What a store without handler transactions answers a commit in one.
+fn no_transactions() -> crate::Error {
+    crate::Error::StoreIo { operation: "commit", source: "this store has no transactions for handlers".into() }
 }

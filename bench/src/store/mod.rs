@@ -10,6 +10,7 @@ use exactly::{Context, MemoryStore, Message, Outcome, Processor, SledStore, hand
 use crate::report::rate;
 use crate::report::{histogram, machine, median, percentiles, record, spread};
 
+mod handler_sql;
 mod load;
 mod lookup;
 mod native;

@@ -68,6 +68,7 @@ pub(super) async fn run(args: &Args, n: u64) -> anyhow::Result<()> {
     let r = rate(n, process_all(&sled, 0..n, 256).await);
     println!("| SledStore (one instance, local) | 1 | {} | {:.2}x | - | - |", fmt_rate(r), r / naive_rate);
     duplicates(&url, &schema, n.min(20_000)).await?;
+    super::handler_sql::run(&url, &schema, n.min(20_000)).await?;
 
     monitor.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
     Ok(())

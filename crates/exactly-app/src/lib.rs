@@ -111,6 +111,9 @@ async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
             if let Some(n) = cfg.pool_size {
                 b = b.pool_size(n);
             }
+            if let Some(n) = cfg.transaction_pool_size {
+                b = b.transaction_pool_size(n);
+            }
             Arc::new(b.open().await?)
         }
         #[allow(unreachable_patterns)]

@@ -28,6 +28,9 @@
 //!   lock is gone is free (the takeover is reported as orphaned, like an expired lease).
 //! - **A lost commit answer** is an unknown outcome: the transaction's fate is read back
 //!   before anything is answered.
+//! - **The handler's own SQL** commits with its done-record: [`PostgresContext::postgres`]
+//!   (`ctx.postgres().await?`) gives the handler the transaction the record will commit
+//!   in; a failure, a crash or a lost claim rolls it back.
 //! - **Duplicates of keys this instance has seen done** are answered from a local cache
 //!   without a round trip; the cache never answers "new".
 //! - **Expiry** deletes bounded batches through an index of time buckets, one instance at a

@@ -148,3 +148,47 @@ async fn a_commit_the_server_never_saw_is_run_again() {
         check_done(store, &schema, state).await;
     }
 }
+
+/// A handler's own transaction (`ctx.postgres()`) whose `COMMIT` is cut: its row and its
+/// done-record are one commit, so the credit is applied once whichever way the cut went,
+/// and the message is answered by the transaction's fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_transaction_whose_commit_is_cut_credits_once() {
+    use exactly_core::{Context, HandlerError, Message, Outcome, Processor, handler_fn};
+    use exactly_postgres::PostgresContext;
+
+    for cut in [Cut::AfterTheAnswer, Cut::BeforeTheServer] {
+        let proxy = Proxy::start().await;
+        let schema = fresh_schema("lost_tx");
+        let store = PgStore::builder(&proxy.url).schema(&schema).open().await.unwrap();
+        let client = common::connect().await;
+        let table = format!("\"{schema}\".ledger");
+        client.batch_execute(&format!("CREATE TABLE {table} (account text PRIMARY KEY, balance int8)")).await.unwrap();
+        let sql = format!(
+            "INSERT INTO {table} VALUES ('ada', 7) ON CONFLICT (account) DO UPDATE SET balance = {table}.balance + 7"
+        );
+        let h = handler_fn(move |_m: Message, ctx: Context| {
+            let sql = sql.clone();
+            async move {
+                ctx.postgres().await?.execute(&sql, &[]).await?;
+                Ok::<_, HandlerError>(())
+            }
+        });
+        let p = Processor::builder("c", h).store(store).build().unwrap();
+        let msg = Message::builder("7").header("idempotency-key", "k").build();
+        proxy.arm(cut);
+        let first = p.process(msg.clone()).await.unwrap();
+        assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "{cut:?}: the proxy cut the commit");
+        match cut {
+            Cut::AfterTheAnswer => assert_eq!(first.outcome, Outcome::Handled, "read back as committed"),
+            Cut::BeforeTheServer => assert_eq!(first.outcome, Outcome::Retry, "rolled back: run again later"),
+        }
+        let again = p.process(msg).await.unwrap().outcome;
+        let expected = if matches!(cut, Cut::AfterTheAnswer) { Outcome::Duplicate } else { Outcome::Handled };
+        assert_eq!(again, expected, "{cut:?}");
+        let balance: i64 = client.query_one(&format!("SELECT balance FROM {table}"), &[]).await.unwrap().get(0);
+        assert_eq!(balance, 7, "{cut:?}: credited once");
+        drop((p, proxy));
+        drop_schema(&schema);
+    }
+}

@@ -88,6 +88,9 @@ pub struct StoreConfig {
     /// Connections to the database (`postgres`; default 8).
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// Connections for handlers' own transactions, `ctx.postgres()` (`postgres`; default 8).
+    #[serde(default)]
+    pub transaction_pool_size: Option<usize>,
     /// Whether a directory without a store gets a new, empty one (default `true`). Set it
     /// to `false` once the store is in service: a lost volume then stops the consumer at
     /// its start instead of handling again every message within the retention.
@@ -111,6 +114,7 @@ impl Default for StoreConfig {
             url: None,
             schema: None,
             pool_size: None,
+            transaction_pool_size: None,
             create_if_missing: true,
         }
     }
@@ -124,6 +128,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &self.url.as_deref().map(exactly_core::redact::url))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
+            .field("transaction_pool_size", &self.transaction_pool_size)
             .field("create_if_missing", &self.create_if_missing)
             .finish()
     }

@@ -46,12 +46,14 @@ mod consumer;
 mod convert;
 mod error;
 pub mod header_names;
+mod publisher;
 mod settle;
 mod topology;
 
 pub use builder::ConsumerBuilder;
 pub use consumer::{Consumer, ShutdownHandle, Stats};
 pub use error::{Error, redact_url};
+pub use publisher::AmqpPublisher;
 pub use topology::{DEFAULT_RETRY_DELAYS, Topology};
 
 pub use lapin;

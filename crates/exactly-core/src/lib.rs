@@ -55,6 +55,7 @@ mod key;
 mod message;
 pub mod metrics;
 mod processor;
+pub mod publish;
 pub mod redact;
 pub mod runtime;
 pub mod shutdown;

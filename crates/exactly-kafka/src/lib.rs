@@ -59,6 +59,7 @@ pub mod header_names;
 mod hooks;
 mod offsets;
 mod outage;
+mod publisher;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -68,5 +69,6 @@ mod worker;
 pub use builder::{ConsumerBuilder, Ordering};
 pub use consumer::{Consumer, ShutdownHandle, Stats};
 pub use error::Error;
+pub use publisher::KafkaPublisher;
 
 pub use rdkafka;

@@ -36,11 +36,16 @@ const ATTEMPTS: u32 = 3;
 impl Group<Write, Committed> for Shared {
     async fn run(self: Arc<Self>, jobs: Vec<Job<Write, Committed>>) {
         let writes: Vec<&Write> = jobs.iter().map(|(w, _)| w).collect();
-        // A group that writes no state needs no values read or checked.
+        // A group that writes no state (nor outbox rows) needs no values read or checked.
+        let emits = |c: &Completion| matches!(&c.outcome, Final::Done { emitted, .. } if !emitted.is_empty());
         let plain: Option<Vec<&Completion>> = writes
             .iter()
             .map(|w| match w {
-                Write::Complete(c) if c.state.reads.is_empty() && c.state.writes.is_empty() => Some(c),
+                Write::Complete(c)
+                    if c.state.reads.is_empty() && c.state.writes.is_empty() && !(self.outbox && emits(c)) =>
+                {
+                    Some(c)
+                }
                 _ => None,
             })
             .collect();
@@ -242,7 +247,40 @@ impl Shared {
             let stmt = tx.prepare_cached(&self.sql.meta_put).await.map_err(db)?;
             tx.execute(&stmt, &[&names, &values]).await.map_err(db)?;
         }
+        if self.outbox {
+            let done = decided.iter().zip(writes).filter(|(d, _)| **d == Committed::Ok).map(|(_, w)| *w);
+            self.write_outbox(tx, done).await?;
+        }
         Ok((txid, decided))
+    }
+
+    /// Writes the records the completions among `writes` emitted to the outbox.
+    pub(crate) async fn write_outbox<'w, C: GenericClient>(
+        &self,
+        tx: &C,
+        writes: impl Iterator<Item = &'w Write>,
+    ) -> Result<(), Outcome> {
+        let (mut sources, mut records, mut at): (Vec<&[u8]>, Vec<Vec<u8>>, Vec<i64>) = Default::default();
+        for w in writes {
+            if let Write::Complete(c) = w
+                && let Final::Done { emitted, .. } = &c.outcome
+            {
+                for r in emitted {
+                    let encoded = postcard::to_stdvec(r)
+                        .map_err(|e| Outcome::NotCommitted(Error::StoreIo { operation: "encode", source: e.into() }))?;
+                    sources.push(c.key.as_bytes());
+                    records.push(encoded);
+                    at.push(ms(c.now));
+                }
+            }
+        }
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let db = |e| crate::error::db("complete", e);
+        let stmt = tx.prepare_cached(&self.sql.outbox_insert).await.map_err(db)?;
+        tx.execute(&stmt, &[&sources, &records, &at]).await.map_err(db)?;
+        Ok(())
     }
 
     /// A `COMMIT` of transaction `txid` failed with `e`: whether it committed after all.

@@ -47,12 +47,14 @@ mod error;
 mod liveness;
 mod plain;
 mod protocol;
+mod relay;
 mod row;
 mod schema;
 mod sql;
 mod store;
 mod transaction;
 
+pub use relay::{Relay, RelayPass};
 pub use schema::{SCHEMA_VERSION, lock_class};
 pub use store::{DEFAULT_SCHEMA, PgStore, PgStoreBuilder};
 pub use transaction::{NO_POSTGRES_STORE, PgTransaction, PostgresContext};

@@ -239,6 +239,10 @@ impl DedupStore for PgStore {
         }
     }
 
+    fn keeps_outbox(&self) -> bool {
+        self.shared.outbox
+    }
+
     fn limits(&self) -> Limits {
         PgStore::limits(self)
     }

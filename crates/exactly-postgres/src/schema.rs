@@ -9,7 +9,7 @@ use exactly_core::Error;
 use tokio_postgres::Client;
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `n` (1-based) brings a schema from version `n - 1` to `n`. `{s}` is the
 /// quoted schema name.
@@ -55,6 +55,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE {s}.records ADD COLUMN wrote bytea;
     COMMENT ON COLUMN {s}.records.wrote IS
         'exactly: the state keys the message wrote or deleted (postcard-encoded list; NULL for none)';
+",
+    r"
+    CREATE TABLE {s}.outbox (
+        id bigserial PRIMARY KEY,
+        source bytea NOT NULL,
+        record bytea NOT NULL,
+        created_at bigint NOT NULL
+    );
+    COMMENT ON TABLE {s}.outbox IS
+        'exactly: records handlers emitted (postcard-encoded), committed with their done-records; deleted once the relay has published them';
 ",
 ];
 
@@ -137,7 +147,8 @@ pub(crate) fn quote(schema: &str) -> Result<String, Error> {
 
 /// The advisory-lock class of a store's schema: stable across processes and builds
 /// (FNV-1a of its name), even, non-negative. The class locks migrations (key 0), the
-/// sweeper (key 1) and each running instance (its id); the class + 1 locks state keys.
+/// sweeper (key 1), the outbox's relay (key 2) and each running instance (its id); the
+/// class + 1 locks state keys.
 /// The instances of a store running now are
 /// `SELECT objid AS instance, pid FROM pg_locks WHERE locktype = 'advisory' AND classid = <class> AND objid >= 16`.
 pub fn lock_class(schema: &str) -> i32 {

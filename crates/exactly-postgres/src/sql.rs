@@ -32,6 +32,11 @@ pub(crate) struct Sql {
     pub(crate) meta_list: String,
     pub(crate) meta_put: String,
     pub(crate) meta_advance: String,
+    pub(crate) outbox_insert: String,
+    pub(crate) relay_lock: String,
+    pub(crate) outbox_take: String,
+    pub(crate) outbox_delete: String,
+    pub(crate) outbox_backlog: String,
     pub(crate) purge: String,
     pub(crate) inspect: String,
     pub(crate) list: String,
@@ -151,6 +156,15 @@ impl Sql {
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE m.value < EXCLUDED.value
                  RETURNING name"
             ),
+            outbox_insert: format!(
+                "INSERT INTO {s}.outbox (source, record, created_at)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[])"
+            ),
+            // One relay at a time across instances, for as long as its transaction lasts.
+            relay_lock: format!("SELECT pg_try_advisory_xact_lock({class}, 2)"),
+            outbox_take: format!("SELECT id, record FROM {s}.outbox ORDER BY id LIMIT $1"),
+            outbox_delete: format!("DELETE FROM {s}.outbox WHERE id = ANY($1)"),
+            outbox_backlog: format!("SELECT count(*), min(created_at) FROM {s}.outbox"),
             // Bounded by the budget, through the bucket index; rows another transaction
             // holds are skipped, not waited for (they are not expired for it).
             purge: format!(

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// The URL without its password, and the schema: for errors and logs.
     pub(crate) name: String,
     pub(crate) max_value: usize,
+    /// Emitted records go to the outbox table, for a [`Relay`](crate::Relay).
+    pub(crate) outbox: bool,
     pub(crate) in_flight: AtomicU64,
     pub(crate) commits: AtomicU64,
 }
@@ -80,6 +82,7 @@ impl PgStore {
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
             create_if_missing: true,
+            outbox: false,
         }
     }
 
@@ -112,6 +115,7 @@ pub struct PgStoreBuilder {
     connect_timeout: Duration,
     statement_timeout: Duration,
     create_if_missing: bool,
+    outbox: bool,
 }
 
 impl std::fmt::Debug for PgStoreBuilder {
@@ -126,6 +130,7 @@ impl std::fmt::Debug for PgStoreBuilder {
             .field("bucket_width", &self.bucket_width)
             .field("statement_timeout", &self.statement_timeout)
             .field("create_if_missing", &self.create_if_missing)
+            .field("outbox", &self.outbox)
             .finish()
     }
 }
@@ -198,6 +203,16 @@ impl PgStoreBuilder {
         self
     }
 
+    /// Whether records handlers emit (`ctx.emit`) go to the outbox table, in their
+    /// done-record's transaction, for a [`Relay`](crate::Relay) to publish (default
+    /// `false`: the adapter publishes them before it acknowledges the message). With the
+    /// outbox, a message's records are published once its commit is, by whichever instance
+    /// runs the relay, and a duplicate of the message publishes nothing.
+    pub fn outbox(mut self, on: bool) -> Self {
+        self.outbox = on;
+        self
+    }
+
     /// Connects, creates or migrates the schema, and starts taking claims.
     pub async fn open(self) -> Result<PgStore> {
         let redacted = exactly_core::redact::url(&self.url);
@@ -260,6 +275,7 @@ impl PgStoreBuilder {
             cache: DoneCache::new(self.cache_keys),
             name,
             max_value: 64 * 1024 * 1024,
+            outbox: self.outbox,
             in_flight: AtomicU64::new(0),
             commits: AtomicU64::new(0),
         });

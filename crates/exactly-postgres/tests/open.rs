@@ -86,6 +86,7 @@ async fn a_version_1_schema_is_migrated_and_its_records_kept() {
     client
         .batch_execute(&format!(
             "ALTER TABLE \"{schema}\".records DROP COLUMN wrote;
+             DROP TABLE \"{schema}\".outbox;
              DELETE FROM \"{schema}\".schema_version WHERE version > 1"
         ))
         .await

@@ -64,7 +64,9 @@ impl Processor {
                     }
                     let mut p = Processed::new(Disposition::Ack, Outcome::Handled, key.map(str::to_owned));
                     p.output = output;
-                    p.emitted = emitted;
+                    if !inner.store.keeps_outbox() {
+                        p.emitted = emitted;
+                    }
                     p.durable = Some(staged.durable);
                     return Ok(p);
                 }

@@ -83,7 +83,8 @@ impl Processor {
                 // emitted them (its outputs may not have been published, or its Kafka
                 // transaction not committed). Another message with the same key: they went
                 // out with the first one.
-                if origin.is_none() || origin == origin_of(msg) {
+                // With an outbox, the relay publishes them; nothing goes out here.
+                if (origin.is_none() || origin == origin_of(msg)) && !self.inner.store.keeps_outbox() {
                     p.emitted = emitted;
                 }
                 p

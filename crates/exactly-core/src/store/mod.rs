@@ -431,6 +431,14 @@ pub trait DedupStore: Send + Sync + std::fmt::Debug + 'static {
     /// What the store holds.
     fn stats(&self) -> StoreStats;
 
+    /// Whether the store writes emitted records to an outbox in the done-record's
+    /// transaction, for a relay to publish (the PostgreSQL store with its outbox on). The
+    /// processor then hands the adapter no emitted records to publish, for a first run or
+    /// a duplicate.
+    fn keeps_outbox(&self) -> bool {
+        false
+    }
+
     /// The largest keys and values it takes.
     fn limits(&self) -> Limits {
         Limits::LOCAL

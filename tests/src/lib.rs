@@ -47,8 +47,39 @@ pub fn ledger_with_dependency(
     effects: Arc<Mutex<std::fs::File>>,
     outage: Option<std::path::PathBuf>,
 ) -> impl Handler<Output = ()> {
+    ledger_in(effects, outage, None)
+}
+
+/// The tables [`ledger_in`] writes in `schema`: each key's credits, each account's balance.
+pub fn ledger_tables(schema: &str) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         CREATE TABLE IF NOT EXISTS \"{schema}\".applied (id text PRIMARY KEY, n int8 NOT NULL);
+         CREATE TABLE IF NOT EXISTS \"{schema}\".accounts (id int8 PRIMARY KEY, balance int8 NOT NULL)"
+    )
+}
+
+/// The ledger handler; with `sql` (a schema holding [`ledger_tables`], on the PostgreSQL
+/// store) it also credits the key and the account in the user's own tables, through
+/// `ctx.postgres()`, in the done-record's transaction.
+pub fn ledger_in(
+    effects: Arc<Mutex<std::fs::File>>,
+    outage: Option<std::path::PathBuf>,
+    sql: Option<String>,
+) -> impl Handler<Output = ()> {
+    let statements: Option<Arc<[String; 2]>> = sql.map(|s| {
+        Arc::new([
+            format!(
+                "INSERT INTO \"{s}\".applied (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = \"{s}\".applied.n + 1"
+            ),
+            format!(
+                "INSERT INTO \"{s}\".accounts (id, balance) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET balance = \"{s}\".accounts.balance + EXCLUDED.balance"
+            ),
+        ])
+    });
     handler_fn(move |msg: Message, ctx: Context| {
-        let (effects, outage) = (effects.clone(), outage.clone());
+        let (effects, outage, statements) = (effects.clone(), outage.clone(), statements.clone());
         async move {
             if outage.is_some_and(|o| o.exists()) {
                 return Err(HandlerError::transient("the ledger database is unreachable"));
@@ -60,6 +91,12 @@ pub fn ledger_with_dependency(
             let acct = format!("account/{}", c.account);
             let bal: i64 = ctx.state().get_json(&acct).await?.unwrap_or(0);
             ctx.state().put_json(&acct, &(bal + c.cents)).await?;
+            if let Some([applied, account]) = statements.as_deref() {
+                use exactly::postgres::PostgresContext;
+                let db = ctx.postgres().await?;
+                db.execute(applied, &[&c.id]).await?;
+                db.execute(account, &[&i64::try_from(c.account).unwrap_or(i64::MAX), &c.cents]).await?;
+            }
             let mut f = effects.lock().map_err(|_| HandlerError::transient("effects log lock poisoned"))?;
             // One write call per line: a process killed mid-line must not leave a torn
             // line that the next process's line would be glued to.

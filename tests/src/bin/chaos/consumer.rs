@@ -22,11 +22,18 @@ pub(crate) struct Consumer {
     pub(crate) config: PathBuf,
     /// Size of the effects log when the process was last started.
     pub(crate) progress_at_start: u64,
+    /// The schema of the ledger's own tables, written through `ctx.postgres()` (with
+    /// `--engine postgres`).
+    pub(crate) ledger_sql: Option<String>,
 }
 
 impl Consumer {
     pub(crate) fn start(&mut self, app: &Path) -> anyhow::Result<()> {
-        let child = Command::new(app)
+        let mut command = Command::new(app);
+        if let Some(schema) = &self.ledger_sql {
+            command.env("LEDGER_SQL", schema);
+        }
+        let child = command
             .env("EXACTLY_CONFIG", &self.config)
             .env("EFFECTS", self.dir.join("effects.log"))
             .env("OUTAGE", &self.outage)

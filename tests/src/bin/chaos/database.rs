@@ -1,6 +1,7 @@
 //! `--engine postgres`: one PostgreSQL store shared by every consumer process, in a schema
 //! of the run's own, and the database's faults (`--db-faults`).
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,26 @@ pub(crate) struct Database {
 }
 
 impl Database {
-    pub(crate) fn new(name: &str) -> anyhow::Result<Self> {
+    /// The run's schema, with the ledger's own tables in it.
+    pub(crate) async fn new(name: &str) -> anyhow::Result<Self> {
         let base = std::env::var("EXACTLY_POSTGRES_URL")
             .context("--engine postgres needs $EXACTLY_POSTGRES_URL (eval \"$(scripts/services.sh up)\")")?;
         let schema = name.replace('-', "_");
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}application_name={schema}");
-        Ok(Self { url, schema: schema.clone(), app: schema })
+        let db = Self { url, schema: schema.clone(), app: schema };
+        db.client().await?.batch_execute(&exactly_tests::ledger_tables(&db.schema)).await?;
+        Ok(db)
+    }
+
+    /// The ledger's own tables: each key's credits, and the sum of the balances.
+    pub(crate) async fn ledger_tables(&self) -> anyhow::Result<(HashMap<String, i64>, i64)> {
+        let client = self.client().await?;
+        let s = &self.schema;
+        let rows = client.query(&format!("SELECT id, n FROM \"{s}\".applied"), &[]).await?;
+        let applied = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let sum = format!("SELECT coalesce(sum(balance), 0)::int8 FROM \"{s}\".accounts");
+        Ok((applied, client.query_one(&sum, &[]).await?.get(0)))
     }
 
     /// The `[store]` lines of a consumer's configuration.

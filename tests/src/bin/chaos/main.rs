@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let db = match args.engine.as_str() {
-        "postgres" => Some(database::Database::new(&name)?),
+        "postgres" => Some(database::Database::new(&name).await?),
         _ if args.db_faults > 0 => bail!("--db-faults needs --engine postgres"),
         _ => None,
     };
@@ -225,8 +225,17 @@ async fn main() -> anyhow::Result<()> {
             0 => None,
             _ => Some(disk::Tmpfs::mount(&dir.join("store-fs"), args.tmpfs_mb)?),
         };
-        let mut c =
-            Consumer { dir, outage: root.join("outage"), disk, port, child: None, config, progress_at_start: 0 };
+        let ledger_sql = db.as_ref().map(|db| db.schema().to_owned());
+        let mut c = Consumer {
+            dir,
+            outage: root.join("outage"),
+            disk,
+            port,
+            child: None,
+            config,
+            progress_at_start: 0,
+            ledger_sql,
+        };
         let store = match &db {
             Some(db) => db.store_toml(),
             None => format!("engine = \"{}\"\npath = \"{}\"\n", args.engine, c.store().display()),

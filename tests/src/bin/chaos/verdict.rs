@@ -53,6 +53,12 @@ pub(crate) async fn judge(run: &Run<'_>) -> anyhow::Result<Vec<String>> {
             .collect::<Result<_, _>>()
             .context("opening the stores after the run")?,
     };
+    // The ledger's own tables (written through `ctx.postgres()` on the shared store).
+    let sql = match db {
+        Some(db) => Some(db.ledger_tables().await.context("reading the ledger's own tables")?),
+        None => None,
+    };
+    let mut sql_disagrees = Vec::new();
     let mut credited_total = 0i64;
     for k in good {
         let mut per = Vec::with_capacity(stores.len());
@@ -68,6 +74,11 @@ pub(crate) async fn judge(run: &Run<'_>) -> anyhow::Result<Vec<String>> {
         }
         if per.iter().filter(|n| **n > 0).count() > 1 {
             cross_instance += 1;
+        }
+        if let Some((applied, _)) = &sql
+            && applied.get(&format!("k{k}")).copied().unwrap_or(0) != total
+        {
+            sql_disagrees.push(*k);
         }
         credited_total += total;
     }
@@ -120,6 +131,24 @@ pub(crate) async fn judge(run: &Run<'_>) -> anyhow::Result<Vec<String>> {
         args.seed,
     );
     let mut failures = Vec::new();
+    if let Some((applied, sum)) = &sql {
+        println!(
+            "the handler's own tables (ctx.postgres()): {} keys credited, balances {sum}, {} keys disagreeing with \
+             the transactional state",
+            applied.len(),
+            sql_disagrees.len()
+        );
+        if !sql_disagrees.is_empty() {
+            failures.push(format!(
+                "{} keys credited differently in the handler's tables than in its state, e.g. {:?}",
+                sql_disagrees.len(),
+                &sql_disagrees[..sql_disagrees.len().min(5)]
+            ));
+        }
+        if *sum != credited_total {
+            failures.push(format!("the handler's tables' balances {sum} != credits {credited_total}"));
+        }
+    }
     if !lost.is_empty() {
         failures.push(format!("{} keys lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]));
     }

@@ -34,11 +34,12 @@ impl Publish for Recorder {
         self.published.lock().unwrap().extend_from_slice(records);
         let cut = self.cut_after.lock().unwrap().take();
         if let Some(schema) = cut {
-            // The relay's session ends after the broker took the records, before the mark.
+            // The relay's session ends after the broker took the records, before the mark
+            // (waiting until it has: the signal alone may arrive after the mark).
             let client = common::connect().await;
             let ended: i64 = client
                 .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                    "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
                      WHERE state = 'idle in transaction' AND query LIKE '%' || $1 || '%outbox%'",
                     &[&schema],
                 )

@@ -1,0 +1,165 @@
+//! The outbox end to end, on the real PostgreSQL and RabbitMQ: a payments handler emits a
+//! `payment-settled` record per payment into the PostgreSQL outbox, 10% of the payments
+//! delivered twice; the relay publishes them with publisher confirms, its session ended
+//! once between a publish and the mark (so that batch goes out twice); a downstream
+//! `exactly` consumer sees each settlement's effect exactly once, and the raw copies on
+//! the broker are counted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{AMQP_URL, until};
+use exactly::amqp::AmqpPublisher;
+use exactly::postgres::PgStore;
+use exactly::publish::{Publish, PublishError};
+use exactly::{
+    Context, HandlerError, MemoryStore, Message, OutboundRecord, Outcome, Processor, async_trait, handler_fn,
+};
+
+const PAYMENTS: u64 = 200;
+
+/// The relay's publisher, whose first publish ends the relay's database session after the
+/// broker confirmed it, before the records are marked sent.
+#[derive(Debug)]
+struct CutOnce {
+    inner: AmqpPublisher,
+    schema: Mutex<Option<String>>,
+    /// Records the broker confirmed, copies included.
+    published: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Publish for CutOnce {
+    async fn publish(&self, records: &[OutboundRecord]) -> Result<(), PublishError> {
+        self.inner.publish(records).await?;
+        self.published.fetch_add(records.len() as u64, Ordering::SeqCst);
+        let cut = self.schema.lock().unwrap().take();
+        if let Some(schema) = cut {
+            let client = connect().await;
+            let ended: i64 = client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
+                     WHERE state = 'idle in transaction' AND query LIKE '%' || $1 || '%outbox%'",
+                    &[&schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(ended, 1, "the relay's session was found and ended");
+        }
+        Ok(())
+    }
+}
+
+async fn connect() -> tokio_postgres::Client {
+    let url = std::env::var("EXACTLY_POSTGRES_URL").expect("EXACTLY_POSTGRES_URL is not set: run scripts/test.sh");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_relayed_through_a_cut_take_effect_once_downstream() {
+    let queue = format!("exactly-outbox-{}", std::process::id());
+    let schema = format!("outbox_e2e_{}", std::process::id());
+
+    // Downstream: an `exactly` consumer of the settlements (it declares the queue).
+    let effects: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let seen = effects.clone();
+    let downstream = Processor::builder(
+        "ledger",
+        handler_fn(move |msg: Message, _c: Context| {
+            let seen = seen.clone();
+            async move {
+                let text = msg.payload_str().unwrap_or("?").to_owned();
+                *seen.lock().unwrap().entry(text).or_default() += 1;
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    )
+    .store(MemoryStore::new())
+    .build()
+    .unwrap();
+    let consumer = exactly::amqp::Consumer::builder(AMQP_URL, &queue).build(downstream).unwrap();
+    let (stats, stop) = (consumer.stats(), consumer.shutdown_handle());
+    let running = tokio::spawn(consumer.run());
+    until("the downstream consumer consumes", Duration::from_secs(30), async || {
+        stats.consuming.load(Ordering::Relaxed)
+    })
+    .await;
+
+    // Upstream: payments on the PostgreSQL store with its outbox.
+    let url = std::env::var("EXACTLY_POSTGRES_URL").unwrap();
+    let store = PgStore::builder(url).schema(&schema).outbox(true).open().await.unwrap();
+    let target = queue.clone();
+    let payments = Processor::builder(
+        "payments",
+        handler_fn(move |msg: Message, ctx: Context| {
+            let target = target.clone();
+            async move {
+                let id = msg.payload_str().unwrap_or("?").to_owned();
+                ctx.emit(OutboundRecord::new("", format!("payment-settled {id}")).key(target));
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    );
+    let published = Arc::new(AtomicU64::new(0));
+    let cut = CutOnce {
+        inner: AmqpPublisher::new(AMQP_URL),
+        schema: Mutex::new(Some(schema.clone())),
+        published: published.clone(),
+    };
+    let relay = store.relay(cut);
+    let payments = payments.store(store).build().unwrap();
+    let mut duplicates = 0;
+    for i in 0..PAYMENTS {
+        let m = Message::builder(format!("pay-{i}")).header("idempotency-key", format!("pay-{i}")).build();
+        let first = payments.process(m.clone()).await.unwrap();
+        assert!(first.emitted.is_empty(), "nothing for the adapter to publish: the relay does");
+        if i % 10 == 0 {
+            assert_eq!(payments.process(m).await.unwrap().outcome, Outcome::Duplicate);
+            duplicates += 1;
+        }
+    }
+
+    let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+    let relaying = tokio::spawn(async move { relay.run(async move { drop(halted.await) }).await });
+    until("every settlement took effect downstream", Duration::from_secs(60), async || {
+        effects.lock().unwrap().len() as u64 == PAYMENTS
+    })
+    .await;
+    // The relay goes on after the cut until every record is marked sent.
+    let db = connect().await;
+    let count = format!("SELECT count(*) FROM \"{schema}\".outbox");
+    until("the outbox is empty", Duration::from_secs(30), async || {
+        db.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    // The copies of the cut batch arrive too: wait until the consumer settled them all.
+    let _ = halt.send(());
+    relaying.await.unwrap().unwrap();
+    let copies = published.load(Ordering::SeqCst);
+    until("every copy was settled downstream", Duration::from_secs(30), async || {
+        stats.acked.load(Ordering::Relaxed) >= copies
+    })
+    .await;
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+
+    let effects = effects.lock().unwrap().clone();
+    assert!(effects.values().all(|n| *n == 1), "each settlement took effect once downstream: {effects:?}");
+    assert!(copies > PAYMENTS, "the cut batch went out twice: {copies} copies");
+    println!(
+        "{PAYMENTS} payments ({duplicates} delivered twice): {copies} raw copies of settlements on RabbitMQ, {} effects",
+        effects.len()
+    );
+    let client = connect().await;
+    client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+    let conn = exactly::amqp::lapin::Connection::connect(AMQP_URL, Default::default()).await.unwrap();
+    exactly::amqp::Topology::declare().delete(&conn.create_channel().await.unwrap(), &queue).await.unwrap();
+}

@@ -14,8 +14,8 @@ use exactly_core::store::{
     StateChanges, StoreKey, StoreStats,
 };
 use exactly_core::{
-    BreakerConfig, Context, Disposition, Error, MemoryStore, Message, Millis, Outcome, Processor, Result, RetryPolicy,
-    async_trait, handler_fn,
+    BreakerConfig, BreakerState, Context, Disposition, Error, HandlerError, MemoryStore, Message, Millis, Outcome,
+    Processor, Result, RetryPolicy, async_trait, handler_fn,
 };
 
 /// The memory store, with the claims, commits and state reads of a database that is out
@@ -189,4 +189,42 @@ async fn a_state_read_the_store_cannot_answer_is_a_retry_that_does_not_count() {
     store.reads_down.store(false, Ordering::SeqCst);
     let out = p.process(msg("r")).await.unwrap();
     assert_eq!(out.outcome, Outcome::Handled);
+}
+
+/// A probe whose processing is dropped part-way (an adapter aborting its in-flight
+/// deliveries when its connection breaks) must not hold the breaker half-open: before the
+/// fix every later delivery was answered `Pause` forever, a consumer spinning on its
+/// unacknowledged messages (seen in the RabbitMQ chaos runs on PostgreSQL).
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_mid_run_does_not_keep_the_breaker_half_open() {
+    let h = handler_fn(|_m: Message, ctx: Context| async move {
+        match ctx.message_key() {
+            "probe" => std::future::pending().await,
+            k if k.starts_with("down") => Err(HandlerError::transient("connection refused")),
+            _ => Ok(()),
+        }
+    });
+    let p = Processor::builder("c", h)
+        .store(MemoryStore::new())
+        .breaker(BreakerConfig::new(2, Duration::from_millis(50), Duration::from_millis(100)).unwrap())
+        .build()
+        .unwrap();
+    for k in ["down-1", "down-2"] {
+        let _ = p.process(msg(k)).await.unwrap();
+    }
+    assert_eq!(p.breaker_state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // The probe's processing is dropped while its handler runs.
+    let dropped = tokio::time::timeout(Duration::from_millis(10), p.process(msg("probe"))).await;
+    assert!(dropped.is_err(), "the probe was still running when it was dropped");
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let out = p.process(msg("after")).await.unwrap();
+        outcomes.push(out.outcome);
+        if out.outcome != Outcome::Paused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outcomes.last(), Some(&Outcome::Handled), "another message probes and runs: {outcomes:?}");
 }

@@ -83,6 +83,7 @@ impl Processor {
                 // A position committed before (by this instance or another that had the
                 // partition): the handler's transaction rolled back, the record is done.
                 Committed::Fenced if matches!(commit, Commit::Position { .. }) => {
+                    self.breaker_neutral(probe);
                     tracing::info!("the position was committed before; the handler's writes are rolled back");
                     return Ok(Processed::new(Disposition::Ack, Outcome::Duplicate, key.map(str::to_owned)));
                 }

@@ -79,6 +79,32 @@ pub(crate) enum Admit {
     Wait(Duration),
 }
 
+/// A probe's claim on the half-open breaker, given back if the probe's run is dropped
+/// before it reported (an adapter aborting its in-flight deliveries when its connection
+/// breaks): without it the breaker stayed half-open and paused every later message.
+pub(crate) struct ProbeGuard<'a> {
+    breaker: Option<&'a CircuitBreaker>,
+}
+
+impl<'a> ProbeGuard<'a> {
+    pub(crate) fn new(breaker: Option<&'a CircuitBreaker>, probe: bool) -> Self {
+        Self { breaker: breaker.filter(|_| probe) }
+    }
+
+    /// The run reported its outcome to the breaker itself.
+    pub(crate) fn disarm(mut self) {
+        self.breaker = None;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.breaker {
+            b.neutral(true);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     cfg: BreakerConfig,

@@ -211,6 +211,7 @@ impl Processor {
             Ok(probe) => probe,
             Err(paused) => return Ok(*paused),
         };
+        let guard = breaker::ProbeGuard::new(self.inner.breaker.as_ref(), probe);
         let result = match (key, watermark) {
             (Some(k), Some(w)) => {
                 let next = msg.coordinates().offset.unwrap_or(0).saturating_add(1);
@@ -220,6 +221,7 @@ impl Processor {
             (Some(k), None) => self.claimed(&msg, k, probe).await,
             (None, _) => self.attempts(&msg, &Commit::State, msg.delivery_count().unwrap_or(0), probe).await,
         };
+        guard.disarm();
         if result.is_err() {
             self.breaker_neutral(probe);
         }

@@ -163,3 +163,79 @@ async fn settlements_relayed_through_a_cut_take_effect_once_downstream() {
     let conn = exactly::amqp::lapin::Connection::connect(AMQP_URL, Default::default()).await.unwrap();
     exactly::amqp::Topology::declare().delete(&conn.create_channel().await.unwrap(), &queue).await.unwrap();
 }
+
+/// The app with `store.outbox = true`: a payments subscription on RabbitMQ emits into the
+/// outbox, and the app's own relay publishes to the same broker; every settlement arrives,
+/// and the outbox is empty when the app has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_runs_the_relay_of_its_outbox() {
+    use exactly::amqp::lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use exactly::amqp::lapin::types::{AMQPValue, FieldTable};
+    use exactly::amqp::lapin::{BasicProperties, Connection};
+
+    const N: u32 = 50;
+    let pid = std::process::id();
+    let (source, target, schema) =
+        (format!("exactly-outbox-app-{pid}"), format!("exactly-outbox-settled-{pid}"), format!("outbox_app_{pid}"));
+    let conn = Connection::connect(AMQP_URL, Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let declare = |q: String, passive: bool| {
+        let ch = ch.clone();
+        async move {
+            let opts = QueueDeclareOptions { passive, ..QueueDeclareOptions::default() };
+            ch.queue_declare(q.as_str().into(), opts, FieldTable::default()).await.unwrap().message_count()
+        }
+    };
+    declare(target.clone(), false).await;
+
+    let url = std::env::var("EXACTLY_POSTGRES_URL").unwrap();
+    let config = exactly::app::Config::from_toml(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\noutbox = true\n\
+         [http]\ndisabled = true\n[amqp.payments]\nurl = \"{AMQP_URL}\"\nqueue = \"{source}\"\n"
+    ))
+    .unwrap();
+    let to = target.clone();
+    let app = exactly::app::App::new(config).handler(
+        "payments",
+        handler_fn(move |msg: Message, ctx: Context| {
+            let to = to.clone();
+            async move {
+                ctx.emit(OutboundRecord::new("", format!("settled {}", msg.payload_str().unwrap_or("?"))).key(to));
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until(stop.clone()));
+    until("the app declared its queue", Duration::from_secs(30), async || {
+        let opts = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let probe = conn.create_channel().await.unwrap();
+        probe.queue_declare(source.as_str().into(), opts, FieldTable::default()).await.is_ok()
+    })
+    .await;
+    for i in 0..N {
+        let mut headers = FieldTable::default();
+        headers.insert("idempotency-key".into(), AMQPValue::LongString(format!("pay-{i}").into()));
+        let props = BasicProperties::default().with_headers(headers);
+        let payload = format!("pay-{i}");
+        let publish = ch.basic_publish(
+            "".into(),
+            source.as_str().into(),
+            BasicPublishOptions::default(),
+            payload.as_bytes(),
+            props,
+        );
+        publish.await.unwrap().await.unwrap();
+    }
+    until("every settlement was published", Duration::from_secs(60), async || declare(target.clone(), true).await >= N)
+        .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(declare(target.clone(), true).await, N, "one settlement per payment");
+    let db = connect().await;
+    let left: i64 = db.query_one(&format!("SELECT count(*) FROM \"{schema}\".outbox"), &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "the outbox is empty");
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+    exactly::amqp::Topology::declare().delete(&ch, &source).await.unwrap();
+    ch.queue_delete(target.as_str().into(), Default::default()).await.unwrap();
+}

@@ -29,6 +29,7 @@
 
 mod config;
 mod http;
+mod outbox;
 mod runner;
 mod subscriptions;
 mod telemetry;
@@ -83,15 +84,23 @@ impl std::fmt::Debug for Error {
     }
 }
 
-/// The configured store.
-async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
+/// A relay of the store's outbox, made once the publisher is known.
+type MakeRelay = Box<dyn FnOnce(Arc<dyn exactly_core::publish::Publish>) -> Relay + Send>;
+
+#[cfg(feature = "postgres")]
+type Relay = exactly_postgres::Relay;
+#[cfg(not(feature = "postgres"))]
+type Relay = std::convert::Infallible;
+
+/// The configured store, and its outbox's relay when `store.outbox` is on.
+async fn open_store(cfg: &StoreConfig) -> Result<(Arc<dyn DedupStore>, Option<MakeRelay>), Error> {
     let create = cfg.create_if_missing;
     let without = |engine: &str| {
         Error::Config(format!(
             "store.engine: this binary was built without the {engine} store; enable the `{engine}` feature of `exactly`"
         ))
     };
-    Ok(match cfg.engine {
+    let local: Arc<dyn DedupStore> = match cfg.engine {
         Engine::Sled => Arc::new(SledStore::builder(&cfg.path).create_if_missing(create).open()?),
         #[cfg(feature = "redb")]
         Engine::Redb => Arc::new(exactly_core::store::RedbStore::builder(&cfg.path).create_if_missing(create).open()?),
@@ -114,11 +123,20 @@ async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn DedupStore>, Error> {
             if let Some(n) = cfg.transaction_pool_size {
                 b = b.transaction_pool_size(n);
             }
-            Arc::new(b.open().await?)
+            let store = Arc::new(b.outbox(cfg.outbox).open().await?);
+            let relay: Option<MakeRelay> = match cfg.outbox {
+                true => {
+                    let s = store.clone();
+                    Some(Box::new(move |publisher| s.relay(publisher)))
+                }
+                false => None,
+            };
+            return Ok((store, relay));
         }
         #[allow(unreachable_patterns)]
         other => return Err(without(other.name())),
-    })
+    };
+    Ok((local, None))
 }
 
 impl Error {
@@ -207,7 +225,8 @@ impl App {
             true => None,
             false => Some(http::bind(config.http.listen).await?),
         };
-        let store = open_store(&config.store).await?;
+        let (store, relay) = open_store(&config.store).await?;
+        let publisher = relay.is_some().then(|| outbox::publisher(&config)).transpose()?;
         let mut take = |kind: &str, name: &str| {
             let make = handlers.remove(name).ok_or_else(|| {
                 Error::Config(format!("{kind}.{name}: no handler is registered under {name:?} (App::handler)"))
@@ -231,6 +250,13 @@ impl App {
         // One sweeper for the store, whatever the number of subscriptions.
         let _sweeper = exactly_core::Sweeper::default().start(store.clone(), Arc::new(exactly_core::SystemClock));
         let (mut running, probes) = runner::Running::start(subscriptions);
+        // The relay runs until the subscriptions have drained: what they emitted last goes
+        // out too (or stays in the outbox for the next start, or another instance's relay).
+        let relay_stop = tokio_util::sync::CancellationToken::new();
+        let relaying = relay.zip(publisher).map(|(make, publisher)| {
+            let (relay, stop) = (make(publisher), relay_stop.clone());
+            tokio::spawn(async move { run_relay(relay, stop).await })
+        });
         let server = listener.map(|l| http::serve(l, metrics, probes, stop.clone()));
         let gauges = tokio::spawn(telemetry::store_gauges(store.clone()));
         tracing::info!(kafka = config.kafka.len(), amqp = config.amqp.len(), store = %config.store.describe(), "exactly app running");
@@ -238,6 +264,10 @@ impl App {
         let failed = running.until_stopped(&stop).await;
         let first_error = running.drain(config.shutdown_timeout + Duration::from_secs(5), failed).await;
         gauges.abort();
+        relay_stop.cancel();
+        if let Some(r) = relaying {
+            let _ = r.await;
+        }
         store.flush().await?;
         stop.cancel();
         if let Some(s) = server {
@@ -246,4 +276,16 @@ impl App {
         tracing::info!("stopped");
         first_error.map_or(Ok(()), Err)
     }
+}
+
+#[cfg(feature = "postgres")]
+async fn run_relay(relay: Relay, stop: tokio_util::sync::CancellationToken) {
+    if let Err(e) = relay.run(stop.cancelled()).await {
+        tracing::error!(error = %e, "the outbox relay stopped");
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn run_relay(relay: Relay, _stop: tokio_util::sync::CancellationToken) {
+    match relay {}
 }

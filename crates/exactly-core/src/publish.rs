@@ -17,6 +17,13 @@ pub trait Publish: Send + Sync + std::fmt::Debug + 'static {
     async fn publish(&self, records: &[OutboundRecord]) -> Result<(), PublishError>;
 }
 
+#[async_trait]
+impl<P: Publish + ?Sized> Publish for std::sync::Arc<P> {
+    async fn publish(&self, records: &[OutboundRecord]) -> Result<(), PublishError> {
+        (**self).publish(records).await
+    }
+}
+
 /// A publish that failed: the broker refused a record, or could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish to {destination}: {reason}")]

@@ -226,21 +226,6 @@ impl ConsumerBuilder {
 
     /// The librdkafka settings of the producer (dead-letters, emitted records).
     pub(crate) fn producer_config(&self) -> ClientConfig {
-        const CONSUMER_ONLY: &[&str] = &[
-            "group.id",
-            "group.instance.id",
-            "auto.offset.reset",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "isolation.level",
-            "session.timeout.ms",
-            "heartbeat.interval.ms",
-            "max.poll.interval.ms",
-            "partition.assignment.strategy",
-            "queued.max.messages.kbytes",
-            "fetch.min.bytes",
-            "fetch.wait.max.ms",
-        ];
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers).set("acks", "all").set("enable.idempotence", "true");
         for (k, v) in &self.settings {
@@ -254,6 +239,24 @@ impl ConsumerBuilder {
         c
     }
 }
+
+/// librdkafka settings only a consumer takes: a producer made from a consumer's settings
+/// leaves them out.
+pub(crate) const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+];
 
 #[cfg(test)]
 mod tests {

@@ -31,7 +31,8 @@ impl KafkaPublisher {
         Self::with_settings(brokers, std::iter::empty::<(String, String)>())
     }
 
-    /// A producer to `brokers` with librdkafka settings of yours (security, timeouts);
+    /// A producer to `brokers` with librdkafka settings of yours (security, timeouts; a
+    /// consumer's settings can be given whole: those only a consumer takes are left out);
     /// `acks` and `enable.idempotence` stay as above.
     pub fn with_settings(
         brokers: impl Into<String>,
@@ -42,7 +43,10 @@ impl KafkaPublisher {
         c.set("bootstrap.servers", &brokers);
         let mut secrets = Vec::new();
         for (k, v) in settings {
-            let (k, v) = (k.into(), v.into());
+            let (k, v): (String, String) = (k.into(), v.into());
+            if crate::builder::CONSUMER_ONLY.contains(&k.as_str()) {
+                continue;
+            }
             if exactly_core::redact::is_secret(&k) && !v.is_empty() {
                 secrets.push(v.clone());
             }

@@ -91,6 +91,10 @@ pub struct StoreConfig {
     /// Connections for handlers' own transactions, `ctx.postgres()` (`postgres`; default 8).
     #[serde(default)]
     pub transaction_pool_size: Option<usize>,
+    /// Emitted records go through the outbox table, in the done-record's transaction, and
+    /// the app runs its relay to the subscriptions' broker (`postgres`; default `false`).
+    #[serde(default)]
+    pub outbox: bool,
     /// Whether a directory without a store gets a new, empty one (default `true`). Set it
     /// to `false` once the store is in service: a lost volume then stops the consumer at
     /// its start instead of handling again every message within the retention.
@@ -115,6 +119,7 @@ impl Default for StoreConfig {
             schema: None,
             pool_size: None,
             transaction_pool_size: None,
+            outbox: false,
             create_if_missing: true,
         }
     }
@@ -129,6 +134,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("transaction_pool_size", &self.transaction_pool_size)
+            .field("outbox", &self.outbox)
             .field("create_if_missing", &self.create_if_missing)
             .finish()
     }
@@ -282,6 +288,20 @@ impl Config {
                 return bad(format!("amqp.{name}"), "a Kafka subscription has the same name (the key namespace)");
             }
         }
+        if self.store.outbox {
+            if self.store.engine != Engine::Postgres {
+                return bad("store.outbox".into(), "the outbox needs engine = \"postgres\"");
+            }
+            let mut brokers = self.amqp.values().map(|a| &a.url).chain(self.kafka.values().map(|k| &k.brokers));
+            let first = brokers.next();
+            if (!self.amqp.is_empty() && !self.kafka.is_empty()) || brokers.any(|b| Some(b) != first) {
+                return bad(
+                    "store.outbox".into(),
+                    "the app's relay publishes every emitted record to one broker, and these subscriptions use \
+                     several; keep one broker per app, or run an exactly_postgres::Relay of your own",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -381,6 +401,14 @@ mod tests {
             .unwrap();
             assert_eq!(c.store.engine, engine);
         }
+        let err =
+            Config::from_toml("[store]\noutbox = true\n[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n").unwrap_err();
+        assert!(err.to_string().contains("store.outbox: the outbox needs engine = \"postgres\""), "{err}");
+        let two = "[store]\nengine = \"postgres\"\nurl = \"postgres://db/x\"\noutbox = true\n\
+                   [amqp.p]\nurl = \"amqp://a\"\nqueue = \"q\"\n[amqp.r]\nurl = \"amqp://b\"\nqueue = \"r\"\n";
+        let err = Config::from_toml(two).unwrap_err();
+        assert!(err.to_string().contains("store.outbox: the app's relay publishes every emitted record to one broker"));
+        assert!(Config::from_toml(&two.replace("amqp://b", "amqp://a")).unwrap().store.outbox);
         let err = Config::from_toml("[store]\nengine = \"rocksdb\"\n[amqp.p]\nurl = \"amqp://x\"\nqueue = \"q\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("rocksdb"), "{err}");

@@ -255,7 +255,7 @@ impl Shared {
     }
 
     /// Writes the records the completions among `writes` emitted to the outbox.
-    pub(crate) async fn write_outbox<'w, C: GenericClient>(
+    async fn write_outbox<'w, C: GenericClient>(
         &self,
         tx: &C,
         writes: impl Iterator<Item = &'w Write>,

@@ -107,7 +107,7 @@ impl Relay {
     pub async fn relay_once(&self) -> Result<RelayPass> {
         let db = |e| crate::error::db("relay the outbox", e);
         let sql = &self.shared.sql;
-        let mut client = self.shared.pool.get().await.map_err(|e| crate::error::pool("relay the outbox", e))?;
+        let mut client = self.shared.relay.get().await.map_err(|e| crate::error::pool("relay the outbox", e))?;
         let tx = client.transaction().await.map_err(db)?;
         let lock = tx.prepare_cached(&sql.relay_lock).await.map_err(db)?;
         if !tx.query_one(&lock, &[]).await.map_err(db)?.get::<_, bool>(0) {

@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     /// Connections for handlers' own transactions (`ctx.postgres()`), apart from the
     /// store's groups so that handlers holding them cannot starve the commits.
     pub(crate) transactions: Pool,
+    /// The outbox relay's connection, apart: a relay waiting for a slow broker holds it
+    /// inside its transaction, and must not hold one the store's groups need.
+    pub(crate) relay: Pool,
     pub(crate) sql: Sql,
     /// This instance's id: the holder of its claims, locked while it runs.
     pub(crate) holder: i32,
@@ -257,6 +260,8 @@ impl PgStoreBuilder {
         };
         let pool = pool_of(self.pool_size, "pool_size")?;
         let transactions = pool_of(self.transaction_pool_size, "transaction_pool_size")?;
+        // Connected only if a relay runs.
+        let relay = pool_of(1, "relay")?;
         {
             let mut client = pool.get().await.map_err(|e| match e {
                 deadpool_postgres::PoolError::Backend(e) => crate::error::open(&name, "connect", e),
@@ -269,6 +274,7 @@ impl PgStoreBuilder {
         let shared = Arc::new(Shared {
             pool,
             transactions,
+            relay,
             sql: Sql::new(&quoted, class, bucket_ms),
             holder,
             class,

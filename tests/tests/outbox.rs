@@ -239,3 +239,73 @@ async fn the_app_runs_the_relay_of_its_outbox() {
     exactly::amqp::Topology::declare().delete(&ch, &source).await.unwrap();
     ch.queue_delete(target.as_str().into(), Default::default()).await.unwrap();
 }
+
+/// The relay to Kafka (librdkafka's mock cluster): the settlements of 100 payments (10
+/// delivered twice) arrive once each, with their keys and derived idempotency keys, and a
+/// downstream `exactly` processor counts one effect per settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_relayed_to_kafka_arrive_once_each() {
+    use exactly::kafka::KafkaPublisher;
+    use exactly::kafka::rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use exactly::kafka::rdkafka::{ClientConfig, Message as _};
+    use exactly::kafka::testing::MockKafka;
+
+    const N: u64 = 100;
+    let kafka = MockKafka::new(1).unwrap();
+    let topic = format!("settled-{}", std::process::id());
+    kafka.create_topic(&topic, 1).unwrap();
+    let schema = format!("outbox_kafka_{}", std::process::id());
+    let url = std::env::var("EXACTLY_POSTGRES_URL").unwrap();
+    let store = PgStore::builder(url).schema(&schema).outbox(true).open().await.unwrap();
+    let relay = store.relay(KafkaPublisher::new(kafka.bootstrap_servers()).unwrap());
+    let to = topic.clone();
+    let payments = Processor::builder(
+        "payments",
+        handler_fn(move |msg: Message, ctx: Context| {
+            let to = to.clone();
+            async move {
+                let id = msg.payload_str().unwrap_or("?").to_owned();
+                ctx.emit(OutboundRecord::new(to, format!("payment-settled {id}")).key(id));
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    )
+    .store(store)
+    .build()
+    .unwrap();
+    for i in 0..N {
+        let m = Message::builder(format!("pay-{i}")).header("idempotency-key", format!("pay-{i}")).build();
+        assert_eq!(payments.process(m.clone()).await.unwrap().outcome, Outcome::Handled);
+        if i % 10 == 0 {
+            assert_eq!(payments.process(m).await.unwrap().outcome, Outcome::Duplicate);
+        }
+    }
+    while relay.relay_once().await.unwrap() != exactly::postgres::RelayPass::Published(0) {}
+
+    let downstream = Processor::builder("ledger", handler_fn(|_m: Message, _c: Context| async { Ok(()) }))
+        .store(MemoryStore::new())
+        .build()
+        .unwrap();
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&topic]).unwrap();
+    let mut handled = 0;
+    for i in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.expect("in time").unwrap();
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(key, Some(format!("pay-{i}")), "in order, with its key");
+        let mut msg = Message::builder(m.payload().unwrap_or_default().to_vec());
+        for h in exactly::kafka::rdkafka::message::Headers::iter(m.headers().expect("headers")) {
+            msg = msg.header(h.key, String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+        }
+        let out = downstream.process(msg.build()).await.unwrap();
+        handled += u64::from(out.outcome == Outcome::Handled);
+    }
+    assert_eq!(handled, N, "one effect per settlement downstream");
+    let db = connect().await;
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+}

@@ -14,6 +14,7 @@ mod handler_sql;
 mod load;
 mod lookup;
 mod native;
+mod outbox;
 mod postgres;
 mod sweeper;
 

@@ -69,6 +69,7 @@ pub(super) async fn run(args: &Args, n: u64) -> anyhow::Result<()> {
     println!("| SledStore (one instance, local) | 1 | {} | {:.2}x | - | - |", fmt_rate(r), r / naive_rate);
     duplicates(&url, &schema, n.min(20_000)).await?;
     super::handler_sql::run(&url, &schema, n.min(20_000)).await?;
+    super::outbox::run(&url, &schema, n.min(20_000)).await?;
 
     monitor.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
     Ok(())

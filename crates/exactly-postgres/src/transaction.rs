@@ -126,12 +126,27 @@ impl Drop for Conn {
             return;
         };
         runtime.spawn(async move {
-            // Closed, not pooled, if the task is dropped before the rollback is answered.
-            let conn = Conn(Some(client));
-            if conn.client().batch_execute("ROLLBACK").await.is_ok() {
-                conn.clean();
+            // Closed, not pooled, if the rollback fails (a dead connection) or the task is
+            // dropped before it is answered; never handed to another `Conn`, whose drop
+            // would try again (a dead connection's rollback fails at once, for ever).
+            let mut closing = Closing(Some(client));
+            if let Some(c) = &closing.0
+                && c.batch_execute("ROLLBACK").await.is_ok()
+            {
+                drop(closing.0.take());
             }
         });
+    }
+}
+
+/// A connection closed when dropped, never returned to the pool.
+struct Closing(Option<Object>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
     }
 }
 

@@ -212,3 +212,35 @@ async fn a_position_committed_by_another_instance_rolls_back_the_later_run() {
     let wm = a.store().meta_get("wm").await.unwrap().unwrap();
     assert_eq!(wm.as_ref(), 7i64.to_be_bytes());
 }
+
+/// This process's CPU time so far, in clock ticks (utime + stime of /proc/self/stat).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A handler whose transaction's connection was killed under it fails; the transaction
+/// left behind cannot be rolled back on that connection, which is then closed, once. (It
+/// used to try again on every drop: a loop of tasks spinning on a dead connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_connection_died_leaves_nothing_spinning() {
+    let db = Db::new("sql_died").await;
+    let h = handler_fn(|_m: Message, ctx: Context| async move {
+        let tx = ctx.postgres().await?;
+        let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let killer = common::connect().await;
+        killer.execute("SELECT pg_terminate_backend($1, 10000)", &[&pid]).await?;
+        tx.execute("SELECT 1", &[]).await?;
+        Ok::<_, HandlerError>(())
+    });
+    let p = processor(db.store().await, h);
+    let out = p.process(credit("k1", "ada", 1)).await.unwrap();
+    assert_eq!(out.outcome, Outcome::Retry, "a lost connection is retried");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = cpu_ticks();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks() - before;
+    assert!(used < 20, "{used} ticks of CPU in a second of idling: something spins");
+}

@@ -31,6 +31,15 @@ impl Database {
         Ok(db)
     }
 
+    /// How many of the ledger's keys are done in the store: a key whose effect is in the
+    /// log may still be uncommitted (its handler ran, its commit failed and it waits for a
+    /// retry, unacknowledged, which a queue's ready count does not show).
+    pub(crate) async fn done_keys(&self) -> anyhow::Result<usize> {
+        let sql = format!("SELECT count(*) FROM \"{}\".records WHERE namespace = 'ledger' AND state = 2", self.schema);
+        let n: i64 = self.client().await?.query_one(&sql, &[]).await?.get(0);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// The ledger's own tables: each key's credits, and the sum of the balances.
     pub(crate) async fn ledger_tables(&self) -> anyhow::Result<(HashMap<String, i64>, i64)> {
         let client = self.client().await?;

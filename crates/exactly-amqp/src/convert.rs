@@ -157,6 +157,11 @@ pub(crate) fn reply_properties(d: &Delivery, cached: bool) -> BasicProperties {
 }
 
 /// Properties of a record a handler emitted.
+/// An emitted record's routing key: its key, as text (empty without one).
+pub(crate) fn routing_key(r: &OutboundRecord) -> String {
+    r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default()
+}
+
 pub(crate) fn outbound_properties(r: &OutboundRecord) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in &r.headers {

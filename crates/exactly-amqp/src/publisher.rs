@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use crate::convert::{outbound_properties, short};
+use crate::convert::{outbound_properties, routing_key, short};
 
 /// Publishes records to RabbitMQ: each to its exchange (`destination`; `""` is the
 /// default exchange) with its key as routing key, persistent, `mandatory` (a record no
@@ -60,7 +60,7 @@ impl Publish for AmqpPublisher {
         // Published one after another, their confirmations awaited together.
         let mut confirms = Vec::with_capacity(records.len());
         for r in records {
-            let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+            let key = routing_key(r);
             let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
             match ch.basic_publish(short(&r.destination), short(&key), opts, &r.payload, outbound_properties(r)).await {
                 Ok(confirm) => confirms.push((r, confirm)),

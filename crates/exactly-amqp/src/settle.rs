@@ -149,8 +149,7 @@ impl Session {
             self.stats.replies.fetch_add(1, Ordering::Relaxed);
         }
         for r in &p.emitted {
-            let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-            self.publish(&r.destination, &key, &r.payload, convert::outbound_properties(r)).await?;
+            self.publish(&r.destination, &convert::routing_key(r), &r.payload, convert::outbound_properties(r)).await?;
         }
         Ok(())
     }

@@ -66,13 +66,7 @@ impl ConsumerBuilder {
     /// The error of a client librdkafka would not create, with secret settings' values
     /// hidden from its message.
     pub(crate) fn create_error(&self, client: &'static str, e: &rdkafka::error::KafkaError) -> Error {
-        let mut reason = e.to_string();
-        for (k, v) in &self.settings {
-            if exactly_core::redact::is_secret(k) && !v.is_empty() {
-                reason = reason.replace(v.as_str(), "***");
-            }
-        }
-        Error::Create { client, reason }
+        create_error(client, e, &self.settings)
     }
 
     pub(crate) fn new(brokers: impl Into<String>, group: impl Into<String>) -> Self {
@@ -238,6 +232,22 @@ impl ConsumerBuilder {
         }
         c
     }
+}
+
+/// The error of a client librdkafka would not create from `settings`: its message can
+/// quote a setting's value, so secret settings' values are hidden.
+pub(crate) fn create_error(
+    client: &'static str,
+    e: &rdkafka::error::KafkaError,
+    settings: &[(String, String)],
+) -> Error {
+    let mut reason = e.to_string();
+    for (k, v) in settings {
+        if exactly_core::redact::is_secret(k) && !v.is_empty() {
+            reason = reason.replace(v.as_str(), "***");
+        }
+    }
+    Error::Create { client, reason }
 }
 
 /// librdkafka settings only a consumer takes: a producer made from a consumer's settings

@@ -71,8 +71,18 @@ pub(crate) fn dead_letter_headers(m: &OwnedMessage, dl: &DeadLetter, consumer: &
     h
 }
 
+/// An emitted record as a Kafka record: its topic, key, payload and headers.
+pub(crate) fn outbound_record(r: &OutboundRecord) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
+    let rec =
+        rdkafka::producer::FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(outbound_headers(r));
+    match &r.key {
+        Some(k) => rec.key(k.as_ref()),
+        None => rec,
+    }
+}
+
 /// The headers of an emitted record.
-pub(crate) fn outbound_headers(r: &OutboundRecord) -> OwnedHeaders {
+fn outbound_headers(r: &OutboundRecord) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(r.headers.len());
     for (k, v) in &r.headers {
         h = h.insert(Header { key: k.as_str(), value: Some(v.as_ref()) });

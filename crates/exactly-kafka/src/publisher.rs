@@ -7,10 +7,10 @@ use exactly_core::OutboundRecord;
 use exactly_core::async_trait;
 use exactly_core::publish::{Publish, PublishError};
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 
-use crate::convert::outbound_headers;
+use crate::convert::outbound_record;
 
 /// Produces records to Kafka: each to its topic (`destination`) with its key and headers,
 /// `acks=all`, `enable.idempotence=true`, and waits for every delivery report.
@@ -39,25 +39,18 @@ impl KafkaPublisher {
         settings: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     ) -> Result<Self, crate::Error> {
         let brokers = brokers.into();
+        let settings: Vec<(String, String)> = settings
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| !crate::builder::CONSUMER_ONLY.contains(&k.as_str()))
+            .collect();
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &brokers);
-        let mut secrets = Vec::new();
-        for (k, v) in settings {
-            let (k, v): (String, String) = (k.into(), v.into());
-            if crate::builder::CONSUMER_ONLY.contains(&k.as_str()) {
-                continue;
-            }
-            if exactly_core::redact::is_secret(&k) && !v.is_empty() {
-                secrets.push(v.clone());
-            }
+        for (k, v) in &settings {
             c.set(k, v);
         }
         c.set("acks", "all").set("enable.idempotence", "true");
-        let producer = c.create().map_err(|e: rdkafka::error::KafkaError| {
-            // librdkafka's message can quote a setting's value.
-            let reason = secrets.iter().fold(e.to_string(), |text, s| text.replace(s.as_str(), "***"));
-            crate::Error::Create { client: "producer", reason }
-        })?;
+        let producer = c.create().map_err(|e| crate::builder::create_error("producer", &e, &settings))?;
         Ok(Self { producer, brokers })
     }
 }
@@ -67,13 +60,8 @@ impl Publish for KafkaPublisher {
     async fn publish(&self, records: &[OutboundRecord]) -> Result<(), PublishError> {
         // Queued one after another (the idempotent producer keeps their order per
         // partition), their delivery reports awaited together.
-        let sends = records.iter().map(|r| {
-            let mut rec = FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(outbound_headers(r));
-            if let Some(k) = &r.key {
-                rec = rec.key(k.as_ref());
-            }
-            self.producer.send(rec, Timeout::After(Duration::from_secs(30)))
-        });
+        let sends =
+            records.iter().map(|r| self.producer.send(outbound_record(r), Timeout::After(Duration::from_secs(30))));
         let reports = futures_util::future::join_all(sends).await;
         for (r, report) in records.iter().zip(reports) {
             if let Err((e, _)) = report {

@@ -7,7 +7,7 @@ use exactly_core::OutboundRecord;
 use exactly_core::runtime::blocking;
 use rdkafka::TopicPartitionList;
 use rdkafka::error::{KafkaError, RDKafkaError};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::util::Timeout;
 
 use crate::state::Committer;
@@ -40,13 +40,8 @@ pub(crate) async fn commit(
     }
     let produced = async {
         for r in records {
-            let mut rec =
-                FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(convert::outbound_headers(r));
-            if let Some(k) = &r.key {
-                rec = rec.key(k.as_ref());
-            }
             producer
-                .send(rec, Timeout::After(TIMEOUT))
+                .send(convert::outbound_record(r), Timeout::After(TIMEOUT))
                 .await
                 .map_err(|(source, _)| Error::Produce { topic: r.destination.clone(), source })?;
         }

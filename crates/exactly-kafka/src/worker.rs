@@ -309,14 +309,9 @@ async fn settle_in(
 /// Produces the records a handler emitted and waits for their delivery.
 async fn emit(state: &ConsumerState, records: &[exactly_core::OutboundRecord]) -> Result<(), Error> {
     for r in records {
-        let mut rec =
-            FutureRecord::to(&r.destination).payload(r.payload.as_ref()).headers(convert::outbound_headers(r));
-        if let Some(k) = &r.key {
-            rec = rec.key(k.as_ref());
-        }
         state
             .producer
-            .send(rec, Timeout::After(Duration::from_secs(30)))
+            .send(convert::outbound_record(r), Timeout::After(Duration::from_secs(30)))
             .await
             .map_err(|(source, _)| Error::Produce { topic: r.destination.clone(), source })?;
     }

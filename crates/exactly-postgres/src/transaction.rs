@@ -152,9 +152,7 @@ impl Drop for Closing {
 
 /// Closes a connection instead of returning it to the pool.
 fn close(conn: &mut Conn) {
-    if let Some(client) = conn.0.take() {
-        drop(Object::take(client));
-    }
+    drop(Closing(conn.0.take()));
 }
 
 impl Shared {

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{acquire_at, drop_schema, fresh_schema, now_ms, url};
+use common::{acquire_at, drop_schema, now_ms, url};
 use exactly_core::store::{DedupStore, RecordState};
 use exactly_core::{
     Context, Coordinates, Disposition, Handler, HandlerError, MemoryStore, Message, Outcome, Processor, StoreKey,
@@ -22,15 +22,8 @@ struct Db {
 
 impl Db {
     async fn new(what: &str) -> Self {
-        let schema = fresh_schema(what);
-        let client = common::connect().await;
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".ledger (account text PRIMARY KEY, balance int8 NOT NULL)"
-            ))
-            .await
-            .unwrap();
-        Db { schema }
+        let ddl = "CREATE TABLE {s}.ledger (account text PRIMARY KEY, balance int8 NOT NULL)";
+        Db { schema: common::fresh_schema_with(what, ddl).await }
     }
 
     async fn store(&self) -> Arc<PgStore> {

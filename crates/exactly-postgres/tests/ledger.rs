@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{drop_schema, fresh_schema, url, wait_until_gone};
+use common::{drop_schema, url, wait_until_gone};
 use exactly_core::testing::{CrashPlan, DrainOptions, MemoryBroker, drain};
 use exactly_core::{Context, Error, FaultInjector, HandlerError, Message, Processor, handler_fn};
 use exactly_postgres::{PgStore, PostgresContext};
@@ -35,14 +35,9 @@ impl Rng {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_crashing_instances_credit_every_account_exactly() {
     let credits: u64 = std::env::var("EXACTLY_LEDGER_CREDITS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000);
-    let schema = fresh_schema("ledger");
+    let ddl = "CREATE TABLE {s}.accounts (id text PRIMARY KEY, balance int8 NOT NULL)";
+    let schema = common::fresh_schema_with("ledger", ddl).await;
     let client = common::connect().await;
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".accounts (id text PRIMARY KEY, balance int8 NOT NULL)"
-        ))
-        .await
-        .unwrap();
     let broker = MemoryBroker::new();
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
     let mut rng = Rng(7);

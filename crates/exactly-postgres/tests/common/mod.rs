@@ -24,6 +24,19 @@ pub fn fresh_schema(what: &str) -> String {
     format!("t_{what}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A schema no other test uses, created with the tables `ddl` makes (`{s}` stands for the
+/// quoted schema name).
+pub async fn fresh_schema_with(what: &str, ddl: &str) -> String {
+    let schema = fresh_schema(what);
+    let quoted = format!("\"{schema}\"");
+    connect()
+        .await
+        .batch_execute(&format!("CREATE SCHEMA {quoted}; {}", ddl.replace("{s}", &quoted)))
+        .await
+        .expect("create the test schema");
+    schema
+}
+
 /// A plain connection, for the tests' own SQL.
 pub async fn connect() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&url(), NoTls).await.expect("connect to the test database");

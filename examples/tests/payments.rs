@@ -189,6 +189,32 @@ async fn kill_between_publish_and_mark(
     false
 }
 
+/// Kills every instance while a payment's done-record is committed and its delivery not
+/// yet acknowledged: with the instances frozen (SIGSTOP), more payments settled in the
+/// store than deliveries acknowledged (`acked`) means one settled payment has none. If
+/// not, they are thawed and it looks again. False if that did not happen in `limit`.
+async fn kill_between_commit_and_ack(
+    instances: &Instances,
+    db: &tokio_postgres::Client,
+    schema: &str,
+    acked: &dyn Fn() -> u64,
+    limit: Duration,
+) -> bool {
+    let settled = format!("SELECT count(*) FROM {schema}.records WHERE namespace = 'payments' AND state IN (2, 3)");
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        instances.signal(Signal::SIGSTOP);
+        let done = db.query_one(&settled, &[]).await.unwrap().get::<_, i64>(0);
+        if u64::try_from(done).unwrap() > acked() {
+            instances.kill(None, false);
+            return true;
+        }
+        instances.signal(Signal::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// The downstream consumer's handler: one effect per settlement, counted by payment id.
 fn downstream(effects: Arc<Mutex<HashMap<String, u32>>>) -> impl Handler {
     handler_fn(move |msg: Message, _ctx: Context| {
@@ -211,21 +237,34 @@ async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// The run both brokers share: payments in three phases with the kills between, until
-/// every settlement arrived downstream and the outbox is empty.
+/// every settlement arrived downstream and the outbox is empty. The first kill: every
+/// instance between a commit and its acknowledgement when the broker's count of them can
+/// be read (`acked`), else one instance.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     n: usize,
     publisher: &dyn Publish,
     record: &dyn Fn(&str, &str, Vec<u8>) -> OutboundRecord,
     instances: &Instances,
     schema: &str,
+    acked: Option<&dyn Fn() -> u64>,
     effects: &Mutex<HashMap<String, u32>>,
     db: &tokio_postgres::Client,
 ) {
     let arrived = |k: usize| move || effects.lock().unwrap().len() >= k;
     let limit = Duration::from_secs(120);
     publisher.publish(&records(0..n / 3, record)).await.unwrap();
-    until("a sixth of the settlements arrived", limit, arrived(n / 6)).await;
-    instances.kill(Some(0), true);
+    match acked {
+        Some(acked) => {
+            let killed = kill_between_commit_and_ack(instances, db, schema, acked, limit).await;
+            assert!(killed, "all instances were killed between a commit and its acknowledgement");
+            instances.restart(None);
+        }
+        None => {
+            until("a sixth of the settlements arrived", limit, arrived(n / 6)).await;
+            instances.kill(Some(0), true);
+        }
+    }
 
     publisher.publish(&records(n / 3..2 * n / 3, record)).await.unwrap();
     let killed = kill_between_publish_and_mark(instances, db, schema, effects, limit).await;
@@ -307,7 +346,7 @@ async fn three_instances_on_rabbitmq_killed_debit_once_and_settle_once() {
 
     let publisher = exactly::amqp::AmqpPublisher::new(AMQP_URL);
     let to_queue = |_id: &str, _account: &str, body: Vec<u8>| OutboundRecord::new("", body).key(queue.clone());
-    run(N, &publisher, &to_queue, &instances, "exactly_payments", &effects, &db).await;
+    run(N, &publisher, &to_queue, &instances, "exactly_payments", None, &effects, &db).await;
     // Stopped gracefully, the consumer has settled every copy it was given.
     stop.shutdown();
     consuming.await.unwrap().unwrap();
@@ -326,6 +365,8 @@ async fn three_instances_on_rabbitmq_killed_debit_once_and_settle_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_kafka_killed_debit_once_and_settle_once() {
+    use exactly::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use exactly::kafka::rdkafka::{ClientConfig, TopicPartitionList};
     use exactly::kafka::testing::MockKafka;
     const N: usize = 300;
     let pid = std::process::id();
@@ -358,7 +399,22 @@ async fn three_instances_on_kafka_killed_debit_once_and_settle_once() {
 
     let publisher = exactly::kafka::KafkaPublisher::new(kafka.bootstrap_servers()).unwrap();
     let to_topic = |_id: &str, account: &str, body: Vec<u8>| OutboundRecord::new(topic, body).key(account.to_owned());
-    run(N, &publisher, &to_topic, &instances, "exactly_payments_kafka", &effects, &db).await;
+    // What the instances' group committed: records below the committed offsets.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", "payments")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..3 {
+        partitions.add_partition(topic, p);
+    }
+    let committed = || {
+        let offsets = group.committed_offsets(partitions.clone(), Duration::from_secs(10)).unwrap();
+        offsets.elements().iter().filter_map(|e| e.offset().to_raw()).map(|o| o.max(0).unsigned_abs()).sum()
+    };
+    let schema = "exactly_payments_kafka";
+    run(N, &publisher, &to_topic, &instances, schema, Some(&committed), &effects, &db).await;
     stop.shutdown();
     consuming.await.unwrap().unwrap();
     let copies = stats.records.load(Ordering::SeqCst);

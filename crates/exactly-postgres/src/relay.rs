@@ -54,7 +54,7 @@ impl PgStore {
             publisher: Arc::new(publisher),
             batch: 256,
             poll: Duration::from_millis(100),
-            schema: self.shared.name.clone(),
+            schema: self.shared.schema.clone(),
         }
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) cache: DoneCache,
     /// The URL without its password, and the schema: for errors and logs.
     pub(crate) name: String,
+    /// The schema alone: the metrics' label.
+    pub(crate) schema: String,
     pub(crate) max_value: usize,
     /// Emitted records go to the outbox table, for a [`Relay`](crate::Relay).
     pub(crate) outbox: bool,
@@ -280,6 +282,7 @@ impl PgStoreBuilder {
             class,
             cache: DoneCache::new(self.cache_keys),
             name,
+            schema: self.schema.clone(),
             max_value: 64 * 1024 * 1024,
             outbox: self.outbox,
             in_flight: AtomicU64::new(0),

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::example;
+use common::{HoldingProxy, example};
 use exactly::publish::Publish;
 use exactly::{Context, Handler, HandlerError, MemoryStore, Message, OutboundRecord, Processor, handler_fn};
 use nix::sys::signal::Signal;
@@ -189,24 +189,48 @@ async fn kill_between_publish_and_mark(
     false
 }
 
+/// How the test tells that a settled payment's delivery is not acknowledged yet.
+enum Acks<'a> {
+    /// Records below the group's committed offsets (Kafka).
+    Committed(&'a dyn Fn() -> u64),
+    /// The instances reach the broker through this proxy (RabbitMQ): while it holds what
+    /// they send, a payment settled after the hold began has its acknowledgement held.
+    Proxied(&'a HoldingProxy),
+}
+
 /// Kills every instance while a payment's done-record is committed and its delivery not
-/// yet acknowledged: with the instances frozen (SIGSTOP), more payments settled in the
-/// store than deliveries acknowledged (`acked`) means one settled payment has none. If
-/// not, they are thawed and it looks again. False if that did not happen in `limit`.
+/// yet acknowledged. False if that did not happen within `limit`.
 async fn kill_between_commit_and_ack(
     instances: &Instances,
     db: &tokio_postgres::Client,
     schema: &str,
-    acked: &dyn Fn() -> u64,
+    acks: Acks<'_>,
     limit: Duration,
 ) -> bool {
     let settled = format!("SELECT count(*) FROM {schema}.records WHERE namespace = 'payments' AND state IN (2, 3)");
+    let settled = async || u64::try_from(db.query_one(&settled, &[]).await.unwrap().get::<_, i64>(0)).unwrap();
     let deadline = tokio::time::Instant::now() + limit;
+    let before = match acks {
+        Acks::Proxied(proxy) => {
+            proxy.hold();
+            Some(settled().await)
+        }
+        Acks::Committed(_) => None,
+    };
     while tokio::time::Instant::now() < deadline {
+        // Frozen (SIGSTOP), more payments settled in the store than acknowledged means one
+        // settled payment is not; otherwise thawed, and again.
         instances.signal(Signal::SIGSTOP);
-        let done = db.query_one(&settled, &[]).await.unwrap().get::<_, i64>(0);
-        if u64::try_from(done).unwrap() > acked() {
+        let caught = match (&acks, before) {
+            (Acks::Committed(acked), _) => settled().await > acked(),
+            (Acks::Proxied(_), Some(before)) => settled().await > before,
+            (Acks::Proxied(_), None) => false,
+        };
+        if caught {
             instances.kill(None, false);
+            if let Acks::Proxied(proxy) = acks {
+                proxy.cut(); // the acknowledgements they held never arrive
+            }
             return true;
         }
         instances.signal(Signal::SIGCONT);
@@ -237,9 +261,7 @@ async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// The run both brokers share: payments in three phases with the kills between, until
-/// every settlement arrived downstream and the outbox is empty. The first kill: every
-/// instance between a commit and its acknowledgement when the broker's count of them can
-/// be read (`acked`), else one instance.
+/// every settlement arrived downstream and the outbox is empty.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     n: usize,
@@ -247,24 +269,18 @@ async fn run(
     record: &dyn Fn(&str, &str, Vec<u8>) -> OutboundRecord,
     instances: &Instances,
     schema: &str,
-    acked: Option<&dyn Fn() -> u64>,
+    acks: Acks<'_>,
     effects: &Mutex<HashMap<String, u32>>,
     db: &tokio_postgres::Client,
 ) {
     let arrived = |k: usize| move || effects.lock().unwrap().len() >= k;
     let limit = Duration::from_secs(120);
     publisher.publish(&records(0..n / 3, record)).await.unwrap();
-    match acked {
-        Some(acked) => {
-            let killed = kill_between_commit_and_ack(instances, db, schema, acked, limit).await;
-            assert!(killed, "all instances were killed between a commit and its acknowledgement");
-            instances.restart(None);
-        }
-        None => {
-            until("a sixth of the settlements arrived", limit, arrived(n / 6)).await;
-            instances.kill(Some(0), true);
-        }
-    }
+    let killed = kill_between_commit_and_ack(instances, db, schema, acks, limit).await;
+    assert!(killed, "all instances were killed between a commit and its acknowledgement");
+    instances.restart(None);
+    until("a sixth of the settlements arrived", limit, arrived(n / 6)).await;
+    instances.kill(Some(0), true);
 
     publisher.publish(&records(n / 3..2 * n / 3, record)).await.unwrap();
     let killed = kill_between_publish_and_mark(instances, db, schema, effects, limit).await;
@@ -315,10 +331,12 @@ async fn three_instances_on_rabbitmq_killed_debit_once_and_settle_once() {
     let pid = std::process::id();
     let (queue, settled) = (format!("payments-{pid}"), format!("payment-settled-{pid}"));
     let database = Database::new(format!("payments_amqp_{pid}")).await;
+    let proxy = HoldingProxy::start("127.0.0.1:5672").await;
     let instances = Instances::start(
         "payments.toml",
         vec![
             ("EXACTLY_STORE__URL".into(), database.url.clone()),
+            ("EXACTLY_AMQP__PAYMENTS__URL".into(), format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)),
             ("EXACTLY_AMQP__PAYMENTS__QUEUE".into(), queue.clone()),
             ("PAYMENTS_SETTLED".into(), settled.clone()),
         ],
@@ -346,7 +364,7 @@ async fn three_instances_on_rabbitmq_killed_debit_once_and_settle_once() {
 
     let publisher = exactly::amqp::AmqpPublisher::new(AMQP_URL);
     let to_queue = |_id: &str, _account: &str, body: Vec<u8>| OutboundRecord::new("", body).key(queue.clone());
-    run(N, &publisher, &to_queue, &instances, "exactly_payments", None, &effects, &db).await;
+    run(N, &publisher, &to_queue, &instances, "exactly_payments", Acks::Proxied(&proxy), &effects, &db).await;
     // Stopped gracefully, the consumer has settled every copy it was given.
     stop.shutdown();
     consuming.await.unwrap().unwrap();
@@ -414,7 +432,7 @@ async fn three_instances_on_kafka_killed_debit_once_and_settle_once() {
         offsets.elements().iter().filter_map(|e| e.offset().to_raw()).map(|o| o.max(0).unsigned_abs()).sum()
     };
     let schema = "exactly_payments_kafka";
-    run(N, &publisher, &to_topic, &instances, schema, Some(&committed), &effects, &db).await;
+    run(N, &publisher, &to_topic, &instances, schema, Acks::Committed(&committed), &effects, &db).await;
     stop.shutdown();
     consuming.await.unwrap().unwrap();
     let copies = stats.records.load(Ordering::SeqCst);

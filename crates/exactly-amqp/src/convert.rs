@@ -70,11 +70,12 @@ pub(crate) fn to_message(d: &Delivery, payload: Bytes, queue: &str) -> Message {
     let routing_key =
         header_str(table, header_names::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_owned());
     let mut coordinates = Coordinates::new(queue).with_route(exchange, routing_key);
-    if let Some(ts) = props.timestamp()
-        && let Ok(ts) = i64::try_from(*ts)
-    {
-        // AMQP timestamps are seconds.
-        coordinates = coordinates.with_timestamp_ms(ts.saturating_mul(1000));
+    // The publish time in ms: the header RabbitMQ's message-timestamp plugin (or the
+    // producer) sets, else the `timestamp` property, which AMQP gives in seconds.
+    let in_ms = header(table, "timestamp_in_ms").and_then(|v| header_value(v).as_i64());
+    let in_s = props.timestamp().and_then(|ts| i64::try_from(ts).ok()).map(|ts| ts.saturating_mul(1000));
+    if let Some(ts) = in_ms.or(in_s) {
+        coordinates = coordinates.with_timestamp_ms(ts);
     }
     let mut b = Message::builder(payload).headers(headers).coordinates(coordinates).redelivered(d.redelivered);
     if let Some(id) = props.message_id() {

@@ -15,6 +15,10 @@
 //! | `exactly_store_flush_duration_seconds` | histogram | |
 //! | `exactly_store_flush_batch_size` | histogram | |
 //! | `exactly_store_purged_total` | counter | |
+//! | `exactly_settlement_age_seconds` | histogram | `consumer`, `outcome` (`handled`, `duplicate`, `already_dead_lettered`, `dead_lettered`): from the message's publish timestamp to when it may be acknowledged |
+//! | `exactly_settlement_late_total` | counter | `consumer`: settled later than the objective ([`ProcessorBuilder::settlement_objective`](crate::ProcessorBuilder::settlement_objective)) |
+//! | `exactly_settlement_clock_skew_total` | counter | `consumer`: settled before its publish timestamp (the clocks disagree); recorded as age 0 |
+//! | `exactly_settlement_untimed_total` | counter | `consumer`: settled without a publish timestamp (no age) |
 
 use std::time::Duration;
 
@@ -40,6 +44,26 @@ pub const STORE_FLUSH_BATCH: &str = "exactly_store_flush_batch_size";
 /// `exactly_store_purged_total`
 pub const STORE_PURGED_TOTAL: &str = "exactly_store_purged_total";
 
+/// `exactly_settlement_age_seconds`: how long after it was published a message was
+/// settled (handled, answered as a duplicate, or dead-lettered), by the broker's or the
+/// producer's timestamp and this machine's clock.
+pub const SETTLEMENT_AGE: &str = "exactly_settlement_age_seconds";
+/// `exactly_settlement_late_total`: settled later than the consumer's objective.
+pub const SETTLEMENT_LATE_TOTAL: &str = "exactly_settlement_late_total";
+/// `exactly_settlement_clock_skew_total`: settled before the timestamp it was published
+/// with (the producer's or the broker's clock is ahead): counted here, and as age 0.
+pub const SETTLEMENT_CLOCK_SKEW_TOTAL: &str = "exactly_settlement_clock_skew_total";
+/// `exactly_settlement_untimed_total`: settled without a publish timestamp.
+pub const SETTLEMENT_UNTIMED_TOTAL: &str = "exactly_settlement_untimed_total";
+
+/// The outcomes that settle a message, in the order of [`ConsumerMetrics::ages`].
+const SETTLED: [crate::Outcome; 4] = [
+    crate::Outcome::Handled,
+    crate::Outcome::Duplicate,
+    crate::Outcome::AlreadyDeadLettered,
+    crate::Outcome::DeadLettered,
+];
+
 /// Handles for one consumer's metrics, made once so the hot path does not build label
 /// sets per message. Make the processor after installing the recorder.
 #[derive(Clone)]
@@ -55,6 +79,12 @@ pub(crate) struct ConsumerMetrics {
     processing_duration: metrics::Histogram,
     conflicts: metrics::Counter,
     breaker: metrics::Gauge,
+    /// Settlement age by outcome, in the order of [`SETTLED`].
+    ages: [metrics::Histogram; 4],
+    /// The objective and the counter of settlements later than it.
+    late: Option<(Duration, metrics::Counter)>,
+    skewed: metrics::Counter,
+    untimed: metrics::Counter,
     consumer: std::sync::Arc<str>,
 }
 
@@ -65,8 +95,10 @@ impl std::fmt::Debug for ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    pub(crate) fn new(consumer: &str) -> Self {
+    pub(crate) fn new(consumer: &str, objective: Option<Duration>) -> Self {
         let c = consumer.to_owned();
+        let age =
+            |o: crate::Outcome| metrics::histogram!(SETTLEMENT_AGE, "consumer" => c.clone(), "outcome" => o.as_str());
         let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "consumer" => c.clone(), "outcome" => o);
         Self {
             handled: outcome("handled"),
@@ -80,6 +112,10 @@ impl ConsumerMetrics {
             processing_duration: metrics::histogram!(PROCESSING_DURATION, "consumer" => c.clone()),
             conflicts: metrics::counter!(STATE_CONFLICTS_TOTAL, "consumer" => c.clone()),
             breaker: metrics::gauge!(BREAKER_STATE, "consumer" => c.clone()),
+            ages: SETTLED.map(age),
+            late: objective.map(|d| (d, metrics::counter!(SETTLEMENT_LATE_TOTAL, "consumer" => c.clone()))),
+            skewed: metrics::counter!(SETTLEMENT_CLOCK_SKEW_TOTAL, "consumer" => c.clone()),
+            untimed: metrics::counter!(SETTLEMENT_UNTIMED_TOTAL, "consumer" => c.clone()),
             consumer: consumer.into(),
         }
     }
@@ -96,6 +132,27 @@ impl ConsumerMetrics {
             Paused => &self.paused,
         }
         .increment(1);
+    }
+
+    /// A delivery may now be acknowledged: if `outcome` settles it, its age at `now_ms`
+    /// from `published_ms`.
+    pub(crate) fn settled(&self, outcome: crate::Outcome, published_ms: Option<i64>, now_ms: u64) {
+        let Some(i) = SETTLED.iter().position(|o| *o == outcome) else { return };
+        let Some(published) = published_ms else {
+            self.untimed.increment(1);
+            return;
+        };
+        let age_ms = i128::from(now_ms) - i128::from(published);
+        if age_ms < 0 {
+            self.skewed.increment(1);
+        }
+        let age = Duration::from_millis(u64::try_from(age_ms.max(0)).unwrap_or(u64::MAX));
+        self.ages[i].record(age.as_secs_f64());
+        if let Some((objective, late)) = &self.late
+            && age > *objective
+        {
+            late.increment(1);
+        }
     }
 
     pub(crate) fn handler_time(&self, d: Duration) {

@@ -57,6 +57,7 @@ pub struct ProcessorBuilder {
     max_state_conflicts: u32,
     lock_timeout: Duration,
     layers: Vec<super::layers::AddLayer>,
+    settlement_objective: Option<Duration>,
 }
 
 impl std::fmt::Debug for ProcessorBuilder {
@@ -101,6 +102,7 @@ impl ProcessorBuilder {
             max_state_conflicts: 16,
             lock_timeout: Duration::from_secs(5),
             layers: Vec::new(),
+            settlement_objective: None,
         }
     }
 
@@ -150,6 +152,16 @@ impl ProcessorBuilder {
     /// Turns the circuit breaker off: transient failures only retry and dead-letter.
     pub fn no_breaker(mut self) -> Self {
         self.breaker = None;
+        self
+    }
+
+    /// The service-level objective for how long after publishing a message is settled
+    /// (handled, answered as a duplicate, or dead-lettered): later ones are counted in
+    /// `exactly_settlement_late_total`, the bad events of a burn-rate alert (the app sets it
+    /// from a subscription's `slo.settled_within`). Every settlement's age goes to
+    /// `exactly_settlement_age_seconds` either way.
+    pub fn settlement_objective(mut self, objective: Duration) -> Self {
+        self.settlement_objective = Some(objective);
         self
     }
 
@@ -223,7 +235,7 @@ impl ProcessorBuilder {
         if self.retention < Duration::from_secs(1) {
             return Err(Error::config("retention", "must be at least one second"));
         }
-        let metrics = ConsumerMetrics::new(consumer);
+        let metrics = ConsumerMetrics::new(consumer, self.settlement_objective);
         let stack = super::layers::Stack::new(self.handler, self.timeout, metrics.clone(), self.layers);
         Ok(Processor {
             inner: Arc::new(Inner {

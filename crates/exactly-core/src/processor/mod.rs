@@ -186,6 +186,7 @@ impl Processor {
             outcome = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
+        let published_ms = msg.coordinates().timestamp_ms;
         let processed = self.run(msg, key, watermark).instrument(span.clone()).await?;
         span.record("outcome", processed.outcome.as_str());
         self.inner.metrics.outcome(processed.outcome);
@@ -195,7 +196,7 @@ impl Processor {
         } else {
             tracing::debug!(parent: &span, "processed");
         }
-        Ok(Staged::new(processed, self.clone(), started))
+        Ok(Staged::new(processed, self.clone(), started, published_ms))
     }
 
     /// Steps 1-5 for one delivery.

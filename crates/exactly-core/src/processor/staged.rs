@@ -10,11 +10,18 @@ pub struct Staged {
     processed: Processed,
     processor: Processor,
     started: std::time::Instant,
+    /// The message's publish timestamp (ms since the epoch), for its settlement age.
+    published_ms: Option<i64>,
 }
 
 impl Staged {
-    pub(super) fn new(processed: Processed, processor: Processor, started: std::time::Instant) -> Self {
-        Self { processed, processor, started }
+    pub(super) fn new(
+        processed: Processed,
+        processor: Processor,
+        started: std::time::Instant,
+        published_ms: Option<i64>,
+    ) -> Self {
+        Self { processed, processor, started, published_ms }
     }
 
     /// The outcome (do not acknowledge it before [`Staged::durable`]).
@@ -43,7 +50,9 @@ impl Staged {
             d.wait().await?;
             self.processor.crash_point(CrashPoint::AfterDoneRecord, self.processed.key.as_deref())?;
         }
-        self.processor.inner.metrics.processing_time(self.started.elapsed());
+        let metrics = &self.processor.inner.metrics;
+        metrics.processing_time(self.started.elapsed());
+        metrics.settled(self.processed.outcome, self.published_ms, self.processor.inner.clock.now());
         Ok(self.processed)
     }
 }

@@ -25,8 +25,17 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
         || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null; }) \
         || echo "docker-compose could not be installed" >&2
 fi
+# tests/tests/slo.rs checks and unit-tests the generated alerting rules with promtool, and
+# runs a Prometheus server against the app (Debian's `prometheus` package has both).
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing prometheus" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }) \
+        || echo "prometheus could not be installed" >&2
+fi
 if command -v apt-get >/dev/null 2>&1; then
-    export EXACTLY_REQUIRE_COMPOSE=1
+    export EXACTLY_REQUIRE_COMPOSE=1 EXACTLY_REQUIRE_PROMETHEUS=1
 fi
 
 # A service that cannot be started stops the run here, loudly (an `eval "$(...)"` alone

@@ -31,6 +31,7 @@ mod config;
 mod http;
 mod outbox;
 mod runner;
+mod slo;
 mod subscriptions;
 mod telemetry;
 
@@ -40,9 +41,10 @@ use std::time::Duration;
 
 pub use config::{
     AmqpSubscription, AmqpTopology, Backoff, Config, Engine, HttpConfig, KafkaOrdering, KafkaSubscription, LogConfig,
-    LogFormat, QueueArgument, StoreConfig,
+    LogFormat, QueueArgument, Slo, StoreConfig,
 };
 use exactly_core::{DedupStore, Handler, Processor, ProcessorBuilder, SledStore, Subscription};
+pub use slo::prometheus_rules;
 
 /// What can stop an app.
 ///
@@ -146,7 +148,9 @@ impl Error {
     }
 }
 
-type MakeProcessor = Box<dyn FnOnce(Arc<dyn DedupStore>) -> Result<Processor, exactly_core::Error> + Send>;
+/// Makes a subscription's processor on the store, with its settlement objective if any.
+type MakeProcessor =
+    Box<dyn FnOnce(Arc<dyn DedupStore>, Option<Duration>) -> Result<Processor, exactly_core::Error> + Send>;
 
 /// A consumer application: a configuration and the handlers its subscriptions name.
 pub struct App {
@@ -197,7 +201,14 @@ impl App {
         let owned = name.to_owned();
         self.handlers.insert(
             name.to_owned(),
-            Box::new(move |store| configure(Processor::builder(owned, handler).shared_store(store)).build()),
+            Box::new(move |store, objective| {
+                let builder = Processor::builder(owned, handler).shared_store(store);
+                let builder = match objective {
+                    Some(d) => builder.settlement_objective(d),
+                    None => builder,
+                };
+                configure(builder).build()
+            }),
         );
         self
     }
@@ -227,21 +238,23 @@ impl App {
         };
         let (store, relay) = open_store(&config.store).await?;
         let publisher = relay.is_some().then(|| outbox::publisher(&config)).transpose()?;
-        let mut take = |kind: &str, name: &str| {
+        let mut take = |kind: &str, name: &str, slo: Option<&Slo>| {
             let make = handlers.remove(name).ok_or_else(|| {
                 Error::Config(format!("{kind}.{name}: no handler is registered under {name:?} (App::handler)"))
             })?;
-            make(store.clone()).map_err(|e| Error::Config(format!("{kind}.{name}: {e}")))
+            let objective = slo.map(|s| s.settled_within);
+            make(store.clone(), objective).map_err(|e| Error::Config(format!("{kind}.{name}: {e}")))
         };
+        slo::export(&config);
 
         // Every subscription is built before any starts: a bad one stops the start cleanly.
         let mut subscriptions: Vec<(String, Box<dyn Subscription>)> = Vec::new();
         for (name, sub) in &config.kafka {
-            let s = subscriptions::kafka(name, sub, &config, take("kafka", name)?)?;
+            let s = subscriptions::kafka(name, sub, &config, take("kafka", name, sub.slo.as_ref())?)?;
             subscriptions.push((format!("kafka.{name}"), s));
         }
         for (name, sub) in &config.amqp {
-            let s = subscriptions::amqp(name, sub, &config, take("amqp", name)?)?;
+            let s = subscriptions::amqp(name, sub, &config, take("amqp", name, sub.slo.as_ref())?)?;
             subscriptions.push((format!("amqp.{name}"), s));
         }
         for name in handlers.keys() {

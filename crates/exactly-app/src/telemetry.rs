@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exactly_core::DedupStore;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -28,6 +28,12 @@ pub(crate) fn init_logs(cfg: &LogConfig) {
 pub(crate) fn init_metrics() -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .ok()?
+        // A message's age at settlement runs to minutes behind a backlog.
+        .set_buckets_for_metric(
+            Matcher::Full(exactly_core::metrics::SETTLEMENT_AGE.into()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+        )
         .ok()?
         .build_recorder();
     let handle = recorder.handle();

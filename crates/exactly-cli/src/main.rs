@@ -19,6 +19,7 @@
 
 mod produce;
 mod replay;
+mod slo;
 mod store;
 
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ enum Command {
     /// Copy a Kafka topic range into a topic, or move a queue (a dead-letter queue after a
     /// fix) back to its source, optionally marked for re-drive.
     Replay(replay::ReplayArgs),
+    /// Service-level objectives: print the Prometheus rules and burn-rate alerts of an
+    /// app's `[<kind>.<name>.slo]` tables.
+    Slo(slo::SloArgs),
 }
 
 /// The key asked for is not in the store.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             Command::Store(args) => store::run(args).await,
             Command::Produce(args) => produce::run(args).await.map(|()| store::Found::Yes),
             Command::Replay(args) => replay::run(args).await.map(|()| store::Found::Yes),
+            Command::Slo(args) => slo::run(args).map(|()| store::Found::Yes),
         }
     });
     match result {

@@ -63,6 +63,9 @@ pub struct KafkaSubscription {
     /// Any librdkafka setting.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// Service-level objectives (`[<kind>.<name>.slo]`; none by default).
+    #[serde(default)]
+    pub slo: Option<super::Slo>,
 }
 
 /// In what order a partition's records are handled (`exactly_kafka::Ordering`).
@@ -118,6 +121,9 @@ pub struct AmqpSubscription {
     /// What to declare.
     #[serde(default)]
     pub topology: AmqpTopology,
+    /// Service-level objectives (`[<kind>.<name>.slo]`; none by default).
+    #[serde(default)]
+    pub slo: Option<super::Slo>,
 }
 
 /// Exponential backoff bounds.

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 mod broker;
+mod slo;
 
 pub use broker::{AmqpSubscription, AmqpTopology, Backoff, KafkaOrdering, KafkaSubscription, QueueArgument};
+pub use slo::Slo;
 
 /// Everything a consumer binary is configured with.
 ///
@@ -264,6 +266,12 @@ impl Config {
         Ok(config)
     }
 
+    /// Each subscription's objectives: (`kind.name`, objectives), Kafka's first.
+    pub fn slos(&self) -> impl Iterator<Item = (String, &Slo)> {
+        let kafka = self.kafka.iter().filter_map(|(n, k)| Some((format!("kafka.{n}"), k.slo.as_ref()?)));
+        kafka.chain(self.amqp.iter().filter_map(|(n, a)| Some((format!("amqp.{n}"), a.slo.as_ref()?))))
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let bad = |field: String, why: &str| Err(Error::Config(format!("{field}: {why}")));
         if self.kafka.is_empty() && self.amqp.is_empty() {
@@ -278,6 +286,11 @@ impl Config {
             }
             if k.topics.is_empty() {
                 return bad(format!("kafka.{name}.topics"), "must list at least one topic");
+            }
+        }
+        for (field, slo) in self.slos() {
+            if let Some(why) = slo.problem() {
+                return bad(format!("{field}.slo"), why);
             }
         }
         for (name, a) in &self.amqp {

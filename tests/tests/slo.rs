@@ -1,10 +1,17 @@
 //! The rules `exactly slo rules` prints: valid for `promtool check rules`, and, in
 //! `promtool test rules` unit tests on synthetic series, the fast-burn alert fires on a 2%
-//! failure rate within its window while neither fires at the objective.
+//! failure rate within its window while neither fires at the objective. Then a real
+//! Prometheus scraping the app through a dependency outage: the settlement-age series
+//! exist and the fast-burn alert fires.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{AMQP_URL, free_port, get, ready, until};
 
 const CONFIG: &str = r#"
 [store]
@@ -123,4 +130,104 @@ fn the_generated_rules_pass_promtool_and_burn_as_the_workbook_says() {
     std::fs::write(dir.path().join("tests.yml"), &tests).unwrap();
     let out = promtool(dir.path(), &["test", "rules", "tests.yml"]).unwrap();
     assert!(succeeded(&out).contains("SUCCESS"), "{tests}");
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage() {
+    use exactly::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use exactly::amqp::lapin::types::{AMQPValue, FieldTable};
+    use exactly::amqp::lapin::{BasicProperties, Connection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, app_port, prometheus_port) = (format!("exactly-slo-{}", std::process::id()), free_port(), free_port());
+    let toml = format!(
+        "[store]\npath = \"{store}\"\n[http]\nlisten = \"127.0.0.1:{app_port}\"\n\
+         [amqp.ledger]\nurl = \"{AMQP_URL}\"\nqueue = \"{queue}\"\n\
+         [amqp.ledger.slo]\nsettled_within = \"1s\"\ntarget = 0.999\n",
+        store = dir.path().join("store").display()
+    );
+    let rules = exactly::app::prometheus_rules(&exactly::app::Config::from_toml(&toml).unwrap());
+    std::fs::write(dir.path().join("rules.yml"), rules).unwrap();
+    std::fs::write(dir.path().join("app.toml"), &toml).unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\n\
+             scrape_configs:\n  - job_name: exactly\n    static_configs: [{{targets: ['127.0.0.1:{app_port}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let _prometheus = match prometheus {
+        Ok(p) => Killed(p),
+        Err(e) if std::env::var_os("EXACTLY_REQUIRE_PROMETHEUS").is_none() => {
+            return eprintln!("SKIPPED: prometheus cannot run ({e}); scripts/test.sh installs it");
+        }
+        Err(e) => panic!("prometheus cannot run: {e}"),
+    };
+    let outage = dir.path().join("outage");
+    let _app = Killed(
+        Command::new(env!("CARGO_BIN_EXE_app_child"))
+            .env("EXACTLY_CONFIG", dir.path().join("app.toml"))
+            .env("EFFECTS", dir.path().join("effects"))
+            .env("OUTAGE", &outage)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    ready(app_port, Duration::from_secs(60)).await;
+
+    let conn = Connection::connect(AMQP_URL, Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let publish = async |keys: std::ops::Range<u64>| {
+        for k in keys {
+            let now = i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+            let mut headers = FieldTable::default();
+            headers.insert("timestamp_in_ms".into(), AMQPValue::LongLongInt(now));
+            let props =
+                BasicProperties::default().with_message_id(format!("k{k}").as_str().into()).with_headers(headers);
+            let body = exactly_tests::payload(k, false);
+            let confirm =
+                ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props);
+            assert!(confirm.await.unwrap().await.unwrap().is_ack());
+        }
+    };
+    // Settled at once, then published while the handler's dependency is down for 3 s:
+    // settled seconds after they were published, against a 1 s objective.
+    publish(0..20).await;
+    std::fs::write(&outage, b"down").unwrap();
+    publish(20..50).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(&outage).unwrap();
+
+    let query = async |path: &str| get(prometheus_port, path).await.map(|(_, body)| body).unwrap_or_default();
+    until("Prometheus has the settlement-age series", Duration::from_secs(60), async || {
+        query("/api/v1/query?query=exactly_settlement_age_seconds_count").await.contains("\"consumer\":\"ledger\"")
+    })
+    .await;
+    until("the fast-burn alert fires", Duration::from_secs(90), async || {
+        let alerts = query("/api/v1/alerts").await;
+        alerts.contains("ExactlySettlementLateFastBurn") && alerts.contains("\"state\":\"firing\"")
+    })
+    .await;
+    let late = query("/api/v1/query?query=exactly_settlement_late_total").await;
+    assert!(late.contains("\"consumer\":\"ledger\""), "{late}");
+    exactly::amqp::Topology::declare().delete(&ch, &queue).await.unwrap();
 }

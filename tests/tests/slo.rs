@@ -231,3 +231,46 @@ async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage
     assert!(late.contains("\"consumer\":\"ledger\""), "{late}");
     exactly::amqp::Topology::declare().delete(&ch, &queue).await.unwrap();
 }
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// The playground's Prometheus: its configuration is valid, its rules are what
+/// `exactly slo rules` prints for examples/payments.toml, and every PromQL expression of
+/// the Grafana dashboard parses (Grafana's variables given values).
+#[test]
+fn the_playground_rules_and_dashboard_parse() {
+    let config = exactly::app::Config::from_toml(&std::fs::read_to_string(repo("examples/payments.toml")).unwrap());
+    let generated = exactly::app::prometheus_rules(&config.unwrap());
+    let shipped = std::fs::read_to_string(repo("docker/prometheus/payments-rules.yml")).unwrap();
+    assert_eq!(
+        shipped, generated,
+        "docker/prometheus/payments-rules.yml is stale: exactly slo rules --config examples/payments.toml > docker/prometheus/payments-rules.yml"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("payments-rules.yml"), &shipped).unwrap();
+    let prometheus = std::fs::read_to_string(repo("docker/prometheus/prometheus.yml")).unwrap();
+    let local = prometheus.replace("/etc/prometheus/payments-rules.yml", "payments-rules.yml");
+    std::fs::write(dir.path().join("prometheus.yml"), local).unwrap();
+    let Some(out) = promtool(dir.path(), &["check", "config", "prometheus.yml"]) else { return };
+    succeeded(&out);
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("docker/grafana/dashboards/exactly.json")).unwrap())
+            .unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut n = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$consumer", ".*");
+            rules += &format!("      - record: dashboard:panel_{n}\n        expr: '{}'\n", expr.replace('\'', "''"));
+            n += 1;
+        }
+    }
+    assert!(n >= 12, "the dashboard has its panels' queries: {n}");
+    std::fs::write(dir.path().join("dashboard.yml"), &rules).unwrap();
+    let out = promtool(dir.path(), &["check", "rules", "dashboard.yml"]).unwrap();
+    assert!(succeeded(&out).contains(&format!("SUCCESS: {n} rules found")), "{rules}");
+}

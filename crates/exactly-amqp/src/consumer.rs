@@ -211,6 +211,7 @@ impl Consumer {
             .map_err(consume)?;
         tracing::info!(queue = %cfg.queue, prefetch = cfg.prefetch, url = %url, "consuming");
         self.stats.consuming.store(true, Ordering::Relaxed);
+        let depth = crate::depth::watch(&conn, &cfg.queue).await;
 
         let alive = CancellationToken::new();
         let pause = Pause::default();
@@ -283,6 +284,9 @@ impl Consumer {
                     while tasks.join_next().await.is_some() {}
                 }
             }
+        }
+        if let Some(d) = depth {
+            d.abort();
         }
         // Every settle task is over: the batcher acknowledges what it holds and ends.
         drop(session);

@@ -44,6 +44,7 @@ mod acks;
 mod builder;
 mod consumer;
 mod convert;
+pub mod depth;
 mod error;
 pub mod header_names;
 mod publisher;

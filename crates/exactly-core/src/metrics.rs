@@ -12,6 +12,8 @@
 //! | `exactly_processing_duration_seconds` | histogram | `consumer`: from the start of processing a delivery to when it may be acknowledged (claim, handler, durable record) |
 //! | `exactly_state_conflicts_total` | counter | `consumer` |
 //! | `exactly_breaker_state` | gauge | `consumer` (0 closed, 1 half-open, 2 open) |
+//! | `exactly_duplicates_total` | counter | `consumer`, `answered_by` (`store`: its done-record; `watermark`: a Kafka position below the partition's committed watermark) |
+//! | `exactly_breaker_open_seconds` | histogram | `consumer`: from the breaker's opening to its closing again (the consumer paused meanwhile) |
 //! | `exactly_store_flush_duration_seconds` | histogram | |
 //! | `exactly_store_flush_batch_size` | histogram | |
 //! | `exactly_store_purged_total` | counter | |
@@ -37,6 +39,37 @@ pub const PROCESSING_DURATION: &str = "exactly_processing_duration_seconds";
 pub const STATE_CONFLICTS_TOTAL: &str = "exactly_state_conflicts_total";
 /// `exactly_breaker_state`
 pub const BREAKER_STATE: &str = "exactly_breaker_state";
+/// `exactly_duplicates_total`: duplicates by what recognised them.
+pub const DUPLICATES_TOTAL: &str = "exactly_duplicates_total";
+
+/// What recognised a duplicate: the `answered_by` label of [`DUPLICATES_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnsweredBy {
+    /// The key's done-record in the store.
+    Store,
+    /// A position (Kafka offset) below the partition's committed watermark.
+    Watermark,
+}
+
+impl AnsweredBy {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnsweredBy::Store => "store",
+            AnsweredBy::Watermark => "watermark",
+        }
+    }
+}
+
+/// Counts a duplicate of `consumer`'s that `by` recognised, for an adapter that answers
+/// some without the processor (the Kafka adapter's records below its watermark).
+pub fn duplicate_answered(consumer: &str, by: AnsweredBy) {
+    metrics::counter!(DUPLICATES_TOTAL, "consumer" => consumer.to_owned(), "answered_by" => by.as_str()).increment(1);
+}
+
+/// `exactly_breaker_open_seconds`: how long the breaker stayed open or half-open, the
+/// consumer paused, recorded when it closes (its sum: the time paused).
+pub const BREAKER_OPEN: &str = "exactly_breaker_open_seconds";
 /// `exactly_store_flush_duration_seconds`
 pub const STORE_FLUSH_DURATION: &str = "exactly_store_flush_duration_seconds";
 /// `exactly_store_flush_batch_size`
@@ -79,6 +112,9 @@ pub(crate) struct ConsumerMetrics {
     processing_duration: metrics::Histogram,
     conflicts: metrics::Counter,
     breaker: metrics::Gauge,
+    breaker_open: metrics::Histogram,
+    /// Duplicates answered by the store, by a watermark.
+    duplicates: [metrics::Counter; 2],
     /// Settlement age by outcome, in the order of [`SETTLED`].
     ages: [metrics::Histogram; 4],
     /// The objective and the counter of settlements later than it.
@@ -112,6 +148,9 @@ impl ConsumerMetrics {
             processing_duration: metrics::histogram!(PROCESSING_DURATION, "consumer" => c.clone()),
             conflicts: metrics::counter!(STATE_CONFLICTS_TOTAL, "consumer" => c.clone()),
             breaker: metrics::gauge!(BREAKER_STATE, "consumer" => c.clone()),
+            breaker_open: metrics::histogram!(BREAKER_OPEN, "consumer" => c.clone()),
+            duplicates: [AnsweredBy::Store, AnsweredBy::Watermark]
+                .map(|by| metrics::counter!(DUPLICATES_TOTAL, "consumer" => c.clone(), "answered_by" => by.as_str())),
             ages: SETTLED.map(age),
             late: objective.map(|d| (d, metrics::counter!(SETTLEMENT_LATE_TOTAL, "consumer" => c.clone()))),
             skewed: metrics::counter!(SETTLEMENT_CLOCK_SKEW_TOTAL, "consumer" => c.clone()),
@@ -169,6 +208,14 @@ impl ConsumerMetrics {
 
     pub(crate) fn breaker(&self, state: f64) {
         self.breaker.set(state);
+    }
+
+    pub(crate) fn duplicate(&self, by: AnsweredBy) {
+        self.duplicates[by as usize].increment(1);
+    }
+
+    pub(crate) fn breaker_closed(&self, open: Duration) {
+        self.breaker_open.record(open.as_secs_f64());
     }
 
     pub(crate) fn dead_letter(&self, reason: &str) {

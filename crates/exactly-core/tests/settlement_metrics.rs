@@ -95,4 +95,6 @@ async fn settled_deliveries_are_aged_from_their_publish_timestamp() {
     assert_eq!(counter(&taken, "exactly_settlement_late_total"), 2, "8 s and 6 s are over 5 s");
     assert_eq!(counter(&taken, "exactly_settlement_clock_skew_total"), 1);
     assert_eq!(counter(&taken, "exactly_settlement_untimed_total"), 1);
+    let by_store = value(&taken, MetricKind::Counter, "exactly_duplicates_total", &[("answered_by", "store")]);
+    assert!(matches!(by_store, Some(DebugValue::Counter(1))), "the duplicate, answered from the store: {by_store:?}");
 }

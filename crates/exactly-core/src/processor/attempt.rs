@@ -59,7 +59,9 @@ impl Processor {
             match staged.committed {
                 Committed::Ok => {
                     if let Some(b) = &inner.breaker {
-                        b.success(probe);
+                        if let Some(open) = b.success(probe) {
+                            inner.metrics.breaker_closed(open);
+                        }
                         inner.metrics.breaker(0.0);
                     }
                     let mut p = Processed::new(Disposition::Ack, Outcome::Handled, key.map(str::to_owned));
@@ -85,6 +87,7 @@ impl Processor {
                 Committed::Fenced if matches!(commit, Commit::Position { .. }) => {
                     self.breaker_neutral(probe);
                     tracing::info!("the position was committed before; the handler's writes are rolled back");
+                    inner.metrics.duplicate(crate::metrics::AnsweredBy::Watermark);
                     return Ok(Processed::new(Disposition::Ack, Outcome::Duplicate, key.map(str::to_owned)));
                 }
                 Committed::Fenced => {

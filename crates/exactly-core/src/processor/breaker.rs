@@ -67,9 +67,21 @@ pub enum BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32, last_key: Option<u64> },
-    Open { until: Instant, open_for: Duration },
-    HalfOpen { probing: bool, open_for: Duration },
+    Closed {
+        failures: u32,
+        last_key: Option<u64>,
+    },
+    /// `since`: when it left `Closed`, for the time the consumer was paused.
+    Open {
+        until: Instant,
+        open_for: Duration,
+        since: Instant,
+    },
+    HalfOpen {
+        probing: bool,
+        open_for: Duration,
+        since: Instant,
+    },
 }
 
 /// Admission of one message.
@@ -133,9 +145,9 @@ impl CircuitBreaker {
         let now = Instant::now();
         match &mut *s {
             Inner::Closed { .. } => Admit::Go { probe: false },
-            Inner::Open { until, open_for } => {
+            Inner::Open { until, open_for, since } => {
                 if now >= *until {
-                    *s = Inner::HalfOpen { probing: true, open_for: *open_for };
+                    *s = Inner::HalfOpen { probing: true, open_for: *open_for, since: *since };
                     Admit::Go { probe: true }
                 } else {
                     Admit::Wait(*until - now)
@@ -152,13 +164,17 @@ impl CircuitBreaker {
         }
     }
 
-    pub(crate) fn success(&self, probe: bool) {
+    /// A run proved the dependency works. Returns how long the breaker was open (and
+    /// half-open) if this closes it.
+    pub(crate) fn success(&self, probe: bool) -> Option<Duration> {
         let mut s = self.lock();
-        match &*s {
-            Inner::HalfOpen { .. } if probe => *s = Inner::Closed { failures: 0, last_key: None },
-            Inner::Closed { .. } => *s = Inner::Closed { failures: 0, last_key: None },
-            _ => {}
-        }
+        let closed_after = match &*s {
+            Inner::HalfOpen { since, .. } if probe => Some(since.elapsed()),
+            Inner::Closed { .. } => None,
+            _ => return None,
+        };
+        *s = Inner::Closed { failures: 0, last_key: None };
+        closed_after
     }
 
     /// The run neither proved nor disproved the dependency (a duplicate, a permanent error).
@@ -183,17 +199,17 @@ impl CircuitBreaker {
                 }
                 if *failures >= self.cfg.failure_threshold {
                     tracing::warn!(failures = *failures, pause = ?self.cfg.open_for, "circuit breaker opened");
-                    *s = Inner::Open { until: now + self.cfg.open_for, open_for: self.cfg.open_for };
+                    *s = Inner::Open { until: now + self.cfg.open_for, open_for: self.cfg.open_for, since: now };
                     Some(self.cfg.open_for)
                 } else {
                     None
                 }
             }
-            Inner::HalfOpen { open_for, .. } => {
+            Inner::HalfOpen { open_for, since, .. } => {
                 if probe {
                     let next = (*open_for * 2).min(self.cfg.max_open_for);
                     tracing::warn!(pause = ?next, "circuit breaker probe failed; open again");
-                    *s = Inner::Open { until: now + next, open_for: next };
+                    *s = Inner::Open { until: now + next, open_for: next, since: *since };
                     Some(next)
                 } else {
                     // Admitted before the breaker opened; the probe decides.
@@ -227,7 +243,7 @@ mod tests {
         assert_eq!(b.failure(4, true), Some(Duration::from_secs(2)), "a failed probe doubles the pause");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(b.admit(), Admit::Go { probe: true });
-        b.success(true);
+        assert_eq!(b.success(true), Some(Duration::from_millis(3001)), "open from its opening to the probe's success");
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.admit(), Admit::Go { probe: false });
     }
@@ -246,7 +262,7 @@ mod tests {
         let b = breaker();
         b.failure(1, false);
         b.failure(2, false);
-        b.success(false);
+        assert_eq!(b.success(false), None, "it was not open");
         assert_eq!(b.failure(3, false), None);
         assert_eq!(b.state(), BreakerState::Closed);
     }

@@ -77,6 +77,7 @@ impl Processor {
     fn not_claimed(&self, claim: Claim, msg: &Message, key: String, now: Millis) -> Processed {
         match claim {
             Claim::Done { output, emitted, origin } => {
+                self.inner.metrics.duplicate(crate::metrics::AnsweredBy::Store);
                 let mut p = Processed::new(Disposition::Ack, Outcome::Duplicate, Some(key));
                 p.output = output;
                 // Emitted records go out again only for a redelivery of the message that

@@ -6,9 +6,11 @@
 //! cargo run --release -p exactly-bench -- store --quick  # a short run for CI
 //! cargo run --release -p exactly-bench -- amqp           # RabbitMQ on 127.0.0.1:5672
 //! cargo run --release -p exactly-bench -- kafka          # the mock cluster and $EXACTLY_KAFKA_BROKER
+//! cargo run --release -p exactly-bench -- dashboard      # Prometheus + the app through an outage
 //! ```
 
 mod amqp;
+mod dashboard;
 mod kafka;
 mod latency;
 #[cfg(feature = "mq-bridge")]
@@ -53,6 +55,9 @@ enum Command {
     Amqp(amqp::Args),
     /// Kafka (mock cluster or a real broker): a bare rdkafka consumer against exactly-kafka.
     Kafka(kafka::Args),
+    /// The Grafana dashboard's series through a dependency outage, from a real Prometheus
+    /// scraping the app, plotted (docs/img/dashboard.svg).
+    Dashboard(dashboard::Args),
 }
 
 #[tokio::main]
@@ -60,8 +65,11 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
-    latency::install();
     let cli = Cli::parse();
+    // The app of `dashboard` installs its own (Prometheus) recorder.
+    if !matches!(cli.command, Command::Dashboard(_)) {
+        latency::install();
+    }
     if !cli.keep_huge_pages {
         report::huge_pages_off()?;
     }
@@ -69,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Store(args) => store::run(args).await,
         Command::Amqp(args) => amqp::run(args).await,
         Command::Kafka(args) => kafka::run(args).await,
+        Command::Dashboard(args) => dashboard::run(args).await,
     }
 }

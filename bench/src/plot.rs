@@ -78,3 +78,40 @@ pub(crate) fn throughput_vs(
     root.present()?;
     Ok(())
 }
+
+/// Panels in a 2x2 grid (`bench dashboard`), each with its lines over the seconds of the
+/// run; the `shaded` interval (the outage) in grey.
+pub(crate) fn panels(
+    out: &Path,
+    panels: &[(String, Vec<crate::dashboard::Line>)],
+    shaded: (f64, f64),
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(out, (1200, 760)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let colours = [BLUE, RED, GREEN, BLACK, MAGENTA, CYAN];
+    for (area, (title, lines)) in root.split_evenly((2, 2)).iter().zip(panels) {
+        let end = lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)).fold(1.0, f64::max);
+        let top = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).fold(0.0, f64::max).max(1e-3) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..end, 0.0..top)?;
+        chart.configure_mesh().x_desc("seconds").draw()?;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(shaded.0, 0.0), (shaded.1, top)],
+            RGBColor(220, 220, 220).filled(),
+        )))?;
+        for (i, (name, points)) in lines.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

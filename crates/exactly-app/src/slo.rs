@@ -82,32 +82,30 @@ fn group(out: &mut String, consumer: &str, slo: &Slo) {
         }
     }
     let within = humantime::format_duration(slo.settled_within);
-    let budget = format!("(1 - max by (consumer) (exactly_slo_target{{{c}}}))");
-    for (kind, long, short, rate, severity) in ALERTS {
-        let over =
-            |w: &str| format!("exactly:settlement_late:ratio_rate{w}{{{c}}} > on (consumer) ({rate} * {budget})");
-        alert(
-            out,
-            &format!("ExactlySettlementLate{kind}"),
-            format!("({}) and ({})", over(long), over(short)),
-            severity,
-            &format!(
-                "{consumer}: messages settled later than {within} burn the error budget at {rate}x or more \
-                 (over {long} and {short})"
-            ),
-        );
-    }
+    // (alert name, recorded ratio, the budget it burns, what is burning it)
+    let mut objectives = vec![(
+        "ExactlySettlementLate",
+        "exactly:settlement_late:ratio_rate",
+        format!("(1 - max by (consumer) (exactly_slo_target{{{c}}}))"),
+        format!("messages settled later than {within} burn the error budget"),
+    )];
     if slo.dead_letter_ratio_max.is_some() {
-        let budget = format!("max by (consumer) (exactly_slo_dead_letter_ratio_max{{{c}}})");
+        objectives.push((
+            "ExactlyDeadLetters",
+            "exactly:dead_letter:ratio_rate",
+            format!("max by (consumer) (exactly_slo_dead_letter_ratio_max{{{c}}})"),
+            "dead-letters burn their budget".to_owned(),
+        ));
+    }
+    for (name, ratio, budget, what) in objectives {
         for (kind, long, short, rate, severity) in ALERTS {
-            let over =
-                |w: &str| format!("exactly:dead_letter:ratio_rate{w}{{{c}}} > on (consumer) ({rate} * {budget})");
+            let over = |w: &str| format!("{ratio}{w}{{{c}}} > on (consumer) ({rate} * {budget})");
             alert(
                 out,
-                &format!("ExactlyDeadLetters{kind}"),
+                &format!("{name}{kind}"),
                 format!("({}) and ({})", over(long), over(short)),
                 severity,
-                &format!("{consumer}: dead-letters burn their budget at {rate}x or more (over {long} and {short})"),
+                &format!("{consumer}: {what} at {rate}x or more (over {long} and {short})"),
             );
         }
     }

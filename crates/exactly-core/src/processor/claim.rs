@@ -37,7 +37,11 @@ impl Processor {
             Some(Admit::Wait(after)) => {
                 Err(Box::new(Processed::new(Disposition::Pause { after }, Outcome::Paused, key.map(str::to_owned))))
             }
-            Some(Admit::Go { probe }) => Ok(probe),
+            Some(Admit::Go { probe: true }) => {
+                self.inner.metrics.breaker(1.0); // half-open: this message is the probe
+                Ok(true)
+            }
+            Some(Admit::Go { probe: false }) => Ok(false),
             None => Ok(false),
         }
     }

@@ -166,5 +166,5 @@ fn lock_timeout(full: &[u8], after: Duration) -> HandlerError {
         "waited {after:?} for the lock of state key {:?}; runs that lock several keys must lock them in the same order",
         String::from_utf8_lossy(full)
     ))
-    .with_reason("state-lock-timeout")
+    .with_reason(crate::reasons::STATE_LOCK_TIMEOUT)
 }

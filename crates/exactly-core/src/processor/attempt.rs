@@ -80,7 +80,7 @@ impl Processor {
                         continue;
                     }
                     break HandlerError::transient(format!("state kept changing under the handler ({conflicts} runs)"))
-                        .with_reason("state-conflict");
+                        .with_reason(crate::reasons::STATE_CONFLICT);
                 }
                 // A position committed before (by this instance or another that had the
                 // partition): the handler's transaction rolled back, the record is done.

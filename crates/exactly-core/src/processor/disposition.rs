@@ -33,6 +33,13 @@ pub mod reasons {
     /// later, the failure does not count as an attempt, and the breaker pauses the
     /// consumer while it lasts).
     pub const STORE_UNAVAILABLE: &str = "store-unavailable";
+    /// The handler's state reads kept going stale under it, another run of the same state
+    /// committing first, through every re-run (a retry reason: contention, which does not
+    /// open the breaker).
+    pub const STATE_CONFLICT: &str = "state-conflict";
+    /// The handler waited too long for a state key another run holds (a retry reason:
+    /// contention, which does not open the breaker).
+    pub const STATE_LOCK_TIMEOUT: &str = "state-lock-timeout";
     /// The handler's store transaction could not commit through the handler's fault (it
     /// ended the transaction itself, or went on after a statement of it failed).
     pub const TRANSACTION_FAILED: &str = "transaction-failed";

@@ -31,7 +31,13 @@ impl Processor {
         inner.metrics.retry_reason(error.reason());
         let what = key.map_or_else(|| msg.coordinates().to_string(), str::to_owned);
         let key_hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(&what);
-        if let Some(pause) = inner.breaker.as_ref().and_then(|b| b.failure(key_hash, probe)) {
+        // Contention (runs of the same state racing) says nothing about the dependency.
+        let contention = [reasons::STATE_CONFLICT, reasons::STATE_LOCK_TIMEOUT].contains(&error.reason());
+        if contention {
+            self.breaker_neutral(probe);
+        }
+        let breaker = inner.breaker.as_ref().filter(|_| !contention);
+        if let Some(pause) = breaker.and_then(|b| b.failure(key_hash, probe)) {
             // The dependency is down, not this message: the attempt does not count.
             inner.metrics.breaker(2.0);
             self.release(commit, attempts_before, Some(text)).await?;

@@ -275,6 +275,13 @@ async fn run(
 ) {
     let arrived = |k: usize| move || effects.lock().unwrap().len() >= k;
     let limit = Duration::from_secs(120);
+    // The instances have opened the store (its tables exist) before its rows are counted.
+    let opened = format!("SELECT to_regclass('{schema}.records') IS NOT NULL");
+    let deadline = tokio::time::Instant::now() + limit;
+    while !db.query_one(&opened, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(tokio::time::Instant::now() < deadline, "the instances created the store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     publisher.publish(&records(0..n / 3, record)).await.unwrap();
     let killed = kill_between_commit_and_ack(instances, db, schema, acks, limit).await;
     assert!(killed, "all instances were killed between a commit and its acknowledgement");

@@ -209,6 +209,12 @@ async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage
             assert!(confirm.await.unwrap().await.unwrap().is_ack());
         }
     };
+    // Prometheus has the counters at 0 before anything is settled: a rate needs to see them rise.
+    let query = async |path: &str| get(prometheus_port, path).await.map(|(_, body)| body).unwrap_or_default();
+    until("Prometheus scraped the app", Duration::from_secs(60), async || {
+        query("/api/v1/query?query=exactly_settlement_late_total").await.contains("\"consumer\":\"ledger\"")
+    })
+    .await;
     // Settled at once, then published while the handler's dependency is down for 3 s:
     // settled seconds after they were published, against a 1 s objective.
     publish(0..20).await;
@@ -217,7 +223,6 @@ async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage
     tokio::time::sleep(Duration::from_secs(3)).await;
     std::fs::remove_file(&outage).unwrap();
 
-    let query = async |path: &str| get(prometheus_port, path).await.map(|(_, body)| body).unwrap_or_default();
     until("Prometheus has the settlement-age series", Duration::from_secs(60), async || {
         query("/api/v1/query?query=exactly_settlement_age_seconds_count").await.contains("\"consumer\":\"ledger\"")
     })

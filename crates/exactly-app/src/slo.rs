@@ -58,8 +58,9 @@ pub fn prometheus_rules(config: &Config) -> String {
 }
 
 fn group(out: &mut String, consumer: &str, slo: &Slo) {
-    let c = format!("consumer=\"{consumer}\"");
-    let _ = writeln!(out, "  - name: exactly-slo-{consumer}\n    rules:");
+    // A PromQL string literal: a consumer name may hold quotes or backslashes.
+    let c = format!("consumer=\"{}\"", consumer.replace('\\', "\\\\").replace('"', "\\\""));
+    let _ = writeln!(out, "  - name: {}\n    rules:", quote(&format!("exactly-slo-{consumer}")));
     let mut record = |name: &str, expr: String| {
         let _ = writeln!(out, "      - record: {name}\n        expr: {}", quote(&expr));
     };

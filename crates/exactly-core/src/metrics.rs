@@ -61,12 +61,6 @@ impl AnsweredBy {
     }
 }
 
-/// Counts a duplicate of `consumer`'s that `by` recognised, for an adapter that answers
-/// some without the processor (the Kafka adapter's records below its watermark).
-pub fn duplicate_answered(consumer: &str, by: AnsweredBy) {
-    metrics::counter!(DUPLICATES_TOTAL, "consumer" => consumer.to_owned(), "answered_by" => by.as_str()).increment(1);
-}
-
 /// `exactly_breaker_open_seconds`: how long the breaker stayed open or half-open, the
 /// consumer paused, recorded when it closes (its sum: the time paused).
 pub const BREAKER_OPEN: &str = "exactly_breaker_open_seconds";
@@ -113,8 +107,8 @@ pub(crate) struct ConsumerMetrics {
     conflicts: metrics::Counter,
     breaker: metrics::Gauge,
     breaker_open: metrics::Histogram,
-    /// Duplicates answered by the store, by a watermark.
-    duplicates: [metrics::Counter; 2],
+    duplicates_by_store: metrics::Counter,
+    duplicates_by_watermark: metrics::Counter,
     /// Settlement age by outcome, in the order of [`SETTLED`].
     ages: [metrics::Histogram; 4],
     /// The objective and the counter of settlements later than it.
@@ -133,6 +127,8 @@ impl std::fmt::Debug for ConsumerMetrics {
 impl ConsumerMetrics {
     pub(crate) fn new(consumer: &str, objective: Option<Duration>) -> Self {
         let c = consumer.to_owned();
+        let duplicates =
+            |by: AnsweredBy| metrics::counter!(DUPLICATES_TOTAL, "consumer" => c.clone(), "answered_by" => by.as_str());
         let age =
             |o: crate::Outcome| metrics::histogram!(SETTLEMENT_AGE, "consumer" => c.clone(), "outcome" => o.as_str());
         let outcome = |o: &'static str| metrics::counter!(MESSAGES_TOTAL, "consumer" => c.clone(), "outcome" => o);
@@ -149,8 +145,8 @@ impl ConsumerMetrics {
             conflicts: metrics::counter!(STATE_CONFLICTS_TOTAL, "consumer" => c.clone()),
             breaker: metrics::gauge!(BREAKER_STATE, "consumer" => c.clone()),
             breaker_open: metrics::histogram!(BREAKER_OPEN, "consumer" => c.clone()),
-            duplicates: [AnsweredBy::Store, AnsweredBy::Watermark]
-                .map(|by| metrics::counter!(DUPLICATES_TOTAL, "consumer" => c.clone(), "answered_by" => by.as_str())),
+            duplicates_by_store: duplicates(AnsweredBy::Store),
+            duplicates_by_watermark: duplicates(AnsweredBy::Watermark),
             ages: SETTLED.map(age),
             late: objective.map(|d| (d, metrics::counter!(SETTLEMENT_LATE_TOTAL, "consumer" => c.clone()))),
             skewed: metrics::counter!(SETTLEMENT_CLOCK_SKEW_TOTAL, "consumer" => c.clone()),
@@ -211,7 +207,11 @@ impl ConsumerMetrics {
     }
 
     pub(crate) fn duplicate(&self, by: AnsweredBy) {
-        self.duplicates[by as usize].increment(1);
+        match by {
+            AnsweredBy::Store => &self.duplicates_by_store,
+            AnsweredBy::Watermark => &self.duplicates_by_watermark,
+        }
+        .increment(1);
     }
 
     pub(crate) fn breaker_closed(&self, open: Duration) {

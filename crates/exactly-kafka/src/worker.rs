@@ -113,8 +113,7 @@ impl Worker {
         self.tracker.received(offset);
         if offset < self.start {
             self.state.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
-            let consumer = self.state.processor.consumer();
-            exactly_core::metrics::duplicate_answered(consumer, exactly_core::metrics::AnsweredBy::Watermark);
+            self.state.processor.answered_duplicate(exactly_core::metrics::AnsweredBy::Watermark);
             self.finished(offset);
             return false;
         }

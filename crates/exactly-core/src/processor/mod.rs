@@ -124,6 +124,12 @@ impl Processor {
         &self.inner.consumer
     }
 
+    /// Counts a duplicate an adapter answered without processing it (the Kafka adapter's
+    /// records below its watermark) in `exactly_duplicates_total`.
+    pub fn answered_duplicate(&self, by: crate::metrics::AnsweredBy) {
+        self.inner.metrics.duplicate(by);
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn DedupStore> {
         &self.inner.store

@@ -252,11 +252,12 @@ fn downstream(effects: Arc<Mutex<HashMap<String, u32>>>) -> impl Handler {
     })
 }
 
-async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+/// Waits until `done`, failing the test after `limit`.
+async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
+    while !done().await {
         assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -273,15 +274,14 @@ async fn run(
     effects: &Mutex<HashMap<String, u32>>,
     db: &tokio_postgres::Client,
 ) {
-    let arrived = |k: usize| move || effects.lock().unwrap().len() >= k;
+    let arrived = |k: usize| async move || effects.lock().unwrap().len() >= k;
     let limit = Duration::from_secs(120);
     // The instances have opened the store (its tables exist) before its rows are counted.
     let opened = format!("SELECT to_regclass('{schema}.records') IS NOT NULL");
-    let deadline = tokio::time::Instant::now() + limit;
-    while !db.query_one(&opened, &[]).await.unwrap().get::<_, bool>(0) {
-        assert!(tokio::time::Instant::now() < deadline, "the instances created the store");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the instances created the store", limit, async || {
+        db.query_one(&opened, &[]).await.unwrap().get::<_, bool>(0)
+    })
+    .await;
     publisher.publish(&records(0..n / 3, record)).await.unwrap();
     let killed = kill_between_commit_and_ack(instances, db, schema, acks, limit).await;
     assert!(killed, "all instances were killed between a commit and its acknowledgement");
@@ -299,11 +299,7 @@ async fn run(
     publisher.publish(&rest).await.unwrap();
     until("every settlement arrived", limit, arrived(n)).await;
     let outbox = format!("SELECT count(*) FROM {schema}.outbox");
-    let deadline = tokio::time::Instant::now() + limit;
-    while db.query_one(&outbox, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the outbox emptied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the outbox emptied", limit, async || db.query_one(&outbox, &[]).await.unwrap().get::<_, i64>(0) == 0).await;
 }
 
 /// Every account holds its opening balance less its payments (each once), the overdraft
@@ -355,11 +351,10 @@ async fn three_instances_on_rabbitmq_killed_debit_once_and_settle_once() {
         let probe = conn.create_channel().await.unwrap();
         probe.queue_declare(q.into(), passive, FieldTable::default()).await.map(|q| q.message_count()).ok()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while depth(&queue).await.is_none() || depth(&settled).await.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the instances declared their queues");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the instances declared their queues", Duration::from_secs(60), async || {
+        depth(&queue).await.is_some() && depth(&settled).await.is_some()
+    })
+    .await;
 
     let db = connect(&database.url).await;
     let effects: Arc<Mutex<HashMap<String, u32>>> = Arc::default();

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{AMQP_URL, free_port, get, ready, until};
+use common::{AMQP_URL, App, free_port, get, ready, until};
 
 const CONFIG: &str = r#"
 [store]
@@ -132,16 +132,6 @@ fn the_generated_rules_pass_promtool_and_burn_as_the_workbook_says() {
     assert!(succeeded(&out).contains("SUCCESS"), "{tests}");
 }
 
-/// A child process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage() {
     use exactly::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -175,22 +165,20 @@ async fn prometheus_scraping_the_app_fires_the_fast_burn_alert_through_an_outage
         .stderr(Stdio::null())
         .spawn();
     let _prometheus = match prometheus {
-        Ok(p) => Killed(p),
+        Ok(p) => App(p), // killed when dropped, as the app is
         Err(e) if std::env::var_os("EXACTLY_REQUIRE_PROMETHEUS").is_none() => {
             return eprintln!("SKIPPED: prometheus cannot run ({e}); scripts/test.sh installs it");
         }
         Err(e) => panic!("prometheus cannot run: {e}"),
     };
     let outage = dir.path().join("outage");
-    let _app = Killed(
-        Command::new(env!("CARGO_BIN_EXE_app_child"))
-            .env("EXACTLY_CONFIG", dir.path().join("app.toml"))
-            .env("EFFECTS", dir.path().join("effects"))
-            .env("OUTAGE", &outage)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    let _app = App(Command::new(env!("CARGO_BIN_EXE_app_child"))
+        .env("EXACTLY_CONFIG", dir.path().join("app.toml"))
+        .env("EFFECTS", dir.path().join("effects"))
+        .env("OUTAGE", &outage)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap());
     ready(app_port, Duration::from_secs(60)).await;
 
     let conn = Connection::connect(AMQP_URL, Default::default()).await.unwrap();

@@ -151,11 +151,12 @@ impl Drop for Instances {
     }
 }
 
-/// Kills every instance between the relay's publish and its mark. When the relay's session
-/// is inside its transaction (it took a batch), every instance is frozen (SIGSTOP); if a
-/// settlement then reaches the downstream consumer while its outbox row is still there,
-/// that batch was published and not marked: the frozen instances are killed. Otherwise
-/// they are thawed and it waits for the next batch. False if that did not happen in `limit`.
+/// Kills every instance between the relay's publish and its mark. The test holds the
+/// outbox in SHARE mode: the relay can still read its rows and publish them, but not
+/// delete them (nor can handlers add rows); once a settlement reaches the downstream
+/// consumer while its row is still there, that batch was published and not marked, and
+/// every instance is killed. Deterministic: it does not wait for a lucky moment, only for
+/// the relay's next pass. False if that did not happen within `limit`.
 async fn kill_between_publish_and_mark(
     instances: &Instances,
     db: &tokio_postgres::Client,
@@ -163,28 +164,28 @@ async fn kill_between_publish_and_mark(
     effects: &Mutex<HashMap<String, u32>>,
     limit: Duration,
 ) -> bool {
-    let relaying = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-        AND state = 'idle in transaction' AND query LIKE 'SELECT id, record FROM %outbox ORDER BY id%'";
+    let hold = format!("BEGIN; LOCK TABLE {schema}.outbox IN SHARE MODE");
     let unmarked = format!("SELECT source FROM {schema}.outbox");
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
-        if db.query_one(relaying, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
-        instances.signal(Signal::SIGSTOP);
-        let thaw = tokio::time::Instant::now() + Duration::from_secs(1);
-        while tokio::time::Instant::now() < thaw {
-            let sources: Vec<Vec<u8>> = db.query(&unmarked, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        db.batch_execute(&hold).await.unwrap();
+        let sources: Vec<Vec<u8>> = db.query(&unmarked, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        // Rows neither come nor go while the lock is held: with none, let the handlers add some.
+        let mut published = false;
+        while !sources.is_empty() && !published && tokio::time::Instant::now() < deadline {
             let seen: Vec<String> = effects.lock().unwrap().keys().cloned().collect();
             let holds = |source: &[u8], id: &str| source.windows(id.len()).any(|w| w == id.as_bytes());
-            if sources.iter().any(|s| seen.iter().any(|id| holds(s, id))) {
-                instances.kill(None, false);
-                return true;
-            }
+            published = sources.iter().any(|s| seen.iter().any(|id| holds(s, id)));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        instances.signal(Signal::SIGCONT);
+        if published {
+            instances.kill(None, false);
+        }
+        db.batch_execute("ROLLBACK").await.unwrap();
+        if published {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
 }

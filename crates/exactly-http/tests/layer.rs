@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{keyed, serve};
+use common::{keyed, serve, until};
 use exactly_core::MemoryStore;
 use exactly_http::{IdempotencyLayer, WhenInFlight};
 use reqwest::StatusCode;
@@ -93,9 +93,7 @@ async fn the_same_key_with_another_request_is_422() {
 
 /// Waits until the slow handler has been entered `n` times.
 async fn entered(server: &common::Server, n: usize) {
-    while server.effects.slow_entered.load(Ordering::SeqCst) < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until("the slow handler ran", || server.effects.slow_entered.load(Ordering::SeqCst) >= n).await;
 }
 
 #[tokio::test]
@@ -224,12 +222,7 @@ async fn a_response_outlives_the_server_on_the_disk_store() {
     // The store closes when its last holder (the layer's sweeper task among them) is gone.
     let closed = Arc::downgrade(&store);
     drop(store);
-    for _ in 0..2000 {
-        if closed.strong_count() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the store closed", || closed.strong_count() == 0).await;
     // A new server (its handler's count starts again) answers from the reopened store.
     let server = serve(IdempotencyLayer::new(open())).await;
     let again = keyed(&client, &server.url("/payments"), "durable", "5 EUR").send().await.unwrap();

@@ -57,6 +57,7 @@
 //! | `kafka` | no | the Kafka adapter, as `exactly::kafka` |
 //! | `postgres` | no | `PgStore`, shared by every instance, as `exactly::postgres` |
 //! | `app` | no | consumer binaries (configuration, signals, `/metrics`), as `exactly::app` |
+//! | `http` | no | `IdempotencyLayer`: `Idempotency-Key` for HTTP APIs on the same stores, as `exactly::http` |
 //! | `testing` | no | the in-memory broker and fault injection, as `exactly::testing` |
 
 /// The README's Rust examples, compiled as doctests so they keep up with the API.
@@ -78,6 +79,10 @@ pub use exactly_app as app;
 /// The shared PostgreSQL store (feature `postgres`): see [`exactly_postgres`].
 #[cfg(feature = "postgres")]
 pub use exactly_postgres as postgres;
+
+/// `Idempotency-Key` for HTTP APIs (feature `http`): see [`exactly_http`].
+#[cfg(feature = "http")]
+pub use exactly_http as http;
 
 /// The Kafka adapter (feature `kafka`): see [`exactly_kafka`].
 #[cfg(feature = "kafka")]

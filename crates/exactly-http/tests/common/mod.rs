@@ -132,3 +132,12 @@ pub async fn serve(layer: IdempotencyLayer) -> Server {
 pub fn keyed(client: &reqwest::Client, url: &str, key: &str, body: &str) -> reqwest::RequestBuilder {
     client.post(url).header("idempotency-key", format!("\"{key}\"")).body(body.to_string())
 }
+
+/// Waits until `done`, failing the test after 30 s with `what`.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "not within 30 s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}

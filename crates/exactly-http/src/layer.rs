@@ -28,6 +28,21 @@ pub enum WhenInFlight {
     Wait(Duration),
 }
 
+/// What to do with a key whose first request was cut off: its server crashed, or its
+/// lease ran out, while it ran. Its effects may or may not have happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Orphans {
+    /// Run the request again (the default): right for handlers that are safe to repeat,
+    /// or that pass the key on to an API honouring it.
+    Rerun,
+    /// Never run it again: the key answers `500` with the problem type `unknown-outcome`
+    /// until an operator has found out what happened and removed it (`exactly store forget
+    /// http <key>`). Claims are then made durable, so that the local stores notice a crash
+    /// across a restart too.
+    Refuse,
+}
+
 /// A [`tower::Layer`] that makes state-changing requests idempotent by their
 /// `Idempotency-Key` header (draft-ietf-httpapi-idempotency-key-header), on any
 /// [`DedupStore`]: the first request with a key runs, its response is stored durably
@@ -66,6 +81,7 @@ pub(crate) struct Config {
     pub(crate) max_stored_body: usize,
     pub(crate) store_server_errors: bool,
     pub(crate) when_in_flight: WhenInFlight,
+    pub(crate) orphans: Orphans,
     pub(crate) sweeper: Arc<OnceLock<Arc<SweeperHandle>>>,
 }
 
@@ -101,6 +117,7 @@ impl IdempotencyLayer {
                 max_stored_body: 1024 * 1024,
                 store_server_errors: false,
                 when_in_flight: WhenInFlight::Conflict,
+                orphans: Orphans::Rerun,
                 sweeper: Arc::default(),
             }),
         }
@@ -186,6 +203,12 @@ impl IdempotencyLayer {
         self.with(|c| c.when_in_flight = when)
     }
 
+    /// What a key whose first request was cut off by a crash gets (default
+    /// [`Orphans::Rerun`]).
+    pub fn on_orphan(self, orphans: Orphans) -> Self {
+        self.with(|c| c.orphans = orphans)
+    }
+
     /// The clock for leases and expiry (tests move it by hand).
     pub fn clock(self, clock: SharedClock) -> Self {
         self.with(|c| c.clock = clock)
@@ -222,6 +245,7 @@ impl fmt::Debug for Config {
             .field("max_stored_body", &self.max_stored_body)
             .field("store_server_errors", &self.store_server_errors)
             .field("when_in_flight", &self.when_in_flight)
+            .field("orphans", &self.orphans)
             .finish()
     }
 }

@@ -47,6 +47,6 @@ mod service;
 mod stored;
 
 pub use key::IDEMPOTENCY_KEY;
-pub use layer::{DEFAULT_LEASE, DEFAULT_RETENTION, IdempotencyLayer, PrincipalFn, WhenInFlight};
+pub use layer::{DEFAULT_LEASE, DEFAULT_RETENTION, IdempotencyLayer, Orphans, PrincipalFn, WhenInFlight};
 pub use service::{IdempotencyService, RequestBody, ResponseBody};
 pub use stored::IDEMPOTENT_REPLAYED;

@@ -25,6 +25,8 @@ pub(crate) enum Outcome {
     Unavailable,
     /// The stored response did not read back: 500.
     Unreadable,
+    /// A crash cut off its key's first request, and such keys are not run again: 500.
+    Unknown,
 }
 
 impl Outcome {
@@ -35,6 +37,7 @@ impl Outcome {
             Problem::StoreUnavailable(_) => Outcome::Unavailable,
             Problem::Unreadable(_) => Outcome::Unreadable,
             Problem::BrokenResponse(_) => Outcome::Released,
+            Problem::UnknownOutcome => Outcome::Unknown,
             Problem::MissingKey
             | Problem::MalformedKey(_)
             | Problem::NoPrincipal
@@ -54,6 +57,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Unavailable => "unavailable",
             Outcome::Unreadable => "unreadable",
+            Outcome::Unknown => "unknown_outcome",
         }
     }
 

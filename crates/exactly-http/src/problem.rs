@@ -31,6 +31,9 @@ pub(crate) enum Problem {
     Unreadable(String),
     /// The response's body could not be read after the request ran.
     BrokenResponse(String),
+    /// A server stopped while running the key's first request, and the layer does not run
+    /// such requests again ([`Orphans::Refuse`](crate::Orphans::Refuse)).
+    UnknownOutcome,
 }
 
 impl Problem {
@@ -100,6 +103,14 @@ impl Problem {
                 "broken-response",
                 "Response failed",
                 format!("the response's body failed; retry with the same key: {why}"),
+            ),
+            Problem::UnknownOutcome => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unknown-outcome",
+                "Outcome unknown",
+                "a server stopped while running the first request with this key; it is not run \
+                 again until the service's operators have resolved it"
+                    .into(),
             ),
         }
     }

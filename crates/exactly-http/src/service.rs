@@ -17,10 +17,13 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use tower::{BoxError, Service};
 
-use crate::layer::{Config, WhenInFlight};
+use crate::layer::{Config, Orphans, WhenInFlight};
 use crate::metrics::{Outcome, Timer};
 use crate::problem::Problem;
 use crate::stored::StoredResponse;
+
+/// The dead-letter reason of a key whose request was cut off, under [`Orphans::Refuse`].
+const UNKNOWN_OUTCOME: &str = "unknown-outcome";
 
 /// The body the wrapped service gets: the buffered body of a request the layer took
 /// (`Left`), or the request's own body where it passed the request through (`Right`).
@@ -133,11 +136,16 @@ where
             return Ok(answer(response));
         }
     };
-    if lease.orphaned {
-        tracing::warn!(key = %store_key, "a request with this key was cut off (a crash, or its lease ran out): it runs again");
-    }
     let held =
         Held { config: config.clone(), key: store_key, token: lease.token, attempts: lease.attempts, armed: true };
+    if lease.orphaned {
+        if config.orphans == Orphans::Refuse {
+            tracing::error!(key = %held.key, "a request with this key was cut off (a crash, or its lease ran out): not run again until resolved");
+            held.finish(fingerprint, Final::DeadLettered { reason: UNKNOWN_OUTCOME.into() }).await;
+            return refuse(Problem::UnknownOutcome);
+        }
+        tracing::warn!(key = %held.key, "a request with this key was cut off (a crash, or its lease ran out): it runs again");
+    }
     let request = Request::from_parts(parts, Either::Left(Full::new(body)));
     let ran = renewing(&held, AssertUnwindSafe(inner.call(request)).catch_unwind()).await;
     let response = match ran {
@@ -170,7 +178,9 @@ where
     if stored.body_omitted() {
         tracing::warn!(key = %held.key, bytes = body.len(), limit, "the response body is over the stored limit: a repeat gets its status and headers only");
     }
-    held.complete(fingerprint, stored).await;
+    let done = Final::Done { output: Some(stored.encode()), emitted: Vec::new() };
+    let outcome = if held.finish(fingerprint, done).await { Outcome::Fresh } else { Outcome::Unrecorded };
+    outcome.count(&config.namespace);
     Ok(Response::from_parts(parts, Either::Left(Full::new(body))))
 }
 
@@ -192,7 +202,9 @@ async fn claim(config: &Config, key: &StoreKey, fingerprint: Fingerprint) -> Cla
     loop {
         let now = config.clock.now();
         let lease_until = now + config.lease.as_millis() as u64;
-        let req = ClaimRequest { key, fingerprint, now, lease_until, durable: false, redrive: false };
+        // Durable claims let a local store tell, after a restart, that a request was cut off.
+        let durable = config.orphans == Orphans::Refuse;
+        let req = ClaimRequest { key, fingerprint, now, lease_until, durable, redrive: false };
         let timer = Timer::start(&config.namespace, "claim");
         let claimed = config.store.claim(req).await;
         timer.stop();
@@ -211,6 +223,9 @@ async fn claim(config: &Config, key: &StoreKey, fingerprint: Fingerprint) -> Cla
                 };
             }
             Ok(Claim::Conflict { .. }) => return refused(Problem::Mismatch),
+            Ok(Claim::DeadLettered { reason }) if reason == UNKNOWN_OUTCOME => {
+                return refused(Problem::UnknownOutcome);
+            }
             Ok(Claim::DeadLettered { reason }) => {
                 return refused(Problem::Unreadable(format!("the key was dead-lettered: {reason}")));
             }
@@ -285,8 +300,9 @@ impl Held {
         }
     }
 
-    /// Stores the response, durably, before it is sent.
-    async fn complete(mut self, fingerprint: Fingerprint, stored: StoredResponse) {
+    /// Ends the claim for good, durably: with the response to store before it is sent,
+    /// or marked as cut off. Whether it was recorded (if not, the request ran all the same).
+    async fn finish(mut self, fingerprint: Fingerprint, outcome: Final) -> bool {
         self.armed = false;
         let config = &self.config;
         let now = config.clock.now();
@@ -297,24 +313,22 @@ impl Held {
             attempts: self.attempts + 1,
             now,
             origin: None,
-            outcome: Final::Done { output: Some(stored.encode()), emitted: Vec::new() },
+            outcome,
             expires_at: now + config.retention.as_millis() as u64,
             state: StateChanges::default(),
         };
         let timer = Timer::start(&config.namespace, "complete");
         let committed = config.store.complete(completion).await;
         timer.stop();
-        // The request ran: its client gets its response either way, and the log says
-        // that a repeat may run it again.
         match committed {
-            Ok(Committed::Ok) => Outcome::Fresh.count(&config.namespace),
+            Ok(Committed::Ok) => true,
             Ok(other) => {
-                Outcome::Unrecorded.count(&config.namespace);
                 tracing::warn!(key = %self.key, outcome = ?other, "the request ran but another server took its key over: its response is not stored");
+                false
             }
             Err(e) => {
-                Outcome::Unrecorded.count(&config.namespace);
                 tracing::error!(key = %self.key, error = %error_line(&e), "the request ran but its response could not be stored: a repeat may run it again");
+                false
             }
         }
     }

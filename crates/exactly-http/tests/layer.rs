@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{keyed, serve, until};
+use exactly_core::ManualClock;
 use exactly_core::MemoryStore;
-use exactly_http::{IdempotencyLayer, WhenInFlight};
+use exactly_http::{IdempotencyLayer, Orphans, WhenInFlight};
 use reqwest::StatusCode;
 
 fn layer() -> IdempotencyLayer {
@@ -229,4 +230,65 @@ async fn a_response_outlives_the_server_on_the_disk_store() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.text().await.unwrap(), "payment 1: 5 EUR");
     assert_eq!(server.effects.payments(), 0);
+}
+
+/// A first request still running when its lease runs out (as after a crash or a pause):
+/// the repeat after the lease gets what the orphan policy says; the first, fenced, still
+/// answers its own client but stores nothing.
+async fn cut_off(orphans: Orphans) -> (common::Server, reqwest::Response, reqwest::Response) {
+    let clock = ManualClock::new(1_000_000);
+    let server = serve(layer().clock(Arc::new(clock.clone())).on_orphan(orphans)).await;
+    let client = reqwest::Client::new();
+    let first = tokio::spawn(keyed(&client, &server.url("/slow"), "k", "").send());
+    entered(&server, 1).await;
+    clock.advance(exactly_http::DEFAULT_LEASE + Duration::from_secs(1));
+    let repeat = keyed(&client, &server.url("/slow"), "k", "");
+    let repeat = if orphans == Orphans::Rerun {
+        let repeat = tokio::spawn(repeat.send());
+        entered(&server, 2).await;
+        server.effects.gate.add_permits(100);
+        repeat.await.unwrap().unwrap()
+    } else {
+        let repeat = repeat.send().await.unwrap();
+        server.effects.gate.add_permits(100);
+        repeat
+    };
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED, "the first client gets its own response");
+    (server, first, repeat)
+}
+
+#[tokio::test]
+async fn a_request_cut_off_runs_again_by_default() {
+    let (server, first, repeat) = cut_off(Orphans::Rerun).await;
+    assert_eq!(repeat.status(), StatusCode::CREATED);
+    let (first, repeat) = (first.text().await.unwrap(), repeat.text().await.unwrap());
+    assert_ne!(first, repeat, "both ran");
+    assert_eq!(server.effects.payments(), 2);
+    // The run that held the key when it finished is the one stored.
+    let client = reqwest::Client::new();
+    let again = keyed(&client, &server.url("/slow"), "k", "").send().await.unwrap();
+    assert_eq!(again.text().await.unwrap(), repeat);
+}
+
+#[tokio::test]
+async fn a_request_cut_off_is_not_run_again_when_refused() {
+    let (server, _first, repeat) = cut_off(Orphans::Refuse).await;
+    assert_eq!(repeat.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(problem(repeat).await["type"].as_str().unwrap().ends_with("#unknown-outcome"));
+    let client = reqwest::Client::new();
+    let again = keyed(&client, &server.url("/slow"), "k", "").send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR, "until an operator resolves it");
+    assert_eq!(server.effects.slow_entered.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn without_the_header_a_request_passes_through_when_the_key_is_optional() {
+    let server = serve(layer().required(false)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let plain = client.post(server.url("/payments")).body("x").send().await.unwrap();
+        assert_eq!(plain.status(), StatusCode::CREATED);
+    }
+    assert_eq!(server.effects.payments(), 2, "no key, no deduplication");
 }

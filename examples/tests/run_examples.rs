@@ -127,3 +127,13 @@ async fn app_starts_is_ready_and_stops_on_sigterm() {
     assert!(ready, "the app answered /readyz 200 (both subscriptions consuming) within 90 s");
     assert!(status.success(), "SIGTERM stops the app with status 0: {status}");
 }
+
+#[test]
+fn payments_api_charges_once_however_often_the_client_retries() {
+    // The example itself fails when the bank did not charge once per key.
+    let out = run(example("payments_api"));
+    assert!(out.contains("retry pay-1         -> 201 Created (replayed)"), "{out}");
+    assert!(out.contains("pay-1, other amount -> 422 Unprocessable Entity"), "{out}");
+    assert!(out.contains("POST without a key  -> 400 Bad Request"), "{out}");
+    assert!(out.contains(r#"the bank charged: ["pay-1 acct-1 500", "pay-2 acct-1 500"]"#), "{out}");
+}

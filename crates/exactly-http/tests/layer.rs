@@ -180,7 +180,8 @@ async fn a_panic_releases_the_key() {
 #[tokio::test]
 async fn one_client_never_gets_another_clients_response() {
     let principal = |req: &http::request::Parts| req.headers.get("x-api-key")?.to_str().ok().map(str::to_owned);
-    let server = serve(layer().principal(principal)).await;
+    let store: Arc<dyn exactly_core::DedupStore> = Arc::new(MemoryStore::new());
+    let server = serve(IdempotencyLayer::shared(store.clone()).principal(principal)).await;
     let client = reqwest::Client::new();
     let send = |api_key: &'static str, body: &'static str| {
         keyed(&client, &server.url("/payments"), "shared-key", body).header("x-api-key", api_key).send()
@@ -199,6 +200,11 @@ async fn one_client_never_gets_another_clients_response() {
     let anonymous = keyed(&client, &server.url("/payments"), "shared-key", "x").send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(server.effects.payments(), 2);
+
+    // The principals are credentials: the store (which operators list) has their hashes only.
+    let keys: Vec<String> = store.list(None, None, 10).await.unwrap().iter().map(|r| r.key.key().to_owned()).collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.ends_with("/shared-key") && !k.contains("secret")), "{keys:?}");
 }
 
 #[tokio::test]

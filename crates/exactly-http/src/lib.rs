@@ -45,8 +45,10 @@ mod metrics;
 mod problem;
 mod service;
 mod stored;
+pub mod webhook;
 
 pub use key::IDEMPOTENCY_KEY;
 pub use layer::{DEFAULT_LEASE, DEFAULT_RETENTION, IdempotencyLayer, Orphans, PrincipalFn, WhenInFlight};
 pub use service::{IdempotencyService, RequestBody, ResponseBody};
 pub use stored::IDEMPOTENT_REPLAYED;
+pub use webhook::{Signature, WebhookReceiver};

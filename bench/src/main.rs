@@ -11,6 +11,7 @@
 
 mod amqp;
 mod dashboard;
+mod http;
 mod kafka;
 mod latency;
 #[cfg(feature = "mq-bridge")]
@@ -55,6 +56,8 @@ enum Command {
     Amqp(amqp::Args),
     /// Kafka (mock cluster or a real broker): a bare rdkafka consumer against exactly-kafka.
     Kafka(kafka::Args),
+    /// HTTP: a small axum handler with and without `IdempotencyLayer`.
+    Http(http::Args),
     /// The Grafana dashboard's series through a dependency outage, from a real Prometheus
     /// scraping the app, plotted (docs/img/dashboard.svg).
     Dashboard(dashboard::Args),
@@ -78,5 +81,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Amqp(args) => amqp::run(args).await,
         Command::Kafka(args) => kafka::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
+        Command::Http(args) => http::run(args).await,
     }
 }

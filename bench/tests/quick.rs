@@ -117,3 +117,13 @@ fn amqp_prefetch_sweep_with_the_hand_rolled_dedup() {
         }
     }
 }
+
+#[test]
+fn http_with_and_without_the_idempotency_layer() {
+    let out = bench(&["http", "--quick", "--connections", "1,16"]);
+    for row in ["bare axum", "layer, fresh keys", "layer, replayed keys"] {
+        assert!(rate_of(&out, row) > 0.0, "{row}: {out}");
+        assert!(latency_p50(&out, row) > 0.0, "{row}: {out}");
+    }
+    assert!(out.contains("p99 added by the layer at half load:"), "{out}");
+}

@@ -74,19 +74,19 @@ async fn server(args: &Args, layer: bool) -> anyhow::Result<(String, tokio::task
 }
 
 /// `n` requests over `connections` connections, each sending its next request when the
-/// last is answered; or, with `pace` (requests/s in all), each at its scheduled time, its
-/// latency counted from then (so a stall is not hidden by the requests it delayed).
+/// last is answered; or, with `pace` (requests/s in all), each at its scheduled time.
 async fn drive(url: &str, keys: &str, n: u64, connections: usize, pace: Option<f64>) -> anyhow::Result<Run> {
     let next = Arc::new(AtomicU64::new(0));
     let (started, cpu) = (Instant::now(), cpu_time());
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for connection in 0..connections {
         let (url, keys, next) = (url.to_owned(), keys.to_owned(), next.clone());
         let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
             let interval = pace.map(|rate| Duration::from_secs_f64(connections as f64 / rate));
-            let mut due = Instant::now();
+            // Paced connections start spread over one interval, not in bursts of all at once.
+            let mut due = Instant::now() + interval.unwrap_or_default().mul_f64(connection as f64 / connections as f64);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -94,9 +94,12 @@ async fn drive(url: &str, keys: &str, n: u64, connections: usize, pace: Option<f
                 }
                 if interval.is_some() {
                     tokio::time::sleep_until(due.into()).await;
-                } else {
-                    due = Instant::now();
                 }
+                // Counted from the send; from the scheduled time only when the generator
+                // fell behind it by more than the timer's 1 ms tick (a stall the requests it
+                // delayed must not hide).
+                let sent = Instant::now();
+                let from = if interval.is_some() && sent > due + Duration::from_millis(2) { due } else { sent };
                 let response = client
                     .post(&url)
                     .header("idempotency-key", format!("\"{keys}-{i}\""))
@@ -105,7 +108,7 @@ async fn drive(url: &str, keys: &str, n: u64, connections: usize, pace: Option<f
                     .await?;
                 anyhow::ensure!(response.status() == StatusCode::CREATED, "request {i}: {}", response.status());
                 response.bytes().await?;
-                record(&mut latency, due.elapsed());
+                record(&mut latency, from.elapsed());
                 if let Some(interval) = interval {
                     due += interval;
                 }

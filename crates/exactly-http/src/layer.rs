@@ -77,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) lease: Duration,
     pub(crate) retention: Duration,
     pub(crate) max_key_len: usize,
+    pub(crate) unquoted_keys: bool,
     pub(crate) max_request_body: usize,
     pub(crate) max_stored_body: usize,
     pub(crate) store_server_errors: bool,
@@ -113,6 +114,7 @@ impl IdempotencyLayer {
                 lease: DEFAULT_LEASE,
                 retention: DEFAULT_RETENTION,
                 max_key_len: 255,
+                unquoted_keys: false,
                 max_request_body: 1024 * 1024,
                 max_stored_body: 1024 * 1024,
                 store_server_errors: false,
@@ -179,6 +181,13 @@ impl IdempotencyLayer {
         self.with(|c| c.max_key_len = len)
     }
 
+    /// Also take keys sent without the quotes of a structured-field string
+    /// (`Idempotency-Key: 8e03978e-40d5-...`), as Stripe does and many clients send
+    /// (default: `false`, only the draft's quoted form).
+    pub fn unquoted_keys(self, accept: bool) -> Self {
+        self.with(|c| c.unquoted_keys = accept)
+    }
+
     /// The largest request body buffered to fingerprint it (default 1 MiB); larger: 413.
     pub fn max_request_body(self, bytes: usize) -> Self {
         self.with(|c| c.max_request_body = bytes)
@@ -241,6 +250,7 @@ impl fmt::Debug for Config {
             .field("lease", &self.lease)
             .field("retention", &self.retention)
             .field("max_key_len", &self.max_key_len)
+            .field("unquoted_keys", &self.unquoted_keys)
             .field("max_request_body", &self.max_request_body)
             .field("max_stored_body", &self.max_stored_body)
             .field("store_server_errors", &self.store_server_errors)

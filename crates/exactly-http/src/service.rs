@@ -104,7 +104,7 @@ where
     if !config.methods.contains(req.method()) {
         return pass(&mut inner, req).await;
     }
-    let key = match crate::key::read(req.headers(), config.max_key_len) {
+    let key = match crate::key::read(req.headers(), config.max_key_len, config.unquoted_keys) {
         Ok(Some(key)) => key,
         Ok(None) if !config.required => return pass(&mut inner, req).await,
         Ok(None) => return refuse(Problem::MissingKey),
@@ -165,12 +165,11 @@ where
         Ok(body) => body,
         Err(why) => {
             held.release(&format!("the response body failed: {why}")).await;
-            return refuse(Problem::BrokenResponse(why));
+            return Ok(answer(Problem::BrokenResponse(why).response()));
         }
     };
     if parts.status.is_server_error() && !config.store_server_errors {
         held.release(&format!("status {}", parts.status)).await;
-        Outcome::Released.count(&config.namespace);
         return Ok(Response::from_parts(parts, Either::Left(Full::new(body))));
     }
     let limit = config.max_stored_body.min(config.store.limits().max_value.saturating_sub(64 * 1024));
@@ -295,6 +294,7 @@ impl Held {
     /// Lets the key go so that a retry runs the request again.
     async fn release(mut self, why: &str) {
         self.armed = false;
+        Outcome::Released.count(&self.config.namespace);
         if let Err(e) = self.config.store.release(&self.key, self.token, self.attempts + 1, Some(why.into())).await {
             tracing::warn!(key = %self.key, error = %error_line(&e), "releasing the key failed: it is free again when its lease ends");
         }

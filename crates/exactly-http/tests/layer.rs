@@ -298,3 +298,14 @@ async fn without_the_header_a_request_passes_through_when_the_key_is_optional() 
     }
     assert_eq!(server.effects.payments(), 2, "no key, no deduplication");
 }
+
+#[tokio::test]
+async fn unquoted_keys_are_taken_when_the_layer_accepts_them() {
+    let server = serve(layer().unquoted_keys(true)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let request = client.post(server.url("/payments")).header("idempotency-key", "8e03978e-40d5-43e8").body("x");
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::CREATED);
+    }
+    assert_eq!(server.effects.payments(), 1, "the Stripe-style key deduplicates as the quoted one would");
+}

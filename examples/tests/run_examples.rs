@@ -137,3 +137,13 @@ fn payments_api_charges_once_however_often_the_client_retries() {
     assert!(out.contains("POST without a key  -> 400 Bad Request"), "{out}");
     assert!(out.contains(r#"the bank charged: ["pay-1 acct-1 500", "pay-2 acct-1 500"]"#), "{out}");
 }
+
+#[test]
+fn webhook_forward_hands_each_event_to_the_consumer_once() {
+    // The example itself fails unless the consumer handled each event once.
+    let out = run(example("webhook_forward"));
+    assert_eq!(out.matches("-> 200 OK forwarded").count(), 3, "{out}");
+    assert_eq!(out.matches("-> 200 OK already received").count(), 2, "{out}");
+    assert!(out.contains("forged          -> 401 Unauthorized"), "{out}");
+    assert!(out.contains("the consumer handled 3"), "{out}");
+}

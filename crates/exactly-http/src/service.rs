@@ -280,8 +280,8 @@ async fn renewing<F: Future>(held: &Held, run: F) -> F::Output {
     }
 }
 
-/// A claimed key: completed, released, or (dropped, the client gone) released in the
-/// background.
+/// A claimed key: completed, released, or (dropped mid-request: the client hung up and
+/// hyper dropped the request, a timeout layer outside this one) released in the background.
 struct Held {
     config: Arc<Config>,
     key: StoreKey,
@@ -339,8 +339,8 @@ impl Drop for Held {
         if !self.armed {
             return;
         }
-        // The future was dropped mid-request (the client went away): free the key now
-        // rather than when its lease ends.
+        // The future was dropped mid-request: free the key now rather than when its lease
+        // ends.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (store, key, token, attempts) =
                 (self.config.store.clone(), self.key.clone(), self.token, self.attempts + 1);

@@ -309,3 +309,33 @@ async fn unquoted_keys_are_taken_when_the_layer_accepts_them() {
     }
     assert_eq!(server.effects.payments(), 1, "the Stripe-style key deduplicates as the quoted one would");
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_releases_its_key() {
+    let server = serve(layer()).await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let gave_up = keyed(&impatient, &server.url("/slow"), "k", "").send().await;
+    assert!(gave_up.is_err(), "the client timed out");
+    // hyper drops the request's future once it sees the connection closed, and the layer
+    // releases the key: the retry runs the request (until then it gets 409).
+    let client = reqwest::Client::new();
+    // Well before the key's 30 s lease would have freed it.
+    let released_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let retry = tokio::spawn(keyed(&client, &server.url("/slow"), "k", "").send());
+        until("the retry ran or was refused", || {
+            retry.is_finished() || server.effects.slow_entered.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        if server.effects.slow_entered.load(Ordering::SeqCst) == 2 {
+            break retry;
+        }
+        assert_eq!(retry.await.unwrap().unwrap().status(), StatusCode::CONFLICT);
+        assert!(tokio::time::Instant::now() < released_by, "the key was not released: it waits out its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.effects.gate.add_permits(100);
+    assert_eq!(retry.await.unwrap().unwrap().status(), StatusCode::CREATED);
+    assert_eq!(server.effects.payments(), 1, "the abandoned run was dropped where it waited; the retry's ran");
+    assert_eq!(server.effects.slow_entered.load(Ordering::SeqCst), 2);
+}

@@ -35,6 +35,7 @@ pub struct WebhookReceiver {
     inner: Arc<Receiver>,
 }
 
+#[derive(Clone)]
 struct Receiver {
     signature: Signature,
     store: Arc<dyn DedupStore>,
@@ -76,9 +77,7 @@ impl WebhookReceiver {
     }
 
     fn with(mut self, change: impl FnOnce(&mut Receiver)) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            change(inner);
-        }
+        change(Arc::make_mut(&mut self.inner));
         self
     }
 
@@ -247,5 +246,33 @@ impl Receiver {
             }
         }
         answer(ns, StatusCode::OK, "forwarded", "forwarded".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exactly_core::MemoryStore;
+    use exactly_core::publish::PublishError;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    #[exactly_core::async_trait]
+    impl Publish for Nowhere {
+        async fn publish(&self, _: &[OutboundRecord]) -> Result<(), PublishError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_setting_applies_to_a_receiver_that_was_cloned() {
+        let receiver =
+            WebhookReceiver::forward(Signature::github("s"), Arc::new(MemoryStore::new()), Arc::new(Nowhere), "t");
+        let _mounted_elsewhere = receiver.clone();
+        let receiver = receiver.namespace("github").tolerance(Duration::from_secs(1));
+        let shown = format!("{receiver:?}");
+        assert!(shown.contains("namespace: \"github\"") && shown.contains("tolerance: 1s"), "{shown}");
     }
 }

@@ -58,13 +58,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let running = tokio::spawn(consumer.run());
-    while stats.connections.load(Ordering::Relaxed) == 0 {
+    // Consuming: connected, its queue declared, `basic.consume` answered.
+    while !stats.consuming.load(Ordering::Relaxed) {
         if running.is_finished() {
             return Ok(running.await??);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // the topology is declared
     let run = std::process::id();
     let payments = [("alice", 1000), ("bob", 250), ("alice", -300), ("carol", 4200)];
     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;

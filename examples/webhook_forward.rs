@@ -47,13 +47,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let consumer = Consumer::builder(&url, QUEUE).build(processor)?;
     let (stop, stats) = (consumer.shutdown_handle(), consumer.stats());
     let running = tokio::spawn(consumer.run());
-    while stats.connections.load(Ordering::Relaxed) == 0 {
+    // Consuming: connected, its queue declared, `basic.consume` answered.
+    while !stats.consuming.load(Ordering::Relaxed) {
         if running.is_finished() {
             return Ok(running.await??);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // the queue is declared
 
     // The endpoint: verify, drop redeliveries, forward to the consumer's queue.
     let signature = Signature::standard_webhooks(SECRET)?;

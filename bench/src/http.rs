@@ -50,16 +50,31 @@ enum Variant {
 const VARIANTS: [Variant; 3] = [Variant::Bare, Variant::Fresh, Variant::Replayed];
 const LABELS: [&str; 3] = ["bare axum", "layer, fresh keys", "layer, replayed keys"];
 
+/// A running server; stopped, and its store's directory removed, when dropped.
+struct Server {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A server on a free port: the handler alone, or behind the layer on a new store.
-async fn server(args: &Args, layer: bool) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+async fn server(args: &Args, layer: bool) -> anyhow::Result<Server> {
     let handler = post(async |body: String| (StatusCode::CREATED, format!("{{\"charged\":{}}}", body.len())));
     let mut app = Router::new().route("/payments", handler);
+    let mut dir = None;
     if layer {
         let store: Arc<dyn DedupStore> = match args.store.as_str() {
             "memory" => Arc::new(exactly::MemoryStore::new()),
             "sled" => {
                 std::fs::create_dir_all(&args.dir)?;
-                Arc::new(exactly::SledStore::open(tempfile::tempdir_in(&args.dir)?.keep().join("store"))?)
+                let tmp = dir.insert(tempfile::tempdir_in(&args.dir)?);
+                Arc::new(exactly::SledStore::open(tmp.path().join("store"))?)
             }
             other => anyhow::bail!("--store {other}: use sled or memory"),
         };
@@ -70,7 +85,7 @@ async fn server(args: &Args, layer: bool) -> anyhow::Result<(String, tokio::task
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((url, task))
+    Ok(Server { url, task, _dir: dir })
 }
 
 /// `n` requests over `connections` connections, each sending its next request when the
@@ -124,14 +139,13 @@ async fn drive(url: &str, keys: &str, n: u64, connections: usize, pace: Option<f
 
 /// One measured run of `variant` on a server of its own.
 async fn run_one(args: &Args, variant: Variant, n: u64, connections: usize, pace: Option<f64>) -> anyhow::Result<Run> {
-    let (url, task) = server(args, variant != Variant::Bare).await?;
+    let server = server(args, variant != Variant::Bare).await?;
+    let url = &server.url;
     let keys = format!("c{connections}");
     if variant == Variant::Replayed {
-        drive(&url, &keys, n, connections, None).await.context("storing the responses to replay")?;
+        drive(url, &keys, n, connections, None).await.context("storing the responses to replay")?;
     }
-    let run = drive(&url, &keys, n, connections, pace).await;
-    task.abort();
-    run
+    drive(url, &keys, n, connections, pace).await
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
